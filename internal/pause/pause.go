@@ -1,0 +1,245 @@
+// Package pause is the fleet-wide stop switch for systemic failures. When the
+// API answers with an account or configuration error (expired credentials, a
+// denied operation, an exhausted quota, an endpoint unreachable for long),
+// every message would fail the same way; dead-lettering them would empty the
+// backlog into the DLQ in seconds. Instead one worker sets a shared flag in a
+// JetStream KV bucket, every replica stops submitting and keeps its messages,
+// and the workers probe the API until it accepts calls again, then clear the
+// flag: the fleet resumes by itself without a restart.
+package pause
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Reasons a fleet pauses; a bounded set (they label metrics).
+const (
+	ReasonAuth        = "auth"
+	ReasonPermission  = "permission"
+	ReasonQuota       = "quota"
+	ReasonUnreachable = "unreachable"
+	ReasonConfig      = "config"
+)
+
+// stateKey is the KV key of the flag.
+const stateKey = "pause"
+
+// State is the shared flag.
+type State struct {
+	Paused bool      `json:"paused"`
+	Reason string    `json:"reason,omitempty"`
+	Code   string    `json:"code,omitempty"`
+	Since  time.Time `json:"since,omitempty"`
+	By     string    `json:"by,omitempty"`
+}
+
+// Config configures a Controller.
+type Config struct {
+	// Worker identifies this replica in the flag and logs.
+	Worker string
+	// Probe asks the API whether it accepts calls again. It returns nil when
+	// it does; any error keeps the fleet paused.
+	Probe func(ctx context.Context) error
+	// ProbeInterval is the time between probes while paused. Default 30s.
+	ProbeInterval time.Duration
+	// UnreachableAfter is how long the endpoint may fail at the transport
+	// level, with no success in between, before the fleet pauses. Default 2m.
+	UnreachableAfter time.Duration
+	// OnChange is called (from the controller's goroutine) whenever the
+	// observed state changes, e.g. to update metrics.
+	OnChange func(State)
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Controller watches and sets the shared flag. Its methods are safe for
+// concurrent use.
+type Controller struct {
+	kv  jetstream.KeyValue
+	cfg Config
+
+	mu      sync.Mutex
+	state   State
+	changed chan struct{} // closed and replaced on every change
+
+	// unreachableSince is the unix-nano time of the first transport failure
+	// since the last success; 0 when the endpoint is reachable.
+	unreachableSince atomic.Int64
+}
+
+// New returns a controller over the control bucket. It does no I/O.
+func New(kv jetstream.KeyValue, cfg Config) *Controller {
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 30 * time.Second
+	}
+	if cfg.UnreachableAfter <= 0 {
+		cfg.UnreachableAfter = 2 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Controller{kv: kv, cfg: cfg, changed: make(chan struct{})}
+}
+
+// State returns the last observed flag.
+func (c *Controller) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// WaitResumed returns at once when the fleet is not paused, else when it
+// resumes or ctx ends.
+func (c *Controller) WaitResumed(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		paused, ch := c.state.Paused, c.changed
+		c.mu.Unlock()
+		if !paused {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Pause sets the fleet-wide flag (idempotent: an already paused fleet keeps
+// its first reason) and applies it locally at once, without waiting for the
+// watch to echo it.
+func (c *Controller) Pause(ctx context.Context, reason, code string) error {
+	st := State{Paused: true, Reason: reason, Code: code, Since: c.cfg.Now().UTC(), By: c.cfg.Worker}
+	c.observe(st)
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = c.kv.Create(ctx, stateKey, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		cur, gerr := c.kv.Get(ctx, stateKey)
+		if gerr != nil {
+			return fmt.Errorf("pause: read flag: %w", gerr)
+		}
+		var prev State
+		if json.Unmarshal(cur.Value(), &prev) == nil && prev.Paused {
+			return nil
+		}
+		_, err = c.kv.Update(ctx, stateKey, b, cur.Revision())
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("pause: set flag: %w", err)
+	}
+	return nil
+}
+
+// Resume clears the flag.
+func (c *Controller) Resume(ctx context.Context) error {
+	st := State{Paused: false, Since: c.cfg.Now().UTC(), By: c.cfg.Worker}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if _, err := c.kv.Put(ctx, stateKey, b); err != nil {
+		return fmt.Errorf("pause: clear flag: %w", err)
+	}
+	c.observe(st)
+	return nil
+}
+
+// ObserveTransportFailure records that a call could not reach the endpoint.
+// When failures last longer than UnreachableAfter with no success between,
+// the fleet pauses with reason "unreachable".
+func (c *Controller) ObserveTransportFailure(ctx context.Context) {
+	now := c.cfg.Now().UnixNano()
+	c.unreachableSince.CompareAndSwap(0, now)
+	since := c.unreachableSince.Load()
+	if since != 0 && time.Duration(now-since) >= c.cfg.UnreachableAfter && !c.State().Paused {
+		if err := c.Pause(ctx, ReasonUnreachable, "ClientError.NetworkError"); err != nil {
+			c.cfg.Logger.Warn("could not pause the fleet", "error", err)
+		}
+	}
+}
+
+// ObserveSuccess records that a call reached the endpoint.
+func (c *Controller) ObserveSuccess() { c.unreachableSince.Store(0) }
+
+func (c *Controller) observe(st State) {
+	c.mu.Lock()
+	prev := c.state
+	if prev.Paused == st.Paused && prev.Reason == st.Reason {
+		c.mu.Unlock()
+		return
+	}
+	c.state = st
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	if st.Paused {
+		c.cfg.Logger.Error("submissions paused fleet-wide", "reason", st.Reason, "code", st.Code, "by", st.By)
+	} else {
+		c.cfg.Logger.Info("submissions resumed fleet-wide", "by", st.By)
+	}
+	if c.cfg.OnChange != nil {
+		c.cfg.OnChange(st)
+	}
+}
+
+// Run watches the flag and, while paused, probes the API every
+// ProbeInterval, clearing the flag when a probe succeeds. It returns when ctx
+// ends.
+func (c *Controller) Run(ctx context.Context) error {
+	w, err := c.kv.Watch(ctx, stateKey)
+	if err != nil {
+		return fmt.Errorf("pause: watch flag: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	probe := time.NewTicker(c.cfg.ProbeInterval)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("pause: watch closed")
+			}
+			if e == nil { // end of the initial values
+				continue
+			}
+			var st State
+			if e.Operation() == jetstream.KeyValuePut {
+				if err := json.Unmarshal(e.Value(), &st); err != nil {
+					c.cfg.Logger.Warn("ignoring an undecodable pause flag", "error", err)
+					continue
+				}
+			}
+			c.observe(st)
+		case <-probe.C:
+			if !c.State().Paused || c.cfg.Probe == nil {
+				continue
+			}
+			if err := c.cfg.Probe(ctx); err != nil {
+				c.cfg.Logger.Warn("probe: the API still refuses calls", "error", err)
+				continue
+			}
+			c.ObserveSuccess()
+			if err := c.Resume(ctx); err != nil {
+				c.cfg.Logger.Warn("could not resume the fleet", "error", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// jsErrStoreFailed is the JetStream error code a stream answers when it
+// refuses a message, among others for "maximum messages per subject exceeded".
+const jsErrStoreFailed = 10077
+
+// PublishRequest publishes one run request body under its idempotency key.
+// Nats-Msg-Id is the key, so a producer retry within the duplicate window is
+// dropped by the server; extra headers (e.g. redrive markers) are added as
+// given. It reports whether JetStream dropped it as a duplicate.
+func PublishRequest(ctx context.Context, js jetstream.JetStream, t Topology, key string, body []byte, extra nats.Header) (duplicate bool, err error) {
+	return publishRequestID(ctx, js, t, key, key, body, extra)
+}
+
+// RedriveRequest republishes a dead-lettered request. It keeps the key (so
+// the ledger still prevents a second run group) but uses a fresh message ID:
+// the original ID may still be inside the duplicate window.
+func RedriveRequest(ctx context.Context, js jetstream.JetStream, t Topology, key string, dlqSeq uint64, body []byte) error {
+	h := nats.Header{}
+	h.Set(HeaderRedriveOf, fmt.Sprint(dlqSeq))
+	_, err := publishRequestID(ctx, js, t, key, fmt.Sprintf("%s/redrive/%d", key, dlqSeq), body, h)
+	return err
+}
+
+func publishRequestID(ctx context.Context, js jetstream.JetStream, t Topology, key, msgID string, body []byte, extra nats.Header) (bool, error) {
+	if err := ValidateKey(key); err != nil {
+		return false, err
+	}
+	m := nats.NewMsg(t.RequestsSubject)
+	m.Data = body
+	for k, vs := range extra {
+		for _, v := range vs {
+			m.Header.Add(k, v)
+		}
+	}
+	m.Header.Set(HeaderKey, key)
+	m.Header.Set(HeaderMsgID, msgID)
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		return false, fmt.Errorf("publish request: %w", err)
+	}
+	return ack.Duplicate, nil
+}
+
+// PublishResult publishes r to its per-request subject. The results stream
+// keeps one message per subject and refuses the rest, so a second publish for
+// the same key (a retry, a redelivery, a crash between publish and ack)
+// reports duplicate=true instead of adding a second result.
+func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r Result) (duplicate bool, err error) {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return false, fmt.Errorf("encode result: %w", err)
+	}
+	m := nats.NewMsg(t.ResultSubject(r.Key))
+	m.Data = body
+	m.Header.Set(HeaderKey, r.Key)
+	m.Header.Set(HeaderMsgID, "result/"+r.Key)
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStoreFailed &&
+			strings.Contains(apiErr.Description, "maximum messages per subject") {
+			// The subject already holds this request's result.
+			return true, nil
+		}
+		return false, fmt.Errorf("publish result: %w", err)
+	}
+	return ack.Duplicate, nil
+}
+
+// PublishDeadLetter publishes d. msgID makes a retried publish of the same
+// dead letter a no-op; it should name the failure (key plus the delivery or
+// ledger generation) so that a redriven request that fails again lands again.
+func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, t Topology, d DeadLetter, msgID string) error {
+	body, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("encode dead letter: %w", err)
+	}
+	m := nats.NewMsg(t.DLQSubject(d.Key))
+	m.Data = body
+	m.Header.Set(HeaderKey, d.Key)
+	m.Header.Set(HeaderReason, d.Reason)
+	if d.Error.Code != "" {
+		m.Header.Set(HeaderErrorCode, d.Error.Code)
+	}
+	m.Header.Set(HeaderMsgID, "dlq/"+msgID)
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	return nil
+}

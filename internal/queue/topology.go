@@ -1,0 +1,276 @@
+// Package queue owns omicsq's JetStream side: the streams, consumer and KV
+// buckets, the message contract (headers, result and dead-letter bodies), the
+// publishers, and the consume loop that maps each processed message to Ack,
+// NakWithDelay, Term or a dead letter.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Topology names and sizes every JetStream resource omicsq uses. The zero
+// value is not useful; start from DefaultTopology.
+type Topology struct {
+	// RequestsStream holds run requests (work-queue retention: a request is
+	// removed once acknowledged or dead-lettered). Default OMICSQ_REQUESTS.
+	RequestsStream string
+	// RequestsSubject is where producers publish. Default omicsq.requests.
+	RequestsSubject string
+	// Consumer is the durable pull consumer every worker shares. Default omicsq-worker.
+	Consumer string
+	// ResultsStream keeps one result per request. Default OMICSQ_RESULTS.
+	ResultsStream string
+	// ResultsPrefix: a result is published to <prefix>.<key token>. Default omicsq.results.
+	ResultsPrefix string
+	// DLQStream keeps dead letters. Default OMICSQ_DLQ.
+	DLQStream string
+	// DLQPrefix: a dead letter is published to <prefix>.<key token>. Default omicsq.dlq.
+	DLQPrefix string
+	// AdvisoryStream durably captures JetStream's max-deliveries advisories
+	// for the consumer, so a message that exhausted its deliveries (a crash
+	// loop) is dead-lettered even if no worker was listening at that moment.
+	// Default OMICSQ_ADVISORIES.
+	AdvisoryStream string
+	// LedgerBucket is the KV bucket of the submission ledger. Default OMICSQ_LEDGER.
+	LedgerBucket string
+	// ControlBucket is the KV bucket of fleet-wide state (the pause flag).
+	// Default OMICSQ_CONTROL.
+	ControlBucket string
+
+	// Replicas of every stream and bucket (1, 3 or 5). Default 1.
+	Replicas int
+	// RequestsMaxAge bounds how long an unprocessed request is kept. Default 14 days.
+	RequestsMaxAge time.Duration
+	// ResultsMaxAge, DLQMaxAge and LedgerTTL bound retention of results, dead
+	// letters and ledger entries. Defaults 30, 30 and 45 days: the ledger
+	// outlives the results so a late redelivery still finds its record.
+	ResultsMaxAge time.Duration
+	DLQMaxAge     time.Duration
+	LedgerTTL     time.Duration
+	// DuplicateWindow is how long JetStream drops a republished request with
+	// the same Nats-Msg-Id. Default 1h; beyond it the ledger still prevents a
+	// second submission.
+	DuplicateWindow time.Duration
+	// MaxMessageBytes bounds a request message. Default 1 MiB.
+	MaxMessageBytes int32
+
+	// AckWait is how long a delivered message may go without an ack or an
+	// in-progress signal before JetStream redelivers it. Default 60s.
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries of one message; past it the message is
+	// dead-lettered with reason max_deliveries. Default 10.
+	MaxDeliver int
+	// MaxAckPending bounds messages delivered but unacknowledged across the
+	// whole fleet. Default 1000.
+	MaxAckPending int
+}
+
+// DefaultTopology returns the documented default names and limits.
+func DefaultTopology() Topology {
+	return Topology{
+		RequestsStream:  "OMICSQ_REQUESTS",
+		RequestsSubject: "omicsq.requests",
+		Consumer:        "omicsq-worker",
+		ResultsStream:   "OMICSQ_RESULTS",
+		ResultsPrefix:   "omicsq.results",
+		DLQStream:       "OMICSQ_DLQ",
+		DLQPrefix:       "omicsq.dlq",
+		AdvisoryStream:  "OMICSQ_ADVISORIES",
+		LedgerBucket:    "OMICSQ_LEDGER",
+		ControlBucket:   "OMICSQ_CONTROL",
+		Replicas:        1,
+		RequestsMaxAge:  14 * 24 * time.Hour,
+		ResultsMaxAge:   30 * 24 * time.Hour,
+		DLQMaxAge:       30 * 24 * time.Hour,
+		LedgerTTL:       45 * 24 * time.Hour,
+		DuplicateWindow: time.Hour,
+		MaxMessageBytes: 1 << 20,
+		AckWait:         60 * time.Second,
+		MaxDeliver:      10,
+		MaxAckPending:   1000,
+	}
+}
+
+// Validate names the first settings that are out of range.
+func (t Topology) Validate() error {
+	var errs []error
+	for name, v := range map[string]string{
+		"requests stream": t.RequestsStream, "requests subject": t.RequestsSubject, "consumer": t.Consumer,
+		"results stream": t.ResultsStream, "results prefix": t.ResultsPrefix, "dlq stream": t.DLQStream,
+		"dlq prefix": t.DLQPrefix, "advisory stream": t.AdvisoryStream, "ledger bucket": t.LedgerBucket, "control bucket": t.ControlBucket,
+	} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s must not be empty", name))
+		}
+	}
+	if t.Replicas != 1 && t.Replicas != 3 && t.Replicas != 5 {
+		errs = append(errs, fmt.Errorf("stream replicas must be 1, 3 or 5"))
+	}
+	if t.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("ack wait must be at least 1s"))
+	}
+	if t.MaxDeliver < 2 {
+		errs = append(errs, fmt.Errorf("max deliver must be at least 2"))
+	}
+	if t.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("max ack pending must be at least 1"))
+	}
+	if t.LedgerTTL < t.ResultsMaxAge {
+		errs = append(errs, fmt.Errorf("ledger ttl must be at least the results max age"))
+	}
+	return errors.Join(errs...)
+}
+
+// ResultSubject is the subject of key's result.
+func (t Topology) ResultSubject(key string) string { return t.ResultsPrefix + "." + KeyToken(key) }
+
+// DLQSubject is the subject of key's dead letters.
+func (t Topology) DLQSubject(key string) string { return t.DLQPrefix + "." + KeyToken(key) }
+
+// MaxDeliveriesAdvisory is the subject on which JetStream announces a message
+// that reached MaxDeliver.
+func (t Topology) MaxDeliveriesAdvisory() string {
+	return "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + t.RequestsStream + "." + t.Consumer
+}
+
+func (t Topology) streams() []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name:        t.RequestsStream,
+			Description: "omicsq run requests awaiting submission",
+			Subjects:    []string{t.RequestsSubject},
+			Retention:   jetstream.WorkQueuePolicy,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      t.RequestsMaxAge,
+			MaxMsgSize:  t.MaxMessageBytes,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Duplicates:  t.DuplicateWindow,
+		},
+		{
+			// One message per subject, new ones refused: a second result for
+			// the same request is rejected by the server, so results are
+			// exactly-once however often a worker retries the publish.
+			Name:                 t.ResultsStream,
+			Description:          "omicsq results: one RunGroupId per request",
+			Subjects:             []string{t.ResultsPrefix + ".>"},
+			Retention:            jetstream.LimitsPolicy,
+			Discard:              jetstream.DiscardNew,
+			DiscardNewPerSubject: true,
+			MaxMsgsPerSubject:    1,
+			MaxAge:               t.ResultsMaxAge,
+			Storage:              jetstream.FileStorage,
+			Replicas:             t.Replicas,
+			Duplicates:           t.DuplicateWindow,
+			AllowDirect:          true,
+		},
+		{
+			Name:        t.DLQStream,
+			Description: "omicsq dead letters: original request plus the reason",
+			Subjects:    []string{t.DLQPrefix + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      t.DLQMaxAge,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Duplicates:  t.DuplicateWindow,
+			AllowDirect: true,
+		},
+		{
+			Name:        t.AdvisoryStream,
+			Description: "omicsq: max-deliveries advisories of the worker consumer",
+			Subjects:    []string{t.MaxDeliveriesAdvisory()},
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxAge:      t.DLQMaxAge,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+		},
+	}
+}
+
+// AdvisoryConsumer is the durable consumer workers share on AdvisoryStream.
+const AdvisoryConsumer = "omicsq-advisories"
+
+func (t Topology) advisoryConsumer() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       AdvisoryConsumer,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		Replicas:      t.Replicas,
+	}
+}
+
+func (t Topology) consumer() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       t.Consumer,
+		Description:   "omicsq workers (shared)",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.AckWait,
+		MaxDeliver:    t.MaxDeliver,
+		MaxAckPending: t.MaxAckPending,
+		MaxWaiting:    512,
+		Replicas:      t.Replicas,
+	}
+}
+
+func (t Topology) buckets() []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{Bucket: t.LedgerBucket, Description: "omicsq submission ledger", History: 1, TTL: t.LedgerTTL,
+			Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: t.ControlBucket, Description: "omicsq fleet control (pause)", History: 1,
+			Storage: jetstream.FileStorage, Replicas: t.Replicas},
+	}
+}
+
+// Provision creates or updates every stream, the consumer and the buckets.
+// It is idempotent: workers starting together all call it safely.
+func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	for _, cfg := range t.streams() {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, t.RequestsStream, t.consumer()); err != nil {
+		return fmt.Errorf("provision consumer %s: %w", t.Consumer, err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, t.AdvisoryStream, t.advisoryConsumer()); err != nil {
+		return fmt.Errorf("provision consumer %s: %w", AdvisoryConsumer, err)
+	}
+	for _, cfg := range t.buckets() {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("provision bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// Verify checks, without changing anything, that every resource exists: the
+// bind-only mode for operators who manage streams themselves (e.g. with NACK).
+func Verify(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	for _, name := range []string{t.RequestsStream, t.ResultsStream, t.DLQStream, t.AdvisoryStream} {
+		if _, err := js.Stream(ctx, name); err != nil {
+			return fmt.Errorf("bind stream %s: %w", name, err)
+		}
+	}
+	c, err := js.Consumer(ctx, t.RequestsStream, t.Consumer)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", t.Consumer, err)
+	}
+	info := c.CachedInfo()
+	if info.Config.AckPolicy != jetstream.AckExplicitPolicy {
+		return fmt.Errorf("bind consumer %s: ack policy must be explicit", t.Consumer)
+	}
+	for _, b := range []string{t.LedgerBucket, t.ControlBucket} {
+		if _, err := js.KeyValue(ctx, b); err != nil {
+			return fmt.Errorf("bind bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
