@@ -1,0 +1,102 @@
+package pause
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/omicsq/omicsq/internal/natstest"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func newKV(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	ns := natstest.Server(t, nil)
+	_, js := natstest.Connect(t, ns)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "CONTROL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+// A pause set by one replica stops every replica, and a successful probe
+// resumes them all.
+func TestPauseIsFleetWideAndResumesAfterProbe(t *testing.T) {
+	kv := newKV(t)
+	var healthy atomic.Bool
+	probe := func(context.Context) error {
+		if healthy.Load() {
+			return nil
+		}
+		return errors.New("still refused")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := New(kv, Config{Worker: "a", Probe: probe, ProbeInterval: 20 * time.Millisecond})
+	b := New(kv, Config{Worker: "b", Probe: probe, ProbeInterval: 20 * time.Millisecond})
+	done := make(chan struct{}, 2)
+	for _, c := range []*Controller{a, b} {
+		go func(c *Controller) { _ = c.Run(ctx); done <- struct{}{} }(c)
+	}
+	if err := a.Pause(ctx, ReasonAuth, "AuthFailure.SecretIdNotFound"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return b.State().Paused })
+	if st := b.State(); st.Reason != ReasonAuth || st.By != "a" {
+		t.Fatalf("b sees %+v, want paused by a for auth", st)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	if err := b.WaitResumed(wctx); err == nil {
+		t.Fatal("WaitResumed returned while the fleet is paused")
+	}
+	wcancel()
+	healthy.Store(true)
+	wctx, wcancel = context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := b.WaitResumed(wctx); err != nil {
+		t.Fatalf("b did not resume after a successful probe: %v", err)
+	}
+	waitFor(t, func() bool { return !a.State().Paused })
+	cancel()
+	<-done
+	<-done
+}
+
+func TestUnreachableForLongPauses(t *testing.T) {
+	kv := newKV(t)
+	now := time.Unix(1000, 0)
+	c := New(kv, Config{Worker: "a", UnreachableAfter: time.Minute, Now: func() time.Time { return now }})
+	ctx := context.Background()
+	c.ObserveTransportFailure(ctx)
+	now = now.Add(30 * time.Second)
+	c.ObserveTransportFailure(ctx)
+	if c.State().Paused {
+		t.Fatal("paused after 30s of failures, want 1m")
+	}
+	c.ObserveSuccess()
+	now = now.Add(50 * time.Second)
+	c.ObserveTransportFailure(ctx)
+	if c.State().Paused {
+		t.Fatal("a success in between must restart the clock")
+	}
+	now = now.Add(61 * time.Second)
+	c.ObserveTransportFailure(ctx)
+	if st := c.State(); !st.Paused || st.Reason != ReasonUnreachable {
+		t.Fatalf("state = %+v, want paused as unreachable", st)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
