@@ -1,0 +1,289 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/retry"
+	"github.com/omicsq/omicsq/internal/submit"
+)
+
+// config is every worker setting. Each one is a flag and an environment
+// variable (the flag wins); settings below is the single table that defines
+// them, their defaults and their documentation.
+type config struct {
+	NATSURL        string
+	NATSCreds      string
+	NATSNKey       string
+	NATSUser       string
+	NATSPassword   string
+	NATSToken      string
+	NATSCA         string
+	NATSCert       string
+	NATSKey        string
+	StoreDir       string
+	EmbeddedListen string
+
+	Sandbox       bool
+	SandboxListen string
+	SandboxRate   int
+	Endpoint      string
+	InsecureHTTP  bool
+	Region        string
+	APITimeout    time.Duration
+
+	Concurrency    int
+	Rate           float64
+	Burst          int
+	RateLimitScope string
+	RateLimitGuard time.Duration
+
+	Provision bool
+	Topology  queue.Topology
+
+	Retry         retry.Policy
+	MaxReconciles int
+	Limits        submit.Limits
+
+	PauseProbeInterval time.Duration
+	UnreachableAfter   time.Duration
+	DrainTimeout       time.Duration
+
+	MetricsAddr string
+	LogFormat   string
+	LogLevel    string
+	WorkerID    string
+}
+
+// setting is one row of the configuration table.
+type setting struct {
+	flag, env, usage string
+	bind             func(fs *flag.FlagSet, name, usage string)
+}
+
+func settings(c *config) []setting {
+	str := func(p *string, def string) func(*flag.FlagSet, string, string) {
+		return func(fs *flag.FlagSet, n, u string) { fs.StringVar(p, n, def, u) }
+	}
+	boolean := func(p *bool, def bool) func(*flag.FlagSet, string, string) {
+		return func(fs *flag.FlagSet, n, u string) { fs.BoolVar(p, n, def, u) }
+	}
+	integer := func(p *int, def int) func(*flag.FlagSet, string, string) {
+		return func(fs *flag.FlagSet, n, u string) { fs.IntVar(p, n, def, u) }
+	}
+	float := func(p *float64, def float64) func(*flag.FlagSet, string, string) {
+		return func(fs *flag.FlagSet, n, u string) { fs.Float64Var(p, n, def, u) }
+	}
+	dur := func(p *time.Duration, def time.Duration) func(*flag.FlagSet, string, string) {
+		return func(fs *flag.FlagSet, n, u string) { fs.DurationVar(p, n, def, u) }
+	}
+	t, r, l := queue.DefaultTopology(), retry.DefaultPolicy(), submit.DefaultLimits()
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "worker"
+	}
+	return []setting{
+		{"nats-url", "NATS_URL", "NATS server or cluster URLs, comma-separated; empty starts an embedded JetStream server", str(&c.NATSURL, "")},
+		{"nats-creds", "NATS_CREDS", "path of a NATS .creds file (JWT + NKey)", str(&c.NATSCreds, "")},
+		{"nats-nkey", "NATS_NKEY", "path of a file holding an NKey seed", str(&c.NATSNKey, "")},
+		{"nats-user", "NATS_USER", "NATS user name", str(&c.NATSUser, "")},
+		{"nats-password", "NATS_PASSWORD", "NATS password (prefer the environment variable)", str(&c.NATSPassword, "")},
+		{"nats-token", "NATS_TOKEN", "NATS token (prefer the environment variable)", str(&c.NATSToken, "")},
+		{"nats-ca", "NATS_CA", "path of a PEM CA bundle to verify the NATS server", str(&c.NATSCA, "")},
+		{"nats-cert", "NATS_CERT", "path of a PEM client certificate for NATS mutual TLS", str(&c.NATSCert, "")},
+		{"nats-key", "NATS_KEY", "path of the PEM private key of --nats-cert", str(&c.NATSKey, "")},
+		{"store-dir", "OMICSQ_STORE_DIR", "embedded server: JetStream store directory (persistent)", str(&c.StoreDir, ".omicsq/jetstream")},
+		{"embedded-listen", "OMICSQ_EMBEDDED_LISTEN", "embedded server: client listen address (loopback unless told otherwise)", str(&c.EmbeddedListen, "127.0.0.1:4222")},
+
+		{"sandbox", "OMICSQ_SANDBOX", "submit to an in-process sandbox Omics API instead of Tencent Cloud (no credentials)", boolean(&c.Sandbox, false)},
+		{"sandbox-listen", "OMICSQ_SANDBOX_LISTEN", "sandbox: listen address of the in-process sandbox API", str(&c.SandboxListen, "127.0.0.1:0")},
+		{"sandbox-rate", "OMICSQ_SANDBOX_RATE", "sandbox: calls per second per action it admits (0: unlimited)", integer(&c.SandboxRate, 20)},
+		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", str(&c.Endpoint, "omics.tencentcloudapi.com")},
+		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", boolean(&c.InsecureHTTP, false)},
+		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", str(&c.Region, "ap-guangzhou")},
+		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call", dur(&c.APITimeout, 30*time.Second)},
+
+		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica", integer(&c.Concurrency, 16)},
+		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", float(&c.Rate, 20)},
+		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
+		{"rate-limit-scope", "OMICSQ_RATE_LIMIT_SCOPE", "global (shared through NATS by every replica) or local (this process only)", str(&c.RateLimitScope, "global")},
+		{"rate-limit-guard", "OMICSQ_RATE_LIMIT_GUARD", "global limiter: margin added to the 1 s window for network jitter and clock skew", dur(&c.RateLimitGuard, 20*time.Millisecond)},
+
+		{"provision", "OMICSQ_PROVISION", "create or update streams, consumer and buckets at start; false binds to existing ones (e.g. managed by NACK)", boolean(&c.Provision, true)},
+		{"requests-stream", "OMICSQ_REQUESTS_STREAM", "stream of run requests", str(&c.Topology.RequestsStream, t.RequestsStream)},
+		{"requests-subject", "OMICSQ_REQUESTS_SUBJECT", "subject producers publish requests to", str(&c.Topology.RequestsSubject, t.RequestsSubject)},
+		{"consumer", "OMICSQ_CONSUMER", "durable consumer shared by the workers", str(&c.Topology.Consumer, t.Consumer)},
+		{"results-stream", "OMICSQ_RESULTS_STREAM", "stream of results", str(&c.Topology.ResultsStream, t.ResultsStream)},
+		{"results-prefix", "OMICSQ_RESULTS_PREFIX", "results are published to <prefix>.<key token>", str(&c.Topology.ResultsPrefix, t.ResultsPrefix)},
+		{"dlq-stream", "OMICSQ_DLQ_STREAM", "stream of dead letters", str(&c.Topology.DLQStream, t.DLQStream)},
+		{"dlq-prefix", "OMICSQ_DLQ_PREFIX", "dead letters are published to <prefix>.<key token>", str(&c.Topology.DLQPrefix, t.DLQPrefix)},
+		{"advisory-stream", "OMICSQ_ADVISORY_STREAM", "stream capturing max-deliveries advisories", str(&c.Topology.AdvisoryStream, t.AdvisoryStream)},
+		{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger", str(&c.Topology.LedgerBucket, t.LedgerBucket)},
+		{"control-bucket", "OMICSQ_CONTROL_BUCKET", "KV bucket of the fleet-wide pause flag", str(&c.Topology.ControlBucket, t.ControlBucket)},
+		{"stream-replicas", "OMICSQ_STREAM_REPLICAS", "replicas of every stream and bucket (1, 3 or 5)", integer(&c.Topology.Replicas, t.Replicas)},
+		{"requests-max-age", "OMICSQ_REQUESTS_MAX_AGE", "how long an unprocessed request is kept", dur(&c.Topology.RequestsMaxAge, t.RequestsMaxAge)},
+		{"results-max-age", "OMICSQ_RESULTS_MAX_AGE", "how long results are kept", dur(&c.Topology.ResultsMaxAge, t.ResultsMaxAge)},
+		{"dlq-max-age", "OMICSQ_DLQ_MAX_AGE", "how long dead letters are kept", dur(&c.Topology.DLQMaxAge, t.DLQMaxAge)},
+		{"ledger-ttl", "OMICSQ_LEDGER_TTL", "how long ledger entries are kept (at least --results-max-age)", dur(&c.Topology.LedgerTTL, t.LedgerTTL)},
+		{"duplicate-window", "OMICSQ_DUPLICATE_WINDOW", "JetStream de-duplication window of published requests", dur(&c.Topology.DuplicateWindow, t.DuplicateWindow)},
+		{"ack-wait", "OMICSQ_ACK_WAIT", "redelivery timeout of a message whose worker went silent", dur(&c.Topology.AckWait, t.AckWait)},
+		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message before it is dead-lettered", integer(&c.Topology.MaxDeliver, 20)},
+		{"max-ack-pending", "OMICSQ_MAX_ACK_PENDING", "messages delivered but unacknowledged across the fleet", integer(&c.Topology.MaxAckPending, t.MaxAckPending)},
+
+		{"max-attempts", "OMICSQ_MAX_ATTEMPTS", "attempts of a request on throttling or InternalError before it is dead-lettered", integer(&c.Retry.MaxAttempts, r.MaxAttempts)},
+		{"max-retry-elapsed", "OMICSQ_MAX_RETRY_ELAPSED", "time from the first attempt after which retries stop", dur(&c.Retry.MaxElapsed, r.MaxElapsed)},
+		{"retry-initial", "OMICSQ_RETRY_INITIAL", "mean delay before the first retry (exponential, jittered)", dur(&c.Retry.InitialInterval, r.InitialInterval)},
+		{"retry-max-interval", "OMICSQ_RETRY_MAX_INTERVAL", "cap of a single retry delay", dur(&c.Retry.MaxInterval, r.MaxInterval)},
+		{"max-reconciles", "OMICSQ_MAX_RECONCILES", "name lookups that find nothing after ambiguous outcomes before a request is dead-lettered", integer(&c.MaxReconciles, 5)},
+
+		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
+		{"max-input-bytes", "OMICSQ_MAX_INPUT_BYTES", "largest decoded InputBase64 accepted", integer(&c.Limits.MaxInputBytes, l.MaxInputBytes)},
+		{"max-name-bytes", "OMICSQ_MAX_NAME_BYTES", "longest Name accepted", integer(&c.Limits.MaxNameBytes, l.MaxNameBytes)},
+		{"max-description-bytes", "OMICSQ_MAX_DESCRIPTION_BYTES", "longest Description accepted", integer(&c.Limits.MaxDescriptionBytes, l.MaxDescriptionBytes)},
+		{"max-id-bytes", "OMICSQ_MAX_ID_BYTES", "longest resource ID accepted", integer(&c.Limits.MaxIDBytes, l.MaxIDBytes)},
+		{"max-list-len", "OMICSQ_MAX_LIST_LEN", "most elements in a list field (TableRowUuids, VolumeIds)", integer(&c.Limits.MaxListLen, l.MaxListLen)},
+
+		{"pause-probe-interval", "OMICSQ_PAUSE_PROBE_INTERVAL", "while paused on a systemic failure, time between probes of the API", dur(&c.PauseProbeInterval, 30*time.Second)},
+		{"unreachable-after", "OMICSQ_UNREACHABLE_AFTER", "transport failures lasting this long pause the fleet", dur(&c.UnreachableAfter, 2*time.Minute)},
+		{"drain-timeout", "OMICSQ_DRAIN_TIMEOUT", "on SIGTERM, time in-flight messages get to finish before they are released", dur(&c.DrainTimeout, 25*time.Second)},
+
+		{"metrics-addr", "METRICS_ADDR", "listen address of /metrics, /healthz and /readyz (empty: off)", str(&c.MetricsAddr, "127.0.0.1:9464")},
+		{"log-format", "LOG_FORMAT", "text or json", str(&c.LogFormat, "text")},
+		{"log-level", "LOG_LEVEL", "debug, info, warn or error", str(&c.LogLevel, "info")},
+		{"worker-id", "OMICSQ_WORKER_ID", "this replica's name in results, dead letters and logs", str(&c.WorkerID, host)},
+	}
+}
+
+// parseConfig reads the environment, then the flags, then validates.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (*config, error) {
+	c := &config{Topology: queue.DefaultTopology(), Retry: retry.DefaultPolicy(), Limits: submit.DefaultLimits()}
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(out)
+	table := settings(c)
+	for _, s := range table {
+		s.bind(fs, s.flag, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: worker [flags]\n\nPulls run requests from NATS JetStream and submits them to Tencent Cloud Omics RunApplication.\nEvery flag can also be set by the environment variable named in its description; the flag wins.\n\n")
+		fs.PrintDefaults()
+	}
+	// Environment first, so explicit flags override it.
+	for _, s := range table {
+		if v, ok := lookup(getenv, s.env); ok {
+			if err := fs.Set(s.flag, v); err != nil {
+				return nil, fmt.Errorf("environment %s: %w", s.env, err)
+			}
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	c.Topology.MaxMessageBytes = int32(min(c.Limits.MaxRequestBytes, 64<<20))
+	return c, c.validate()
+}
+
+func lookup(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+// validate fails fast, naming the setting and the accepted values.
+func (c *config) validate() error {
+	var errs []error
+	bad := func(flagName, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, a...)))
+	}
+	if c.NATSURL == "" {
+		if _, _, err := net.SplitHostPort(c.EmbeddedListen); err != nil {
+			bad("embedded-listen", "must be HOST:PORT, got an invalid address")
+		}
+		if c.StoreDir == "" {
+			bad("store-dir", "must not be empty when the embedded server is used")
+		}
+	}
+	if (c.NATSCert == "") != (c.NATSKey == "") {
+		bad("nats-cert", "and --nats-key must be given together")
+	}
+	if c.NATSCreds != "" && c.NATSNKey != "" {
+		bad("nats-creds", "and --nats-nkey are mutually exclusive")
+	}
+	if c.Concurrency < 1 || c.Concurrency > 1024 {
+		bad("concurrency", "must be between 1 and 1024, got %d", c.Concurrency)
+	}
+	if c.Rate < 0 {
+		bad("rate", "must be >= 0 (0 lifts the limit), got %v", c.Rate)
+	}
+	if c.Burst < 1 {
+		bad("burst", "must be >= 1, got %d", c.Burst)
+	}
+	if c.RateLimitScope != "global" && c.RateLimitScope != "local" {
+		bad("rate-limit-scope", "must be global or local, got %q", c.RateLimitScope)
+	}
+	if c.RateLimitGuard < 0 || c.RateLimitGuard > time.Second {
+		bad("rate-limit-guard", "must be between 0 and 1s")
+	}
+	if c.APITimeout < time.Second {
+		bad("api-timeout", "must be at least 1s")
+	}
+	if c.Topology.AckWait <= c.APITimeout/3 {
+		// InProgress is sent every AckWait/3; a call must not outlast it unheard.
+		bad("ack-wait", "must be longer than a third of --api-timeout")
+	}
+	if !c.Sandbox && c.Region == "" {
+		bad("region", "must be set (e.g. ap-guangzhou)")
+	}
+	if c.Endpoint == "" || strings.Contains(c.Endpoint, "://") {
+		bad("endpoint", "must be host[:port] without a scheme")
+	}
+	if c.SandboxRate < 0 {
+		bad("sandbox-rate", "must be >= 0")
+	}
+	if c.MaxReconciles < 1 {
+		bad("max-reconciles", "must be >= 1")
+	}
+	if c.DrainTimeout < time.Second {
+		bad("drain-timeout", "must be at least 1s")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log-format", "must be text or json, got %q", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("metrics-addr", "must be HOST:PORT or empty")
+		}
+	}
+	if c.WorkerID == "" {
+		bad("worker-id", "must not be empty")
+	}
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"max-message-bytes", c.Limits.MaxRequestBytes}, {"max-input-bytes", c.Limits.MaxInputBytes}, {"max-name-bytes", c.Limits.MaxNameBytes},
+		{"max-description-bytes", c.Limits.MaxDescriptionBytes}, {"max-id-bytes", c.Limits.MaxIDBytes}, {"max-list-len", c.Limits.MaxListLen}} {
+		if v.n < 1 {
+			bad(v.name, "must be >= 1, got %d", v.n)
+		}
+	}
+	if err := c.Retry.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Topology.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,406 @@
+// Command worker pulls run requests from NATS JetStream and submits them to
+// the Tencent Cloud Omics RunApplication API, at most a configured rate across
+// every replica, with exactly-once effects: each request ends as one run group
+// (published to the results stream) or one dead letter.
+//
+// With no NATS URL it starts an embedded JetStream server on loopback, and
+// with --sandbox an in-process sandbox Omics API, so `go run ./cmd/worker
+// --sandbox` is a complete local system.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/natsconn"
+	"github.com/omicsq/omicsq/internal/pause"
+	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/ratelimit"
+	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/metrics"
+	"github.com/omicsq/omicsq/sandbox"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
+		if errors.Is(err, errHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+var errHelp = errors.New("help requested")
+
+// started reports the addresses a running worker bound; tests use it.
+type started struct {
+	NATSURL     string
+	MetricsAddr string
+	SandboxAddr string
+	Sandbox     *sandbox.Server
+}
+
+// run is the whole worker; main only wires signals. ready, when not nil,
+// receives the bound addresses once the worker consumes.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready chan<- started) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flagErrHelp) {
+		return errHelp
+	}
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	log.Info("starting", "version", version, "worker", cfg.WorkerID)
+
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg, metrics.BuildInfo{Version: version, Revision: revision(), GoVersion: runtime.Version()})
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	// The order below is the reverse of the shutdown order at the end.
+	var st started
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		ns, err := startEmbedded(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			log.Info("embedded NATS server stopped")
+		}()
+		natsURL = ns.ClientURL()
+	}
+	st.NATSURL = natsURL
+	nc, err := natsconn.Connect(ctx, natsconn.Options{
+		URLs: natsURL, Name: "omicsq-worker " + cfg.WorkerID,
+		CredsFile: cfg.NATSCreds, NKeySeedFile: cfg.NATSNKey, User: cfg.NATSUser, Password: cfg.NATSPassword,
+		Token: cfg.NATSToken, CAFile: cfg.NATSCA, CertFile: cfg.NATSCert, KeyFile: cfg.NATSKey,
+	}, log, natsconn.Hooks{
+		OnDisconnect: func() { m.SetNATSConnected(false) },
+		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := nc.Drain(); err != nil {
+			nc.Close()
+		}
+		log.Info("NATS connection drained")
+	}()
+	m.SetNATSConnected(nc.IsConnected())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := setupTopology(ctx, js, cfg); err != nil {
+		return err
+	}
+
+	api, sb, err := newAPI(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if sb != nil {
+		defer sb.Close()
+		st.SandboxAddr, st.Sandbox = sb.Addr(), sb.Server()
+	}
+
+	account := "sandbox"
+	if !cfg.Sandbox {
+		account = cfg.accountHint()
+	}
+	runLimiter, err := newLimiter(ctx, js, cfg, account, "RunApplication", log)
+	if err != nil {
+		return err
+	}
+	defer runLimiter.Close()
+	describeLimiter, err := newLimiter(ctx, js, cfg, account, "DescribeRunGroups", log)
+	if err != nil {
+		return err
+	}
+	defer describeLimiter.Close()
+	configured, _ := runLimiter.Rates()
+	m.SetRateLimit(configured, configured)
+
+	led, err := ledger.Open(ctx, js, cfg.Topology.LedgerBucket)
+	if err != nil {
+		return err
+	}
+	controlKV, err := js.KeyValue(ctx, cfg.Topology.ControlBucket)
+	if err != nil {
+		return fmt.Errorf("bind bucket %s: %w", cfg.Topology.ControlBucket, err)
+	}
+	pauser := pause.New(controlKV, pause.Config{
+		Worker: cfg.WorkerID, ProbeInterval: cfg.PauseProbeInterval, UnreachableAfter: cfg.UnreachableAfter, Logger: log,
+		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, describeLimiter) },
+		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
+	})
+
+	proc := &queue.Processor{
+		JS: js, Topology: cfg.Topology, Ledger: led, API: api,
+		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
+		Retry: cfg.Retry, Limits: cfg.Limits, MaxReconciles: cfg.MaxReconciles, CallTimeout: cfg.APITimeout,
+		Metrics: m, Log: log, Worker: cfg.WorkerID,
+	}
+	consumer := &queue.Consumer{
+		JS: js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
+		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, time.Second) },
+		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
+	}
+
+	var httpSrv *http.Server
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		st.MetricsAddr = ln.Addr().String()
+		httpSrv = &http.Server{
+			Handler: metrics.NewHandler(reg, func() error {
+				return readiness(nc, consumer, pauser)
+			}),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+		go func() {
+			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "error", err)
+			}
+		}()
+		log.Info("serving /metrics, /healthz and /readyz", "addr", st.MetricsAddr)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return consumer.Run(gctx) })
+	g.Go(func() error { return consumer.RunAdvisories(gctx) })
+	g.Go(func() error { consumer.RunStats(gctx, 10*time.Second); return nil })
+	g.Go(func() error { return pauser.Run(gctx) })
+	g.Go(func() error { reportRates(gctx, runLimiter, m); return nil })
+	log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
+		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
+	if ready != nil {
+		ready <- st
+	}
+	err = g.Wait()
+	log.Info("stopped consuming; shutting down", "cause", context.Cause(ctx))
+
+	// Shutdown order: the consumer has drained (in-flight messages finished
+	// or released); now stop serving metrics, then the deferred closes run:
+	// limiters, sandbox, NATS connection (drained), embedded server.
+	if httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func setupTopology(ctx context.Context, js jetstream.JetStream, cfg *config) error {
+	// A cluster may still be electing leaders right after start: retry briefly.
+	var err error
+	for attempt := 0; attempt < 30; attempt++ {
+		if cfg.Provision {
+			err = queue.Provision(ctx, js, cfg.Topology)
+		} else {
+			err = queue.Verify(ctx, js, cfg.Topology)
+		}
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("jetstream topology: %w", err)
+	}
+	return nil
+}
+
+// newAPI returns the Omics client, starting the in-process sandbox in
+// --sandbox mode.
+func newAPI(ctx context.Context, cfg *config, log *slog.Logger) (*submit.Client, *sandboxHandle, error) {
+	endpoint, insecure := cfg.Endpoint, cfg.InsecureHTTP
+	var cred common.CredentialIface
+	var sb *sandboxHandle
+	if cfg.Sandbox {
+		h, err := startSandbox(ctx, cfg, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		sb = h
+		endpoint, insecure = h.Addr(), true
+		cred = common.NewCredential(sandbox.DefaultSecretID, sandbox.DefaultSecretKey)
+		log.Warn("SANDBOX MODE: submitting to an in-process sandbox Omics API, not Tencent Cloud; no real run is created",
+			"sandbox_addr", h.Addr())
+	} else {
+		c, err := submit.CredentialFromEnvironment()
+		if err != nil {
+			return nil, nil, fmt.Errorf("tencent cloud credentials: %w", err)
+		}
+		cred = c
+	}
+	region := cfg.Region
+	if region == "" {
+		region = "ap-guangzhou"
+	}
+	client, err := submit.New(submit.Config{Region: region, Endpoint: endpoint, InsecureHTTP: insecure, Timeout: cfg.APITimeout, Credential: cred})
+	if err != nil {
+		if sb != nil {
+			sb.Close()
+		}
+		return nil, nil, err
+	}
+	return client, sb, nil
+}
+
+// limiter is the worker's view of a rate limiter (global or local).
+type limiter interface {
+	queue.Limiter
+	Ready(ctx context.Context, horizon time.Duration) error
+	Rates() (configured, effective float64)
+	Close() error
+}
+
+func newLimiter(ctx context.Context, js jetstream.JetStream, cfg *config, account, action string, log *slog.Logger) (limiter, error) {
+	if cfg.Rate == 0 {
+		return unlimited{}, nil
+	}
+	if cfg.RateLimitScope == "local" {
+		return ratelimit.NewLocal(cfg.Rate, cfg.Burst), nil
+	}
+	rc := ratelimit.Config{
+		Limit: int(cfg.Rate), Window: time.Second, Guard: cfg.RateLimitGuard, Burst: cfg.Burst,
+		Replicas: cfg.Topology.Replicas, Logger: log.With("limiter", action),
+	}
+	g, err := ratelimit.NewGlobal(ctx, js, ratelimit.Key(account, cfg.Region, action), rc)
+	if err != nil {
+		return nil, fmt.Errorf("rate limiter %s: %w", action, err)
+	}
+	return g, nil
+}
+
+// unlimited is the limiter of --rate 0 (a sandbox with its limit lifted,
+// benchmarks): it never waits.
+type unlimited struct{}
+
+func (unlimited) Wait(context.Context) (time.Duration, error) { return 0, nil }
+func (unlimited) Ready(context.Context, time.Duration) error  { return nil }
+func (unlimited) Throttled(context.Context)                   {}
+func (unlimited) Rates() (configured, effective float64)      { return 0, 0 }
+func (unlimited) Close() error                                { return nil }
+
+// accountHint identifies the quota the limiter is keyed by without holding
+// the secret: the SecretId (hashed by ratelimit.Key) or, for role-based
+// credentials, the role.
+func (c *config) accountHint() string {
+	for _, v := range []string{"TENCENTCLOUD_SECRET_ID", "TKE_ROLE_ARN"} {
+		if s := os.Getenv(v); s != "" {
+			return s
+		}
+	}
+	return "default"
+}
+
+// probeAPI asks the API whether it accepts calls again: any answer that is
+// not systemic (or a transport failure) means it does.
+func probeAPI(ctx context.Context, api *submit.Client, lim limiter) error {
+	if _, err := lim.Wait(ctx); err != nil {
+		return err
+	}
+	limit := uint64(1)
+	_, err := api.DescribeRunGroups(ctx, &submit.DescribeRunGroupsRequest{Limit: &limit})
+	if err == nil {
+		return nil
+	}
+	switch submit.ClassOf(err) {
+	case submit.ClassSystemic, submit.ClassTransient, submit.ClassThrottled:
+		return err
+	}
+	return nil
+}
+
+func readiness(nc *nats.Conn, c *queue.Consumer, p *pause.Controller) error {
+	if !nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	if !c.Bound() {
+		return errors.New("consumer not bound")
+	}
+	if s := p.State(); s.Paused {
+		return fmt.Errorf("submissions paused fleet-wide: %s (%s)", s.Reason, s.Code)
+	}
+	return nil
+}
+
+func reportRates(ctx context.Context, l limiter, m *metrics.Metrics) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastEffective float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			configured, effective := l.Rates()
+			if effective < lastEffective {
+				m.RateLimitDecrease()
+			}
+			lastEffective = effective
+			m.SetRateLimit(configured, effective)
+		}
+	}
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func revision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/omicsq/omicsq/sandbox"
+)
+
+// sandboxHandle is the in-process sandbox API of --sandbox mode, served over
+// real HTTP on loopback so the worker's client signs and sends exactly what
+// it would send to Tencent Cloud.
+type sandboxHandle struct {
+	srv *sandbox.Server
+	ln  *sandbox.Listener
+}
+
+func startSandbox(ctx context.Context, cfg *config, log *slog.Logger) (*sandboxHandle, error) {
+	srv, err := sandbox.New(sandbox.Options{
+		SecretID:  sandbox.DefaultSecretID,
+		SecretKey: sandbox.DefaultSecretKey,
+		Rate:      cfg.SandboxRate,
+		Logger:    log.With("component", "sandbox"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	ln, err := sandbox.Listen(ctx, cfg.SandboxListen, srv)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: listen on %s: %w", cfg.SandboxListen, err)
+	}
+	return &sandboxHandle{srv: srv, ln: ln}, nil
+}
+
+func (h *sandboxHandle) Addr() string            { return h.ln.Addr() }
+func (h *sandboxHandle) Server() *sandbox.Server { return h.srv }
+func (h *sandboxHandle) Close()                  { _ = h.ln.Close() }
