@@ -62,6 +62,12 @@ type Decision struct {
 	Outcome string // a metrics.Outcome* value
 }
 
+// summary is what the per-message log line reports.
+type summary struct {
+	key, runGroupID, requestID string
+	calls                      int
+}
+
 // Processor turns one request message into exactly one effect: a run group
 // (published as a result) or a dead letter. It is safe for concurrent use.
 type Processor struct {
@@ -99,8 +105,14 @@ func (p *Processor) now() time.Time {
 // ctx ending (shutdown) releases the message rather than failing it.
 func (p *Processor) Handle(ctx context.Context, d Delivery) Decision {
 	start := p.now()
-	dec := p.handle(ctx, d)
-	p.Metrics.MessageProcessed(dec.Outcome, p.now().Sub(start))
+	var sum summary
+	dec := p.handle(ctx, d, &sum)
+	elapsed := p.now().Sub(start)
+	p.Metrics.MessageProcessed(dec.Outcome, elapsed)
+	// One line per message: identifiers and outcome only, never inputs.
+	p.Log.Info("message processed", "key", sum.key, "seq", d.StreamSeq, "delivery", d.NumDelivered,
+		"outcome", dec.Outcome, "attempts", sum.calls, "run_group_id", sum.runGroupID,
+		"request_id", sum.requestID, "duration", elapsed)
 	return dec
 }
 
@@ -114,10 +126,14 @@ type job struct {
 	log   *slog.Logger
 }
 
-func (p *Processor) handle(ctx context.Context, d Delivery) Decision {
+func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decision {
 	req, verr := submit.DecodeRunApplication(d.Data, p.Limits)
 	key, kerr := requestKey(d.Header, req, d.Data)
 	j := &job{d: d, key: key, req: req, log: p.Log.With("key", key, "seq", d.StreamSeq, "delivery", d.NumDelivered)}
+	sum.key = key
+	defer func() {
+		sum.runGroupID, sum.requestID, sum.calls = j.entry.RunGroupID, j.entry.RequestID, j.entry.Calls
+	}()
 	if kerr != nil {
 		return p.deadLetterInvalid(ctx, j, Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: HeaderKey, Message: kerr.Error()})
 	}
@@ -391,8 +407,8 @@ func (p *Processor) succeed(ctx context.Context, j *job, runGroupID, requestID s
 		// The run group exists whatever happens next; the ledger must say so
 		// before the message can go. A conflict means another worker wrote:
 		// re-read and write the outcome over the fresh revision.
-		p.Metrics.LedgerError()
 		if !errors.Is(err, ledger.ErrConflict) {
+			p.Metrics.LedgerError()
 			j.log.Error("could not record the run group in the ledger", "run_group_id", runGroupID, "error", err)
 			// Redelivery reconciles by name and finds the run group.
 			return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
@@ -487,12 +503,12 @@ func (p *Processor) put(ctx context.Context, j *job) (Decision, bool) {
 }
 
 func (p *Processor) ledgerFailure(_ context.Context, j *job, err error) Decision {
-	p.Metrics.LedgerError()
 	if errors.Is(err, ledger.ErrConflict) {
 		// Another delivery of the same request is being worked on.
 		j.log.Info("ledger entry changed concurrently; handing the message back")
 		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeReleased}
 	}
+	p.Metrics.LedgerError()
 	j.log.Warn("ledger unavailable; handing the message back", "error", err)
 	return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
 }
