@@ -190,11 +190,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}),
 			ReadHeaderTimeout: 5 * time.Second,
 		}
+		serving := make(chan struct{})
 		go func() {
+			defer close(serving)
 			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "error", err)
 			}
 		}()
+		defer func() { <-serving }() // Shutdown (below) ends Serve; wait for it
 		log.Info("serving /metrics, /healthz and /readyz", "addr", st.MetricsAddr)
 	}
 
