@@ -146,6 +146,9 @@ func DecodeDeadLetter(data []byte) (DeadLetter, error) {
 	if d.Key == "" || d.Reason == "" {
 		return DeadLetter{}, fmt.Errorf("decode dead letter: key and reason are required")
 	}
+	if string(d.Request) == "null" {
+		d.Request = nil
+	}
 	if len(d.Request) == 0 && d.RawBase64 == "" {
 		return DeadLetter{}, fmt.Errorf("decode dead letter: neither request nor raw_base64 is present")
 	}
