@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/omicsq/omicsq/internal/submit"
+)
+
+// csvAliases are short column names for RunOption fields.
+var csvAliases = map[string]string{
+	"FailureMode":    "Option.FailureMode",
+	"UseCallCache":   "Option.UseCallCache",
+	"UseErrorOnHold": "Option.UseErrorOnHold",
+}
+
+// csvColumn is what one header cell maps to.
+type csvColumn struct {
+	name string // as written in the header
+	path string // request field path, or csvKeyColumn / csvInputJSONColumn
+	kind fieldKind
+}
+
+// csvHeader maps the header row to columns. Columns are API field names
+// (Name, ApplicationId, ...), Option.X / NFOption.X for nested fields, the
+// aliases FailureMode, UseCallCache and UseErrorOnHold, key and
+// input_json. Names are case-sensitive, like the API's.
+func csvHeader(header []string) ([]csvColumn, error) {
+	cols := make([]csvColumn, len(header))
+	seen := map[string]string{}
+	for i, h := range header {
+		h = strings.TrimSpace(h)
+		path := h
+		if a, ok := csvAliases[h]; ok {
+			path = a
+		}
+		var kind fieldKind
+		switch path {
+		case csvKeyColumn, csvInputJSONColumn:
+		case "":
+			return nil, fmt.Errorf("header: column %d has no name", i+1)
+		default:
+			k, ok := requestFields[path]
+			if !ok {
+				return nil, fmt.Errorf("header: column %q is not a RunApplication field, key or input_json (names are case-sensitive)", fieldLabel(h))
+			}
+			if k == kindObject {
+				return nil, fmt.Errorf("header: column %q is an object; use one column per field, e.g. %s.FailureMode", fieldLabel(h), h)
+			}
+			kind = k
+		}
+		if prev, dup := seen[path]; dup {
+			return nil, fmt.Errorf("header: columns %q and %q set the same field", fieldLabel(prev), fieldLabel(h))
+		}
+		seen[path] = h
+		cols[i] = csvColumn{name: h, path: path, kind: kind}
+	}
+	return cols, nil
+}
+
+// parseCSV reads a sample sheet: a header row, then one run per row. Cells
+// are trimmed; an empty cell means the field is absent; rows whose cells
+// are all empty are skipped.
+func (p *parser) parseCSV(name, dir string, data []byte) ([]item, []*itemError) {
+	fileLoc := location{File: name, Index: -1, kind: formatCSV}
+	r := csv.NewReader(bytes.NewReader(data))
+	r.ReuseRecord = false
+	header, err := r.Read()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, []*itemError{{Loc: fileLoc, Code: codeSyntax, Reason: "the file is empty; want a header row and one row per run"}}
+		}
+		return nil, []*itemError{{Loc: csvErrLoc(fileLoc, 1, err), Code: codeSyntax, Reason: csvReason(err)}}
+	}
+	cols, err := csvHeader(header)
+	if err != nil {
+		l := fileLoc
+		l.Row = 1
+		return nil, []*itemError{{Loc: l, Code: codeSyntax, Reason: err.Error()}}
+	}
+	var items []item
+	var errs []*itemError
+	row := 1
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		row++
+		loc := location{File: name, Index: -1, Row: row, kind: formatCSV}
+		if len(rec) > 0 {
+			// FieldPos panics unless the last Read returned a record.
+			loc.Line, _ = r.FieldPos(0)
+		}
+		if err != nil {
+			pe, ok := errors.AsType[*csv.ParseError](err)
+			if ok && errors.Is(pe.Err, csv.ErrFieldCount) {
+				errs = append(errs, &itemError{Loc: loc, Code: codeSyntax,
+					Reason: fmt.Sprintf("the row has %d cells, the header %d", len(rec), len(cols))})
+				continue
+			}
+			// Quoting errors leave the reader out of step: stop here.
+			errs = append(errs, &itemError{Loc: csvErrLoc(fileLoc, row, err), Code: codeSyntax, Reason: csvReason(err)})
+			break
+		}
+		if allEmpty(rec) {
+			continue
+		}
+		if it, ierr := p.csvRow(loc, dir, cols, rec); ierr != nil {
+			errs = append(errs, ierr)
+		} else {
+			items = append(items, it)
+		}
+	}
+	if len(items) == 0 && len(errs) == 0 {
+		errs = append(errs, &itemError{Loc: fileLoc, Code: codeSyntax, Reason: "the file has a header but no rows"})
+	}
+	return items, errs
+}
+
+func csvErrLoc(l location, row int, err error) location {
+	l.Row = row
+	if pe, ok := errors.AsType[*csv.ParseError](err); ok {
+		l.Line = pe.StartLine
+	}
+	return l
+}
+
+// csvReason describes a CSV syntax error without quoting the input.
+func csvReason(err error) string {
+	pe, ok := errors.AsType[*csv.ParseError](err)
+	if !ok {
+		return "invalid CSV"
+	}
+	return fmt.Sprintf("invalid CSV at line %d, column %d: %v", pe.Line, pe.Column, pe.Err)
+}
+
+func allEmpty(rec []string) bool {
+	for _, c := range rec {
+		if strings.TrimSpace(c) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// csvRow builds the request JSON of one row, then validates it like any
+// other request.
+func (p *parser) csvRow(loc location, dir string, cols []csvColumn, rec []string) (item, *itemError) {
+	fail := func(field, code, reason string) (item, *itemError) {
+		return item{}, &itemError{Loc: loc, Field: field, Code: code, Reason: reason}
+	}
+	top := map[string]any{}
+	nested := map[string]map[string]any{}
+	key, keyGiven, inputPath := "", false, ""
+	for i, c := range cols {
+		cell := strings.TrimSpace(rec[i])
+		if cell == "" {
+			continue
+		}
+		switch c.path {
+		case csvKeyColumn:
+			key, keyGiven = cell, true
+			continue
+		case csvInputJSONColumn:
+			inputPath = cell
+			continue
+		}
+		var v any
+		switch c.kind {
+		case kindString:
+			v = cell
+		case kindBool:
+			b, err := strconv.ParseBool(cell)
+			if err != nil {
+				return fail(c.name, codeInvalidCell, "must be true or false")
+			}
+			v = b
+		case kindUint:
+			n, err := strconv.ParseUint(cell, 10, 64)
+			if err != nil {
+				return fail(c.name, codeInvalidCell, "must be a non-negative integer")
+			}
+			v = n
+		case kindList:
+			var list []string
+			for e := range strings.SplitSeq(cell, ";") {
+				if e = strings.TrimSpace(e); e != "" {
+					list = append(list, e)
+				}
+			}
+			v = list
+		}
+		if parent, field, ok := strings.Cut(c.path, "."); ok {
+			if nested[parent] == nil {
+				nested[parent] = map[string]any{}
+			}
+			nested[parent][field] = v
+		} else {
+			top[c.path] = v
+		}
+	}
+	for parent, m := range nested {
+		top[parent] = m
+	}
+	for field, def := range map[string]string{
+		"ApplicationId": p.defaults.ApplicationID,
+		"EnvironmentId": p.defaults.EnvironmentID,
+		"ProjectId":     p.defaults.ProjectID,
+	} {
+		if _, ok := top[field]; !ok && def != "" {
+			top[field] = def
+		}
+	}
+	if inputPath != "" {
+		if _, ok := top["InputBase64"]; ok {
+			return fail(csvInputJSONColumn, codeInputJSONFile, "input_json and InputBase64 are mutually exclusive")
+		}
+		b64, ierr := p.inputJSON(dir, inputPath)
+		if ierr != "" {
+			return fail(csvInputJSONColumn, codeInputJSONFile, ierr)
+		}
+		top["InputBase64"] = b64
+	}
+	body, err := json.Marshal(top)
+	if err != nil {
+		return fail("", codeInvalidCell, "the row cannot be encoded as JSON")
+	}
+	return p.finish(loc, body, key, keyGiven)
+}
+
+// inputJSON reads an input_json file (relative to dir), checks it is one
+// JSON document within the input limit, and returns it base64-encoded.
+// The reason it returns on failure never names the path, which often
+// carries a sample identifier; the row number locates it.
+func (p *parser) inputJSON(dir, path string) (string, string) {
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	if p.readFile == nil {
+		return "", "cannot read the file: input files are not available here"
+	}
+	data, err := p.readFile(path)
+	if err != nil {
+		if pe, ok := errors.AsType[*fs.PathError](err); ok {
+			return "", "cannot read the file: " + pe.Err.Error()
+		}
+		return "", "cannot read the file"
+	}
+	maxInput := p.lim.MaxInputBytes
+	if maxInput <= 0 {
+		maxInput = submit.DefaultLimits().MaxInputBytes
+	}
+	if len(data) > maxInput {
+		return "", fmt.Sprintf("the file exceeds %d bytes", maxInput)
+	}
+	if !json.Valid(data) {
+		return "", "the file is not a JSON document"
+	}
+	return base64.StdEncoding.EncodeToString(data), ""
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/omicsq/omicsq/internal/submit"
+)
+
+const examplesDir = "../../examples"
+
+func parseExample(t *testing.T, name string) ([]item, []*itemError) {
+	t.Helper()
+	path := filepath.Join(examplesDir, name)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &parser{lim: submit.DefaultLimits(), readFile: os.ReadFile}
+	return p.parse(name, filepath.Dir(path), data, formatAuto)
+}
+
+func decodeJSON(t *testing.T, b []byte) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestTencentDocsExamplesAreVerbatim compares the examples with the
+// request bodies of the RunApplication page (kept byte for byte in
+// internal/submit/testdata).
+func TestTencentDocsExamplesAreVerbatim(t *testing.T) {
+	t.Parallel()
+	for example, seed := range map[string]string{"singleton.json": "seed_singleton.json", "batch.json": "seed_batch.json"} {
+		got, err := os.ReadFile(filepath.Join(examplesDir, "tencent-docs", example))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(filepath.Join("../../internal/submit/testdata", seed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("examples/tencent-docs/%s differs from the documentation's body", example)
+		}
+	}
+}
+
+func TestValidExamples(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]int{
+		"tencent-docs/singleton.json": 1,
+		"tencent-docs/batch.json":     1,
+		"seed-examples.json":          2,
+		"samples.csv":                 20,
+	} {
+		items, errs := parseExample(t, name)
+		if len(errs) != 0 || len(items) != want {
+			t.Errorf("%s: %d items (want %d), errors %v", name, len(items), want, errs)
+		}
+	}
+}
+
+// TestSeedExamples checks seed-examples.json is the two documented bodies
+// with only their Names changed.
+func TestSeedExamples(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join(examplesDir, "seed-examples.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct{ file, name string }{
+		{"singleton.json", "seed-singleton-example"}, {"batch.json", "seed-batch-example"},
+	} {
+		raw, err := os.ReadFile(filepath.Join(examplesDir, "tencent-docs", tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := decodeJSON(t, raw).(map[string]any)
+		want["Name"] = tc.name
+		if !reflect.DeepEqual(got[i], want) {
+			t.Errorf("seed-examples.json[%d] is not %s renamed to %s", i, tc.file, tc.name)
+		}
+	}
+	// The two documentation bodies share a Name: in one run, the second is
+	// rejected as the API would reject it.
+	items, _ := parseExample(t, "tencent-docs/singleton.json")
+	more, _ := parseExample(t, "tencent-docs/batch.json")
+	_, errs := crossCheck(append(items, more...))
+	if len(errs) != 1 || errs[0].Code != codeDuplicateName {
+		t.Errorf("singleton + batch: errors %v, want one DuplicateName", errs)
+	}
+}
+
+// TestSamplesCSV checks each row's input JSON was read from its input_json
+// file, and every input file is used.
+func TestSamplesCSV(t *testing.T) {
+	t.Parallel()
+	items, errs := parseExample(t, "samples.csv")
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	used := map[string]bool{}
+	for _, it := range items {
+		file := filepath.Join(examplesDir, "inputs", it.Req.Name+".json")
+		want, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%s: %v", it.Loc, err)
+		}
+		got, err := base64.StdEncoding.DecodeString(*it.Req.InputBase64)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: InputBase64 is not %s", it.Loc, file)
+		}
+		if !it.KeyGiven || !strings.HasPrefix(it.Key, "omicsq-example-sample-") {
+			t.Errorf("%s: key %q", it.Loc, it.Key)
+		}
+		used[filepath.Base(file)] = true
+	}
+	entries, err := os.ReadDir(filepath.Join(examplesDir, "inputs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !used[e.Name()] {
+			t.Errorf("examples/inputs/%s is not used by samples.csv", e.Name())
+		}
+	}
+	if len(entries) != 20 {
+		t.Errorf("%d input files, want 20", len(entries))
+	}
+}
+
+// TestInvalidExamples checks every line of invalid.jsonl fails for its own
+// documented reason.
+func TestInvalidExamples(t *testing.T) {
+	t.Parallel()
+	items, errs := parseExample(t, "invalid.jsonl")
+	if len(items) != 0 {
+		t.Errorf("%d lines of invalid.jsonl are valid", len(items))
+	}
+	want := []struct{ code, field string }{
+		{submit.CodeMissingParameter, "Name"},
+		{submit.CodeMissingParameter, "InputBase64"},
+		{submit.CodeInvalidParameter, "InputCosUri"},
+		{submit.CodeInvalidBase64Encode, "InputBase64"},
+		{submit.CodeInvalidInputJSONFormat, "InputBase64"},
+		{submit.CodeInvalidRunOption, "Option.FailureMode"},
+		{submit.CodeInvalidParameterValue, "AccessMode"},
+		{submit.CodeUnknownParameter, "Priority"},
+		{submit.CodeInvalidParameter, "CacheClearDelay"},
+		{submit.CodeInvalidTimeoutMinutes, "TimeoutNotificationMinutes"},
+		{submit.CodeInvalidName, "Name"}, // control character
+		{submit.CodeInvalidName, "Name"}, // too long
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("%d errors, want %d: %v", len(errs), len(want), errs)
+	}
+	seen := map[[3]string]int{}
+	for i, e := range errs {
+		if e.Loc.Line != i+1 || e.Code != want[i].code || e.Field != want[i].field {
+			t.Errorf("line %d: got %s, want %s %s", i+1, e, want[i].field, want[i].code)
+		}
+		k := [3]string{e.Code, e.Field, e.Reason}
+		if prev, dup := seen[k]; dup {
+			t.Errorf("lines %d and %d fail for the same reason: %s", prev, i+1, e)
+		}
+		seen[k] = i + 1
+	}
+}

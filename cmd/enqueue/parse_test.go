@@ -1,0 +1,428 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io/fs"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/submit"
+)
+
+// secret stands for a patient or sample identifier: no error may echo it.
+const secret = "PATIENT-4711-SECRET"
+
+const base = `"ApplicationId":"app-1","EnvironmentId":"env-1","InputBase64":"e30K"`
+
+// memFiles is a readFile over a map; missing paths fail like os.ReadFile.
+func memFiles(files map[string]string) func(string) ([]byte, error) {
+	return func(p string) ([]byte, error) {
+		if s, ok := files[filepath.ToSlash(p)]; ok {
+			return []byte(s), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+	}
+}
+
+func newTestParser(files map[string]string) *parser {
+	return &parser{lim: submit.DefaultLimits(), readFile: memFiles(files)}
+}
+
+// canonical decodes body the way the worker does and re-encodes it.
+func canonical(t *testing.T, body string) []byte {
+	t.Helper()
+	req, err := submit.DecodeRunApplication([]byte(body), submit.DefaultLimits())
+	if err != nil {
+		t.Fatalf("decode %s: %v", body, err)
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+type wantItem struct {
+	loc  string
+	key  string // "" means derived from the body
+	body string // the request as given, before canonicalisation
+}
+
+type wantErr struct {
+	text string // the whole error line
+}
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	inputs := map[string]string{
+		"sheet/inputs/a.json": `{"wf.sample": "S1"}`,
+		"sheet/inputs/b.json": `{"wf.sample": "S2"}` + "\n",
+		"sheet/bad.json":      `{"wf.sample": ` + secret,
+	}
+	for _, tc := range []struct {
+		name  string
+		file  string
+		f     format
+		data  string
+		items []wantItem
+		errs  []wantErr
+	}{
+		{
+			name:  "json object",
+			file:  "one.json",
+			data:  "  {\n" + base + `,"Name":"n1"}` + "\n",
+			items: []wantItem{{loc: "one.json", body: `{` + base + `,"Name":"n1"}`}},
+		},
+		{
+			name:  "json envelope",
+			file:  "one.json",
+			data:  `{"key":"lims-0001","request":{` + base + `,"Name":"n1"}}`,
+			items: []wantItem{{loc: "one.json", key: "lims-0001", body: `{` + base + `,"Name":"n1"}`}},
+		},
+		{
+			name: "json array with envelopes",
+			file: "many.json",
+			data: "[\n  {" + base + `,"Name":"n1"},` + "\n" +
+				`  {"request":{` + base + `,"Name":"n2"}},` + "\n" +
+				`  {"key":"k-3","request":{` + base + `,"Name":"n3"}}` + "\n]\n",
+			items: []wantItem{
+				{loc: "many.json[0]", body: `{` + base + `,"Name":"n1"}`},
+				{loc: "many.json[1]", body: `{` + base + `,"Name":"n2"}`},
+				{loc: "many.json[2]", key: "k-3", body: `{` + base + `,"Name":"n3"}`},
+			},
+		},
+		{
+			name: "json array item errors name index and line",
+			file: "many.json",
+			data: "[\n  {" + base + `,"Name":"n1"},` + "\n\n" +
+				`  {"ApplicationId":"app-1","EnvironmentId":"env-1","Description":"` + secret + `"},` + "\n" +
+				`  {` + base + `,"Name":"n3","Option":{"FailureMode":"` + secret + `"}}` + "\n]",
+			items: []wantItem{{loc: "many.json[0]", body: `{` + base + `,"Name":"n1"}`}},
+			errs: []wantErr{
+				{"many.json[1] (line 4): Name: MissingParameter: parameter is required"},
+				{"many.json[2] (line 5): Option.FailureMode: InvalidParameterValue.InvalidRunOption: must be ContinueWhilePossible or NoNewCalls"},
+			},
+		},
+		{
+			name: "json syntax error names the line",
+			file: "bad.json",
+			data: "[\n{" + base + `,"Name":"n1"},` + "\n{\"Name\": " + secret + "}]",
+			errs: []wantErr{{"bad.json (line 3): InvalidSyntax: invalid JSON syntax"}},
+			items: []wantItem{
+				{loc: "bad.json[0]", body: `{` + base + `,"Name":"n1"}`},
+			},
+		},
+		{
+			name: "json unexpected end",
+			file: "bad.json",
+			data: "{\n\"Name\": \"" + secret,
+			errs: []wantErr{{"bad.json (line 2): InvalidSyntax: unexpected end of input: an unclosed object, array or string"}},
+		},
+		{
+			name: "json trailing data",
+			file: "two.json",
+			data: `{` + base + `,"Name":"n1"}` + "\n" + `{` + base + `,"Name":"n2"}`,
+			errs: []wantErr{{"two.json (line 2): InvalidSyntax: data after the JSON value; use an array or JSON Lines for several requests"}},
+		},
+		{
+			name: "json not an object",
+			file: "x.json",
+			data: `["` + secret + `"]`,
+			errs: []wantErr{{"x.json[0] (line 1): InvalidItem: each request must be a JSON object"}},
+		},
+		{
+			name: "empty json",
+			file: "x.json",
+			data: " \n",
+			errs: []wantErr{{"x.json: InvalidSyntax: the file is empty; want a JSON object or an array of objects"}},
+		},
+		{
+			name: "jsonl with blank lines and CRLF",
+			file: "runs.jsonl",
+			data: "\r\n{" + base + `,"Name":"n1"}` + "\r\n\n   \n" +
+				`{"key":"k2","request":{` + base + `,"Name":"n2"}}` + "\r\n" +
+				`{` + base + `,"Name":"n3","AccessMode":"` + secret + `"}` + "\n" +
+				`{` + base + `,"Name":"n4","CacheClearDelay":"` + secret + `"}` + "\n" +
+				`{"Name": ` + secret + "\n",
+			items: []wantItem{
+				{loc: "runs.jsonl:2", body: `{` + base + `,"Name":"n1"}`},
+				{loc: "runs.jsonl:5", key: "k2", body: `{` + base + `,"Name":"n2"}`},
+			},
+			errs: []wantErr{
+				{"runs.jsonl:6: AccessMode: InvalidParameterValue: must be PRIVATE or PUBLIC"},
+				{"runs.jsonl:7: CacheClearDelay: InvalidParameter: value has the wrong JSON type, want a non-negative integer"},
+				{"runs.jsonl:8: InvalidSyntax: the line is not one JSON value"},
+			},
+		},
+		{
+			name: "jsonl envelope errors",
+			file: "e.jsonl",
+			data: `{"key":"k1","request":{` + base + `,"Name":"n1"},"note":"` + secret + `"}` + "\n" +
+				`{"key":42,"request":{` + base + `,"Name":"n2"}}` + "\n" +
+				`{"key":"has space ` + secret + `","request":{` + base + `,"Name":"n3"}}` + "\n" +
+				`{"key":"k4","request":"` + secret + `"}` + "\n" +
+				`{"key":"k5","Request":{` + base + `,"Name":"n5"}}` + "\n",
+			errs: []wantErr{
+				{`e.jsonl:1: note: InvalidItem: an envelope holds only "key" and "request"`},
+				{"e.jsonl:2: key: InvalidIdempotencyKey: the key must be a JSON string"},
+				{"e.jsonl:3: key: InvalidIdempotencyKey: idempotency key contains spaces or control characters"},
+				{"e.jsonl:4: InvalidParameter: request body must be a JSON object"},
+				{"e.jsonl:5: key: UnknownParameter: the API defines no such parameter"},
+			},
+		},
+		{
+			name: "empty jsonl",
+			file: "e.jsonl",
+			data: "\n\n",
+			errs: []wantErr{{"e.jsonl: InvalidSyntax: the file holds no request"}},
+		},
+		{
+			name: "csv with input_json, aliases, lists and nested columns",
+			file: "sheet/samples.csv",
+			data: "\ufeffkey, Name ,ApplicationId,EnvironmentId,input_json,TableId,TableRowUuids,FailureMode,UseCallCache,Option.UseErrorOnHold,CacheClearDelay,NFOption.Resume,VolumeIds\n" +
+				"k-1,S1,app-1,env-1,inputs/a.json,tab-1, r1 ; r2 ;,NoNewCalls,TRUE,false,24,,\n" +
+				",,,,,,,,,,,,\n" +
+				",S2,app-1,env-1,inputs/b.json,,,,,,0,true,vol-1;vol-2\n",
+			items: []wantItem{
+				{loc: "sheet/samples.csv:row2", key: "k-1", body: `{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S1",` +
+					`"InputBase64":"` + b64(`{"wf.sample": "S1"}`) + `","TableId":"tab-1","TableRowUuids":["r1","r2"],` +
+					`"Option":{"FailureMode":"NoNewCalls","UseCallCache":true,"UseErrorOnHold":false},"CacheClearDelay":24}`},
+				{loc: "sheet/samples.csv:row4", body: `{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S2",` +
+					`"InputBase64":"` + b64(`{"wf.sample": "S2"}`+"\n") + `","CacheClearDelay":0,"NFOption":{"Resume":true},"VolumeIds":["vol-1","vol-2"]}`},
+			},
+		},
+		{
+			name: "csv row errors name row and column",
+			file: "sheet/samples.csv",
+			data: "Name,ApplicationId,EnvironmentId,input_json,InputBase64,UseCallCache,CacheClearDelay,Option.FailureMode\n" +
+				secret + ",app-1,env-1,inputs/a.json,,maybe,,\n" +
+				secret + ",app-1,env-1,inputs/a.json,,,-1,\n" +
+				secret + ",app-1,env-1,inputs/missing-" + secret + ".json,,,,\n" +
+				secret + ",app-1,env-1,bad.json,,,,\n" +
+				secret + ",app-1,env-1,inputs/a.json,e30K,,,\n" +
+				secret + ",app-1,env-1,inputs/a.json,,,," + secret + "\n" +
+				secret + ",app-1,env-1\n" +
+				",app-1,env-1,inputs/a.json,,,,\n",
+			errs: []wantErr{
+				{"sheet/samples.csv:row2: UseCallCache: InvalidCell: must be true or false"},
+				{"sheet/samples.csv:row3: CacheClearDelay: InvalidCell: must be a non-negative integer"},
+				{"sheet/samples.csv:row4: input_json: InputJsonFile: cannot read the file: file does not exist"},
+				{"sheet/samples.csv:row5: input_json: InputJsonFile: the file is not a JSON document"},
+				{"sheet/samples.csv:row6: input_json: InputJsonFile: input_json and InputBase64 are mutually exclusive"},
+				{"sheet/samples.csv:row7: Option.FailureMode: InvalidParameterValue.InvalidRunOption: must be ContinueWhilePossible or NoNewCalls"},
+				{"sheet/samples.csv:row8: InvalidSyntax: the row has 3 cells, the header 8"},
+				{"sheet/samples.csv:row9: Name: MissingParameter: parameter is required"},
+			},
+		},
+		{
+			name: "csv unknown column",
+			file: "s.csv",
+			data: "Name,ApplicationID\nn,app-1\n",
+			errs: []wantErr{{`s.csv:row1: InvalidSyntax: header: column "ApplicationID" is not a RunApplication field, key or input_json (names are case-sensitive)`}},
+		},
+		{
+			name: "csv object column",
+			file: "s.csv",
+			data: "Name,Option\nn,x\n",
+			errs: []wantErr{{`s.csv:row1: InvalidSyntax: header: column "Option" is an object; use one column per field, e.g. Option.FailureMode`}},
+		},
+		{
+			name: "csv alias and full name together",
+			file: "s.csv",
+			data: "Name,FailureMode,Option.FailureMode\nn,NoNewCalls,NoNewCalls\n",
+			errs: []wantErr{{`s.csv:row1: InvalidSyntax: header: columns "FailureMode" and "Option.FailureMode" set the same field`}},
+		},
+		{
+			name: "csv bad quoting stops with the row",
+			file: "s.csv",
+			data: "Name,ApplicationId,EnvironmentId,InputBase64\nn1,app-1,env-1,e30K\n\"n2,app-1,env-1,e30K\n",
+			items: []wantItem{
+				{loc: "s.csv:row2", body: `{"Name":"n1","ApplicationId":"app-1","EnvironmentId":"env-1","InputBase64":"e30K"}`},
+			},
+			errs: []wantErr{{`s.csv:row3: InvalidSyntax: invalid CSV at line 3, column 22: extraneous or missing " in quoted-field`}},
+		},
+		{
+			name: "csv header only",
+			file: "s.csv",
+			data: "Name,ApplicationId\n",
+			errs: []wantErr{{"s.csv: InvalidSyntax: the file has a header but no rows"}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := newTestParser(inputs)
+			f := tc.f
+			if f == "" {
+				f = formatAuto
+			}
+			items, errs := p.parse(tc.file, filepath.Dir(tc.file), []byte(tc.data), f)
+			if len(items) != len(tc.items) {
+				t.Errorf("got %d items, want %d", len(items), len(tc.items))
+			}
+			for i := range min(len(items), len(tc.items)) {
+				got, want := items[i], tc.items[i]
+				if got.Loc.String() != want.loc {
+					t.Errorf("item %d: location %q, want %q", i, got.Loc, want.loc)
+				}
+				wantBody := canonical(t, want.body)
+				if string(got.Body) != string(wantBody) {
+					t.Errorf("item %d: body\n got %s\nwant %s", i, got.Body, wantBody)
+				}
+				wantKey, given := want.key, want.key != ""
+				if !given {
+					wantKey = queue.DeriveKey(wantBody)
+				}
+				if got.Key != wantKey || got.KeyGiven != given {
+					t.Errorf("item %d: key %q (given %v), want %q (given %v)", i, got.Key, got.KeyGiven, wantKey, given)
+				}
+			}
+			var gotErrs []string
+			for _, e := range errs {
+				gotErrs = append(gotErrs, e.Error())
+				if strings.Contains(e.Error(), secret) {
+					t.Errorf("error echoes a request value: %s", e)
+				}
+			}
+			var wantErrs []string
+			for _, w := range tc.errs {
+				wantErrs = append(wantErrs, w.text)
+			}
+			if !reflect.DeepEqual(gotErrs, wantErrs) {
+				t.Errorf("errors\n got %q\nwant %q", gotErrs, wantErrs)
+			}
+		})
+	}
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestCSVDefaults(t *testing.T) {
+	t.Parallel()
+	p := newTestParser(nil)
+	p.defaults = csvDefaults{ApplicationID: "app-d", EnvironmentID: "env-d", ProjectID: "prj-d"}
+	data := "Name,ApplicationId,InputCosUri\nn1,,cos://b/x.json\nn2,app-own,cos://b/y.json\n"
+	items, errs := p.parse("s.csv", ".", []byte(data), formatAuto)
+	if len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	for i, wantApp := range []string{"app-d", "app-own"} {
+		r := items[i].Req
+		if r.ApplicationId != wantApp || r.EnvironmentId != "env-d" || r.ProjectId == nil || *r.ProjectId != "prj-d" {
+			t.Errorf("row %d: ApplicationId %q EnvironmentId %q ProjectId %v, want %q env-d prj-d", i+2, r.ApplicationId, r.EnvironmentId, r.ProjectId, wantApp)
+		}
+	}
+}
+
+func TestCrossCheck(t *testing.T) {
+	t.Parallel()
+	p := newTestParser(nil)
+	data := `{"key":"k1","request":{` + base + `,"Name":"n1"}}` + "\n" +
+		`{"key":"k1","request":{` + base + `,"Name":"n1"}}` + "\n" + // exact repeat: allowed
+		`{"key":"k1","request":{` + base + `,"Name":"n2"}}` + "\n" + // same key, other request
+		`{"key":"k2","request":{` + base + `,"Name":"n1"}}` + "\n" + // same Name, other key
+		`{"key":"k3","request":{` + base + `,"Name":"n1","ProjectId":"prj-2"}}` + "\n" // other project: fine
+	items, errs := p.parse("x.jsonl", ".", []byte(data), formatAuto)
+	if len(errs) != 0 {
+		t.Fatalf("parse errors: %v", errs)
+	}
+	ok, dupErrs := crossCheck(items)
+	var got []string
+	for _, e := range dupErrs {
+		got = append(got, e.Error())
+	}
+	want := []string{
+		"x.jsonl:3: key: DuplicateKey: the same key was given to a different request at x.jsonl:1",
+		"x.jsonl:4: Name: DuplicateName: the request at x.jsonl:1 uses the same Name in the same project; run-group names must be unique",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n got %q\nwant %q", got, want)
+	}
+	var locs []string
+	for _, it := range ok {
+		locs = append(locs, it.Loc.String())
+	}
+	if want := []string{"x.jsonl:1", "x.jsonl:2", "x.jsonl:5"}; !reflect.DeepEqual(locs, want) {
+		t.Errorf("kept %v, want %v", locs, want)
+	}
+}
+
+func TestDetectFormat(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, data string
+		want       format
+	}{
+		{"a.json", "x", formatJSON},
+		{"a.JSONL", "x", formatJSONL},
+		{"a.ndjson", "x", formatJSONL},
+		{"a.csv", "{", formatCSV},
+		{"stdin", " [ {} ]", formatJSON},
+		{"stdin", "{\n \"a\": 1\n}\n", formatJSON},
+		{"stdin", "{}\n{}\n", formatJSONL},
+		{"stdin", "{", formatJSONL},
+		{"stdin", "Name,ApplicationId\n", formatCSV},
+		{"stdin", "", formatJSONL},
+	} {
+		if got := detectFormat(tc.name, []byte(tc.data)); got != tc.want {
+			t.Errorf("detectFormat(%q, %q) = %s, want %s", tc.name, tc.data, got, tc.want)
+		}
+	}
+}
+
+func TestLimitsApply(t *testing.T) {
+	t.Parallel()
+	p := newTestParser(map[string]string{"big.json": `{"a":"` + strings.Repeat("x", 100) + `"}`, "small.json": `{}`})
+	p.lim.MaxNameBytes = 4
+	p.lim.MaxInputBytes = 50
+	_, errs := p.parse("s.csv", ".", []byte("Name,ApplicationId,EnvironmentId,input_json\nn1,a,e,big.json\nlonger,a,e,small.json\n"), formatAuto)
+	var got []string
+	for _, e := range errs {
+		got = append(got, e.Error())
+	}
+	want := []string{
+		"s.csv:row2: input_json: InputJsonFile: the file exceeds 50 bytes",
+		"s.csv:row3: Name: InvalidParameterValue.InvalidName: must be at most 4 bytes",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestParseSetAndApplyEdits(t *testing.T) {
+	t.Parallel()
+	req := json.RawMessage(`{"Name":"n","Option":{"FailureMode":"Bad","UseCallCache":true},"Extra":1,"AccessMode":"PUBLIC"}`)
+	var edits []setEdit
+	for _, s := range []string{"Option.FailureMode=NoNewCalls", `Name="007"`, "CacheClearDelay=24", "Extra=null",
+		"AccessMode=null", "NFOption.Resume=true", "Description=two words", "Option.UseCallCache=null"} {
+		e, err := parseSet(s)
+		if err != nil {
+			t.Fatalf("parseSet(%q): %v", s, err)
+		}
+		edits = append(edits, e)
+	}
+	out, err := applyEdits(req, edits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, want map[string]any
+	_ = json.Unmarshal(out, &got)
+	_ = json.Unmarshal([]byte(`{"Name":"007","Option":{"FailureMode":"NoNewCalls"},"CacheClearDelay":24,"NFOption":{"Resume":true},"Description":"two words"}`), &want)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("applyEdits = %s", out)
+	}
+	for _, bad := range []string{"Nmae=x", "=x", "noequals", "Option.Nope=1", "Unknown.Field=null"} {
+		if _, err := parseSet(bad); err == nil {
+			t.Errorf("parseSet(%q) accepted", bad)
+		}
+	}
+	if out, _ := applyEdits(req, nil); string(out) != string(req) {
+		t.Errorf("no edits changed the request: %s", out)
+	}
+	if _, err := applyEdits(json.RawMessage(`[1]`), edits); err == nil {
+		t.Error("applyEdits on a non-object succeeded")
+	}
+}
