@@ -268,7 +268,9 @@ func (g *Global) write(ctx context.Context, snap snapshot, next state) error {
 // process could be granted a call within horizon (counting the callers
 // already waiting in this process). Use it before fetching work, so as not to
 // hold messages that cannot be sent soon. It is a hint: Wait still decides.
-// While this process is disconnected from NATS it blocks.
+// While this process is disconnected from NATS it blocks. If the key has no
+// state yet it returns at once: the first Wait creates the state and waits
+// out the cold-start delay.
 func (g *Global) Ready(ctx context.Context, horizon time.Duration) error {
 	for {
 		if err := g.alive(ctx); err != nil {
@@ -285,19 +287,14 @@ func (g *Global) Ready(ctx context.Context, horizon time.Duration) error {
 			continue
 		}
 		if snap.absent || snap.invalid {
-			// Nothing to wait for until a Wait writes the cold-start state;
-			// recomputing it here from the moving clock would never end.
-			// (Found by cmd/worker's tests: the consumer calls Ready before
-			// the first Wait, so a fresh key deadlocked the fleet.)
+			// No state yet: only a Wait creates it (and pays the cold-start
+			// delay). A cold state computed here from the moving clock
+			// would never come within the horizon, and a worker that calls
+			// Ready before its first Wait would never start.
 			return nil
 		}
 		now := g.now()
-		st := snap.st.clone()
-		slot := now
-		for range pending + 1 {
-			slot = st.earliest(now, now, g.p)
-			st.grants = append(st.grants, slot)
-		}
+		slot := snap.st.nthSlot(now, pending+1, g.p)
 		if slot <= now+int64(horizon) {
 			return nil
 		}

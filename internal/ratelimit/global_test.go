@@ -217,38 +217,55 @@ func TestGlobalFleetHoldsTheWindow(t *testing.T) {
 	}
 }
 
-// Separate keys have separate budgets: two quotas saturated at once both get
-// their full rate.
+// Separate keys have separate budgets: with one quota's capacity reserved
+// for the next window, a call on another quota is granted at once.
 func TestGlobalSeparateKeys(t *testing.T) {
 	s := startServer(t, -1, t.TempDir())
-	a := newGlobal(t, connect(t, s), Key("acct", "ap-guangzhou", "RunApplication"), fastConfig)
+	js := connect(t, s)
+	a := newGlobal(t, js, Key("acct", "ap-guangzhou", "RunApplication"), fastConfig)
 	b := newGlobal(t, connect(t, s), Key("acct", "ap-shanghai", "RunApplication"), fastConfig)
-	run := time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 420*time.Millisecond+run+100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var ta, tb []time.Time
 	var wg sync.WaitGroup
-	wg.Go(func() { ta = hammer(t, ctx, []*Global{a}, 3) })
-	wg.Go(func() { tb = hammer(t, ctx, []*Global{b}, 3) })
+	for _, g := range []*Global{a, b} { // pay both cold starts at once
+		wg.Go(func() {
+			if _, err := g.Wait(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 	wg.Wait()
 
-	perKey := 10 / 0.22 // grants per second at Limit/(Window+Guard)
-	for name, times := range map[string][]time.Time{"a": ta, "b": tb} {
-		if most := maxInWindow(times, 200*time.Millisecond); most > 10 {
-			t.Errorf("key %s: %d grants in one window, want <= 10", name, most)
-		}
-		if len(times) == 0 {
-			t.Fatalf("key %s: no grants", name)
-		}
-		n := 0
-		for _, ts := range times {
-			if ts.Sub(times[0]) < run {
-				n++
+	// Fill a's log: 10 callers reserve the next 10 slots (a whole window).
+	for range 10 {
+		wg.Go(func() {
+			if _, err := a.Wait(ctx); err != nil {
+				t.Error(err)
 			}
+		})
+	}
+	for {
+		snap := a.snapshotForTest()
+		if n := len(snap.st.grants); n > 0 && snap.st.grants[n-1]-time.Now().UnixNano() > int64(150*time.Millisecond) {
+			break
 		}
-		if float64(n) < 0.9*perKey*run.Seconds() {
-			t.Errorf("key %s: %d grants in %v, want >= %.0f (its own full rate)", name, n, run, 0.9*perKey*run.Seconds())
+		if ctx.Err() != nil {
+			t.Fatal("a's log never filled")
 		}
+		time.Sleep(time.Millisecond)
+	}
+	waitedB, err := b.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitedA, err := a.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	t.Logf("with a's window reserved: Wait on b took %v, on a %v", waitedB, waitedA)
+	if waitedB > 100*time.Millisecond || waitedA < 150*time.Millisecond {
+		t.Fatalf("Wait on b took %v and on a %v; want b at once (< 100ms) and a after a's reservations (>= 150ms)", waitedB, waitedA)
 	}
 }
 
@@ -325,10 +342,12 @@ func catchUp(t *testing.T, ctx context.Context, reader, writer *Global) {
 	}
 }
 
-func cachedRev(g *Global) uint64 {
+func cachedRev(g *Global) uint64 { return g.snapshotForTest().rev }
+
+func (g *Global) snapshotForTest() snapshot {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.cache.rev
+	return g.cache
 }
 
 // Several replicas reporting the same throttling event cut the shared rate
@@ -440,23 +459,43 @@ func TestGlobalStateLost(t *testing.T) {
 // Ready waits for capacity without taking it.
 func TestGlobalReady(t *testing.T) {
 	s := startServer(t, -1, t.TempDir())
-	g := newGlobal(t, connect(t, s), Key("acct", "region", "RunApplication"), fastConfig)
+	key := Key("acct", "region", "RunApplication")
+	g := newGlobal(t, connect(t, s), key, fastConfig)
 	cold := fastConfig.Horizon + fastConfig.Window + fastConfig.Guard
-
-	// Absent key: the first grant is a cold-start delay away.
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	err := g.Ready(ctx, 0)
-	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Ready(horizon 0) before any state = %v, want to block", err)
-	}
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.Ready(ctx, cold+50*time.Millisecond); err != nil {
-		t.Fatal(err)
+
+	// No state yet: Ready must not block, or a worker that gates its first
+	// fetch on Ready would never reach the Wait that creates the state.
+	quick, cancelQuick := context.WithTimeout(ctx, 100*time.Millisecond)
+	err := g.Ready(quick, 0)
+	cancelQuick()
+	if err != nil {
+		t.Fatalf("Ready on a key without state = %v, want nil at once", err)
 	}
 	if g.Stats().Grants != 0 {
 		t.Fatal("Ready granted something")
+	}
+
+	// Another replica creates the state and waits out the cold start; g
+	// learns it through its watch and now blocks for capacity.
+	other := newGlobal(t, connect(t, s), key, fastConfig)
+	otherDone := make(chan error, 1)
+	go func() { _, err := other.Wait(ctx); otherDone <- err }()
+	for cachedRev(g) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	quick, cancelQuick = context.WithTimeout(ctx, 100*time.Millisecond)
+	err = g.Ready(quick, 0)
+	cancelQuick()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ready(0) during the cold start = %v, want to block", err)
+	}
+	if err := g.Ready(ctx, cold); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-otherDone; err != nil {
+		t.Fatal(err)
 	}
 
 	if _, err := g.Wait(ctx); err != nil {
@@ -471,22 +510,43 @@ func TestGlobalReady(t *testing.T) {
 		t.Fatalf("Ready(0) took %v with a slot one pace away", el)
 	}
 
-	// Callers already waiting in this process come first: with 5 of them
-	// the slot Ready looks for is the 6th, 5 paces (110ms) after the next.
+	// Callers already waiting in this process come first. Hold the turn
+	// so that 5 callers are stuck before reserving: Ready must then look
+	// for the 6th slot, 5 paces (110ms) away, and block.
 	time.Sleep(300 * time.Millisecond) // let the log go idle
-	g.mu.Lock()
-	g.pending = 5
-	g.mu.Unlock()
+	g.turn <- struct{}{}
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			if _, err := g.Wait(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	for pendingCount(g) != 5 {
+		time.Sleep(time.Millisecond)
+	}
+	quick, cancelQuick = context.WithTimeout(ctx, 150*time.Millisecond)
+	err = g.Ready(quick, 60*time.Millisecond)
+	cancelQuick()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ready(60ms) behind 5 pending callers = %v, want to block", err)
+	}
+	<-g.turn // the callers reserve 0, 22, ..., 88ms from now
 	start = time.Now()
 	if err := g.Ready(ctx, 60*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	if el := time.Since(start); el < 40*time.Millisecond || el > 250*time.Millisecond {
-		t.Fatalf("Ready(60ms) behind 5 pending callers returned after %v, want about 50ms", el)
+	if el := time.Since(start); el < 30*time.Millisecond || el > 250*time.Millisecond {
+		t.Fatalf("Ready(60ms) after 5 callers reserved returned after %v, want about 50ms", el)
 	}
+	wg.Wait()
+}
+
+func pendingCount(g *Global) int {
 	g.mu.Lock()
-	g.pending = 0
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	return g.pending
 }
 
 func TestGlobalClose(t *testing.T) {

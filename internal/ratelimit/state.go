@@ -108,6 +108,18 @@ func (s state) earliest(notBefore, now int64, p params) int64 {
 	return slot
 }
 
+// nthSlot is the slot the n-th of n callers arriving at now would get
+// (n >= 1), ignoring the horizon, without changing s.
+func (s state) nthSlot(now int64, n int, p params) int64 {
+	s = s.clone()
+	slot := now
+	for range n {
+		slot = s.earliest(now, now, p)
+		s.grants = append(s.grants, slot)
+	}
+	return slot
+}
+
 // reservation is the outcome of reserve.
 type reservation struct {
 	// slot is the granted time if ok, else the earliest time a grant could

@@ -154,6 +154,33 @@ func TestReserveNotBefore(t *testing.T) {
 	}
 }
 
+func TestNthSlot(t *testing.T) {
+	p := testParams(t, Config{})
+	busy := state{}
+	drain(t, &busy, p, t0, 20) // 20 grants paced from t0: the last at 969ms
+	for _, tc := range []struct {
+		name string
+		st   state
+		now  int64
+		n    int
+		want int64
+	}{
+		{"idle, first", state{}, t0, 1, t0},
+		{"idle, sixth", state{}, t0, 6, t0 + 5*ms(51)},
+		{"behind a full log", busy, t0, 1, t0 + ms(1020)},
+		{"behind a full log, third", busy, t0, 3, t0 + ms(1020) + 2*ms(51)},
+		{"cold", coldState(t0, p), t0, 1, t0 + ms(2020)},
+	} {
+		before := slices.Clone(tc.st.grants)
+		if got := tc.st.nthSlot(tc.now, tc.n, p); got != tc.want {
+			t.Errorf("%s: nthSlot = %v, want %v", tc.name, time.Duration(got-t0), time.Duration(tc.want-t0))
+		}
+		if !slices.Equal(tc.st.grants, before) {
+			t.Errorf("%s: nthSlot changed the log", tc.name)
+		}
+	}
+}
+
 func TestColdStart(t *testing.T) {
 	p := testParams(t, Config{})
 	st := coldState(t0, p)
