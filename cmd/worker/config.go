@@ -44,6 +44,7 @@ type config struct {
 	Burst          int
 	RateLimitScope string
 	RateLimitGuard time.Duration
+	QuotaAccount   string
 
 	Provision bool
 	Topology  queue.Topology
@@ -114,6 +115,7 @@ func settings(c *config) []setting {
 		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", float(&c.Rate, 20)},
 		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
 		{"rate-limit-scope", "OMICSQ_RATE_LIMIT_SCOPE", "global (shared through NATS by every replica) or local (this process only)", str(&c.RateLimitScope, "global")},
+		{"quota-account", "OMICSQ_QUOTA_ACCOUNT", "global limiter: the Tencent Cloud account (e.g. its UIN) whose quota the fleet shares; empty: derived from the SecretId or role (hashed), so two keys of one account should set it", str(&c.QuotaAccount, "")},
 		{"rate-limit-guard", "OMICSQ_RATE_LIMIT_GUARD", "global limiter: margin added to the 1 s window for network jitter and clock skew", dur(&c.RateLimitGuard, 20*time.Millisecond)},
 
 		{"provision", "OMICSQ_PROVISION", "create or update streams, consumer and buckets at start; false binds to existing ones (e.g. managed by NACK)", boolean(&c.Provision, true)},

@@ -329,6 +329,9 @@ func (unlimited) Close() error                                { return nil }
 // the secret: the SecretId (hashed by ratelimit.Key) or, for role-based
 // credentials, the role.
 func (c *config) accountHint() string {
+	if c.QuotaAccount != "" {
+		return c.QuotaAccount
+	}
 	for _, v := range []string{"TENCENTCLOUD_SECRET_ID", "TKE_ROLE_ARN"} {
 		if s := os.Getenv(v); s != "" {
 			return s
