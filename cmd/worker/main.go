@@ -176,6 +176,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, time.Second) },
 		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
 	}
+	if cfg.Rate > 0 {
+		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
+	}
 
 	var httpSrv *http.Server
 	if cfg.MetricsAddr != "" {

@@ -31,6 +31,10 @@ type Consumer struct {
 	// Ready blocks until a call can be made soon (the limiter's capacity
 	// hint). Nil means always ready.
 	Ready func(ctx context.Context) error
+	// MaxBatch bounds the messages taken in one pull. Under a rate limit it
+	// should be 1, so that a replica only holds what it can submit soon and
+	// urgent work is not starved in its buffer; default 64.
+	MaxBatch int
 	// DrainTimeout bounds how long in-flight messages may finish after ctx
 	// ends; past it they are released (NakWithDelay) for another replica.
 	DrainTimeout time.Duration
@@ -94,7 +98,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		// Take every other free slot too, so a burst is fetched in one request.
 		n := 1
-		for n < c.Concurrency && n < 64 {
+		for n < c.Concurrency && n < c.maxBatch() {
 			select {
 			case slots <- struct{}{}:
 				n++
@@ -133,6 +137,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		<-done
 	}
 	return nil
+}
+
+func (c *Consumer) maxBatch() int {
+	if c.MaxBatch > 0 {
+		return c.MaxBatch
+	}
+	return 64
 }
 
 func (c *Consumer) gate(ctx context.Context) error {
@@ -207,7 +218,11 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg) {
 
 	if dec.Action == ActionNak && c.Topology.MaxDeliver > 0 && meta.NumDelivered >= uint64(c.Topology.MaxDeliver) {
 		// The last delivery: a Nak would strand the message in the stream.
-		dec = c.Processor.DeadLetterMaxDeliveries(ctx, d, "the message was handed back on its last allowed delivery")
+		// ctx may be cancelled already (a drain that timed out released the
+		// message): dead-lettering must still complete.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		dec = c.Processor.DeadLetterMaxDeliveries(dctx, d, "the message was handed back on its last allowed delivery")
+		cancel()
 	}
 	switch dec.Action {
 	case ActionAck:
