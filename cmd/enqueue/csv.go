@@ -115,6 +115,10 @@ func (p *parser) parseCSV(name, dir string, data []byte) ([]item, []*itemError) 
 		if allEmpty(rec) {
 			continue
 		}
+		if ierr := p.tooMany(loc); ierr != nil {
+			errs = append(errs, ierr)
+			break
+		}
 		if it, ierr := p.csvRow(loc, dir, cols, rec); ierr != nil {
 			errs = append(errs, ierr)
 		} else {

@@ -45,6 +45,7 @@ const (
 	codeInvalidCell    = "InvalidCell"           // a CSV cell of the wrong type
 	codeInputJSONFile  = "InputJsonFile"         // input_json unreadable or not JSON
 	codeInternalCanon  = "CanonicalFormInvalid"  // re-encoding broke validation (a bug)
+	codeTooMany        = "TooManyRequests"       // more than --max-requests in one run
 	envelopeKeyField   = "key"
 	envelopeBodyField  = "request"
 	csvKeyColumn       = "key"
@@ -134,6 +135,20 @@ type parser struct {
 	defaults csvDefaults
 	// readFile reads an input_json file named in a CSV row.
 	readFile func(path string) ([]byte, error)
+	// maxRequests bounds the requests read in one run, all files together
+	// (0: no bound); seen counts them.
+	maxRequests, seen int
+}
+
+// tooMany counts one more request and, past maxRequests, returns the error
+// that stops reading.
+func (p *parser) tooMany(loc location) *itemError {
+	p.seen++
+	if p.maxRequests > 0 && p.seen > p.maxRequests {
+		return &itemError{Loc: loc, Code: codeTooMany,
+			Reason: fmt.Sprintf("more than %d requests in one run (--max-requests); split the input", p.maxRequests)}
+	}
+	return nil
 }
 
 // parse reads one input; name is how locations name it ("stdin" for -).
@@ -239,6 +254,9 @@ func (p *parser) parseJSON(name string, data []byte) ([]item, []*itemError) {
 			l.Line = lines.at(rest)
 			return nil, []*itemError{{Loc: l, Code: codeSyntax, Reason: "data after the JSON value; use an array or JSON Lines for several requests"}}
 		}
+		if ierr := p.tooMany(fileLoc); ierr != nil {
+			return nil, []*itemError{ierr}
+		}
 		it, ierr := p.item(fileLoc, raw)
 		if ierr != nil {
 			return nil, []*itemError{ierr}
@@ -259,6 +277,9 @@ func (p *parser) parseJSON(name string, data []byte) ([]item, []*itemError) {
 			return items, errs
 		}
 		loc := location{File: name, Index: i, Line: lines.at(off), kind: formatJSON}
+		if ierr := p.tooMany(loc); ierr != nil {
+			return items, append(errs, ierr)
+		}
 		if it, ierr := p.item(loc, raw); ierr != nil {
 			errs = append(errs, ierr)
 		} else {
@@ -313,6 +334,9 @@ func (p *parser) parseJSONL(name string, data []byte) ([]item, []*itemError) {
 			continue
 		}
 		loc := location{File: name, Index: -1, Line: n, kind: formatJSONL}
+		if ierr := p.tooMany(loc); ierr != nil {
+			return items, append(errs, ierr)
+		}
 		if !json.Valid(line) {
 			errs = append(errs, &itemError{Loc: loc, Code: codeSyntax, Reason: "the line is not one JSON value"})
 			continue

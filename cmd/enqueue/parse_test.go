@@ -426,3 +426,19 @@ func TestParseSetAndApplyEdits(t *testing.T) {
 		t.Error("applyEdits on a non-object succeeded")
 	}
 }
+
+func TestMaxRequestsBoundsARun(t *testing.T) {
+	p := newTestParser(nil)
+	p.maxRequests = 2
+	csv := "Name,ApplicationId,EnvironmentId,InputCosUri\n" +
+		"a,app-1,env-1,cos://b/a.json\nb,app-1,env-1,cos://b/b.json\nc,app-1,env-1,cos://b/c.json\n"
+	items, errs := p.parse("runs.csv", ".", []byte(csv), formatCSV)
+	if len(items) != 2 || len(errs) != 1 || errs[0].Code != codeTooMany || errs[0].Loc.Row != 4 {
+		t.Fatalf("items=%d errs=%v; want 2 items and one %s error at row 4", len(items), errs, codeTooMany)
+	}
+	// The bound spans every file of the run.
+	_, errs = p.parse("more.jsonl", ".", []byte(`{"Name":"d","ApplicationId":"app-1","EnvironmentId":"env-1","InputCosUri":"cos://b/d.json"}`+"\n"), formatJSONL)
+	if len(errs) != 1 || errs[0].Code != codeTooMany {
+		t.Fatalf("second file errs=%v; want %s", errs, codeTooMany)
+	}
+}

@@ -41,6 +41,7 @@ type config struct {
 	connectTimeout time.Duration
 	topo           queue.Topology
 	limits         submit.Limits
+	maxRequests    int
 	defaults       csvDefaults
 	format         string
 	wait           bool
@@ -113,6 +114,7 @@ func limitFlags(c *config) []flagDef {
 		{"max-id-bytes", "OMICSQ_MAX_ID_BYTES", "longest resource ID accepted", intFlag(&c.limits.MaxIDBytes, l.MaxIDBytes)},
 		{"max-list-len", "OMICSQ_MAX_LIST_LEN", "most elements in TableRowUuids or VolumeIds", intFlag(&c.limits.MaxListLen, l.MaxListLen)},
 		{"max-emails", "OMICSQ_MAX_EMAILS", "most EmailForNotification addresses", intFlag(&c.limits.MaxEmails, l.MaxEmails)},
+		{"max-requests", "OMICSQ_MAX_REQUESTS", "most requests (JSON items, JSONL lines, CSV rows) read in one run, all files together; 0: no bound", intFlag(&c.maxRequests, 100000)},
 	}
 }
 
@@ -181,6 +183,9 @@ func (c *config) validateCommon() error {
 		if v.n < 1 {
 			errs = append(errs, fmt.Errorf("--%s must be >= 1", v.name))
 		}
+	}
+	if c.maxRequests < 0 {
+		errs = append(errs, fmt.Errorf("--max-requests must be >= 0 (0: no bound)"))
 	}
 	return errors.Join(errs...)
 }
@@ -330,7 +335,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // readInputs reads and validates every file, then checks keys and names
 // across all of them.
 func readInputs(c *config, f format, files []string, stdin io.Reader) ([]item, []*itemError, error) {
-	p := &parser{lim: c.limits, defaults: c.defaults, readFile: os.ReadFile}
+	p := &parser{lim: c.limits, defaults: c.defaults, readFile: os.ReadFile, maxRequests: c.maxRequests}
 	var items []item
 	var invalid []*itemError
 	usedStdin := false
