@@ -180,7 +180,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	for _, s := range table {
 		if v, ok := lookup(getenv, s.env); ok {
 			if err := fs.Set(s.flag, v); err != nil {
-				return nil, fmt.Errorf("environment %s: %w", s.env, err)
+				// The value is not repeated: the environment may hold secrets.
+				return nil, fmt.Errorf("environment %s (--%s): want %s: %w", s.env, s.flag, accepted(fs.Lookup(s.flag)), err)
 			}
 		}
 	}
@@ -194,6 +195,22 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	return c, c.validate()
 }
 
+// accepted describes the values a flag's type accepts.
+func accepted(f *flag.Flag) string {
+	switch kind, _ := flag.UnquoteUsage(f); kind {
+	case "":
+		return "true or false"
+	case "int":
+		return "an integer"
+	case "float":
+		return "a number"
+	case "duration":
+		return "a duration such as 500ms, 30s or 720h"
+	default:
+		return "a " + kind
+	}
+}
+
 func lookup(getenv func(string) string, name string) (string, bool) {
 	v := getenv(name)
 	return v, v != ""
@@ -202,8 +219,12 @@ func lookup(getenv func(string) string, name string) (string, bool) {
 // validate fails fast, naming the setting and the accepted values.
 func (c *config) validate() error {
 	var errs []error
+	envOf := map[string]string{}
+	for _, s := range settings(&config{}) {
+		envOf[s.flag] = s.env
+	}
 	bad := func(flagName, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, a...)))
+		errs = append(errs, fmt.Errorf("--%s (%s): %s", flagName, envOf[flagName], fmt.Sprintf(format, a...)))
 	}
 	if c.NATSURL == "" {
 		if _, _, err := net.SplitHostPort(c.EmbeddedListen); err != nil {
@@ -218,6 +239,9 @@ func (c *config) validate() error {
 	}
 	if c.NATSCreds != "" && c.NATSNKey != "" {
 		bad("nats-creds", "and --nats-nkey are mutually exclusive")
+	}
+	if (c.NATSUser == "") != (c.NATSPassword == "") {
+		bad("nats-user", "and --nats-password must be given together")
 	}
 	if c.Concurrency < 1 || c.Concurrency > 1024 {
 		bad("concurrency", "must be between 1 and 1024, got %d", c.Concurrency)
@@ -281,11 +305,71 @@ func (c *config) validate() error {
 			bad(v.name, "must be >= 1, got %d", v.n)
 		}
 	}
-	if err := c.Retry.Validate(); err != nil {
-		errs = append(errs, err)
+	if c.PauseProbeInterval <= 0 {
+		bad("pause-probe-interval", "must be > 0, got %v", c.PauseProbeInterval)
 	}
-	if err := c.Topology.Validate(); err != nil {
-		errs = append(errs, err)
+	if c.UnreachableAfter <= 0 {
+		bad("unreachable-after", "must be > 0, got %v", c.UnreachableAfter)
+	}
+	// The retry policy and the topology, named by flag (their own Validate
+	// below stays as a backstop for what no flag sets).
+	t, r := c.Topology, c.Retry
+	for _, v := range []struct {
+		name, value string
+	}{{"requests-stream", t.RequestsStream}, {"requests-subject", t.RequestsSubject}, {"consumer", t.Consumer},
+		{"results-stream", t.ResultsStream}, {"results-prefix", t.ResultsPrefix}, {"dlq-stream", t.DLQStream}, {"dlq-prefix", t.DLQPrefix},
+		{"advisory-stream", t.AdvisoryStream}, {"ledger-bucket", t.LedgerBucket}, {"control-bucket", t.ControlBucket}} {
+		if v.value == "" {
+			bad(v.name, "must not be empty")
+		}
+	}
+	if t.Replicas != 1 && t.Replicas != 3 && t.Replicas != 5 {
+		bad("stream-replicas", "must be 1, 3 or 5, got %d", t.Replicas)
+	}
+	if t.AckWait < time.Second {
+		bad("ack-wait", "must be at least 1s")
+	}
+	if t.MaxDeliver < 2 {
+		bad("max-deliver", "must be at least 2, got %d", t.MaxDeliver)
+	}
+	if t.MaxAckPending < 1 {
+		bad("max-ack-pending", "must be >= 1, got %d", t.MaxAckPending)
+	}
+	for _, v := range []struct {
+		name string
+		age  time.Duration
+	}{{"requests-max-age", t.RequestsMaxAge}, {"results-max-age", t.ResultsMaxAge}, {"dlq-max-age", t.DLQMaxAge}} {
+		if v.age < 0 {
+			bad(v.name, "must be >= 0 (0: kept forever), got %v", v.age)
+		} else if v.age > 0 && t.DuplicateWindow > v.age {
+			bad("duplicate-window", "must not exceed --%s (%v), got %v", v.name, v.age, t.DuplicateWindow)
+		}
+	}
+	if t.DuplicateWindow < 0 {
+		bad("duplicate-window", "must be >= 0, got %v", t.DuplicateWindow)
+	}
+	if t.LedgerTTL < t.ResultsMaxAge {
+		bad("ledger-ttl", "must be at least --results-max-age (%v), got %v", t.ResultsMaxAge, t.LedgerTTL)
+	}
+	if r.MaxAttempts < 1 {
+		bad("max-attempts", "must be >= 1, got %d", r.MaxAttempts)
+	}
+	if r.InitialInterval <= 0 {
+		bad("retry-initial", "must be > 0, got %v", r.InitialInterval)
+	}
+	if r.MaxInterval < r.InitialInterval {
+		bad("retry-max-interval", "must be at least --retry-initial (%v), got %v", r.InitialInterval, r.MaxInterval)
+	}
+	if r.MaxElapsed <= 0 {
+		bad("max-retry-elapsed", "must be > 0, got %v", r.MaxElapsed)
+	}
+	if len(errs) == 0 {
+		if err := c.Retry.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.Topology.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
