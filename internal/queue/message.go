@@ -149,7 +149,8 @@ func DecodeDeadLetter(data []byte) (DeadLetter, error) {
 	if string(d.Request) == "null" {
 		d.Request = nil
 	}
-	if len(d.Request) == 0 && d.RawBase64 == "" {
+	if len(d.Request) == 0 && d.RawBase64 == "" && d.Reason != "invalid_request" {
+		// Only a message rejected as invalid can have had an empty body.
 		return DeadLetter{}, fmt.Errorf("decode dead letter: neither request nor raw_base64 is present")
 	}
 	return d, nil

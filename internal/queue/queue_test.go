@@ -145,14 +145,19 @@ func TestValidateAndDeriveKey(t *testing.T) {
 
 func TestDecodeDeadLetterRequiresTheOriginal(t *testing.T) {
 	for _, body := range []string{
-		`{"key":"k","reason":"invalid_request","error":{"class":"invalid","code":"X"}}`,
-		`{"key":"k","reason":"invalid_request","request":null,"error":{"class":"invalid","code":"X"}}`,
+		`{"key":"k","reason":"permanent_error","error":{"class":"permanent","code":"X"}}`,
+		`{"key":"k","reason":"permanent_error","request":null,"error":{"class":"permanent","code":"X"}}`,
 	} {
 		if _, err := DecodeDeadLetter([]byte(body)); err == nil {
 			t.Errorf("DecodeDeadLetter(%s) = nil error, want one: the original request is missing", body)
 		}
 	}
-	if _, err := DecodeDeadLetter([]byte(`{"key":"k","reason":"invalid_request","raw_base64":"eA==","error":{"class":"invalid","code":"X"}}`)); err != nil {
-		t.Errorf("raw dead letter rejected: %v", err)
+	for _, body := range []string{
+		`{"key":"k","reason":"invalid_request","raw_base64":"eA==","error":{"class":"invalid","code":"X"}}`,
+		`{"key":"k","reason":"invalid_request","error":{"class":"invalid","code":"X"}}`, // an empty original
+	} {
+		if _, err := DecodeDeadLetter([]byte(body)); err != nil {
+			t.Errorf("DecodeDeadLetter(%s): %v", body, err)
+		}
 	}
 }
