@@ -261,6 +261,16 @@ func (p *Processor) DeadLetterMaxDeliveries(ctx context.Context, d Delivery, why
 		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
 	}
 	j.entry, j.rev = entry, rev
+	if req != nil && (entry.Uncertain || entry.MaybeCreated) {
+		// A call's outcome was never learned (e.g. the worker died mid-call
+		// on the last delivery): the run group may exist. Look it up once,
+		// so it ends as its result rather than as a dead letter beside a
+		// run group nobody reports.
+		j.entry.Uncertain, j.entry.MaybeCreated = true, true
+		if dec, done := p.reconcile(ctx, j, nil); done {
+			return dec
+		}
+	}
 	return p.deadLetter(ctx, j, metrics.DLQMaxDeliveries, Failure{Class: "max_deliveries", Code: "MaxDeliveriesExceeded", Message: why})
 }
 

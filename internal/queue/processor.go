@@ -1,12 +1,14 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -157,8 +159,10 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
 	case ledger.StateDead:
 		if j.entry.DeadSequence == d.StreamSeq {
-			// Our own earlier delivery was dead-lettered but not acked.
-			return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+			// Our own earlier delivery was dead-lettered but not acked. The
+			// worker may have stopped (or the publish failed) between
+			// recording the dead letter and publishing it: publish it again.
+			return p.republishDeadLetter(ctx, j)
 		}
 		// A redrive (or a republish) of a dead request: a new run of the
 		// state machine that still remembers MaybeCreated and the calls.
@@ -465,6 +469,35 @@ func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f Fai
 	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
 }
 
+// republishDeadLetter publishes again the dead letter the ledger records
+// for this very message, under the message ID deadLetter used, so JetStream
+// drops it if the first publish landed and it lands now if it did not.
+func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
+	ctx = context.WithoutCancel(ctx)
+	// deadLetter recorded the reason and code as the last event, after the
+	// call whose outcome (class) led there.
+	reason, f := metrics.DLQMaxDeliveries, Failure{Class: "unknown", Code: "Unknown",
+		Message: "rebuilt from the ledger: the worker stopped between recording this dead letter and publishing it"}
+	found := false
+	for _, ev := range slices.Backward(j.entry.History) {
+		if !found && ev.Kind == "dead_letter" {
+			reason, f.Code, found = ev.Outcome, ev.Code, true
+		} else if found && ev.Kind == "call" {
+			f.Class, f.RequestID = ev.Outcome, ev.RequestID
+			break
+		}
+	}
+	dl := p.deadLetterBody(j, reason, f)
+	dl.Attempts = j.entry.Calls
+	dl.History = j.entry.History
+	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, j.entry.Calls)
+	if err := PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID); err != nil {
+		j.log.Error("could not publish the dead letter", "error", err)
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+	}
+	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+}
+
 // deadLetterInvalid dead-letters a request rejected before any API call.
 func (p *Processor) deadLetterInvalid(ctx context.Context, j *job, f Failure) Decision {
 	dl := p.deadLetterBody(j, metrics.DLQInvalidRequest, f)
@@ -483,9 +516,12 @@ func (p *Processor) deadLetterBody(j *job, reason string, f Failure) DeadLetter 
 		Key: j.key, Reason: reason, Error: f, Deliveries: j.d.NumDelivered,
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
 	}
-	if json.Valid(j.d.Data) {
+	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
 		dl.Request = json.RawMessage(j.d.Data)
 	} else {
+		// Not a JSON value (or JSON null): kept byte for byte. An empty body
+		// leaves both fields empty, which DecodeDeadLetter accepts only for
+		// invalid_request.
 		dl.RawBase64 = base64.StdEncoding.EncodeToString(j.d.Data)
 	}
 	return dl
