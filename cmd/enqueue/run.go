@@ -85,6 +85,7 @@ func connFlags(c *config) []flagDef {
 		{"nats-ca", "NATS_CA", "path of a PEM CA bundle to verify the NATS server", strFlag(&c.conn.CAFile, "")},
 		{"nats-cert", "NATS_CERT", "path of a PEM client certificate for NATS mutual TLS", strFlag(&c.conn.CertFile, "")},
 		{"nats-key", "NATS_KEY", "path of the PEM private key of --nats-cert", strFlag(&c.conn.KeyFile, "")},
+		{"nats-inbox-prefix", "NATS_INBOX_PREFIX", "prefix of reply subjects instead of _INBOX (see docs/security.md)", strFlag(&c.conn.InboxPrefix, "")},
 		{"connect-timeout", "OMICSQ_CONNECT_TIMEOUT", "how long to wait for the NATS connection", durFlag(&c.connectTimeout, 10*time.Second)},
 	}
 }

@@ -28,6 +28,7 @@ type config struct {
 	NATSCA         string
 	NATSCert       string
 	NATSKey        string
+	NATSInbox      string
 	StoreDir       string
 	EmbeddedListen string
 
@@ -100,6 +101,7 @@ func settings(c *config) []setting {
 		{"nats-ca", "NATS_CA", "path of a PEM CA bundle to verify the NATS server", str(&c.NATSCA, "")},
 		{"nats-cert", "NATS_CERT", "path of a PEM client certificate for NATS mutual TLS", str(&c.NATSCert, "")},
 		{"nats-key", "NATS_KEY", "path of the PEM private key of --nats-cert", str(&c.NATSKey, "")},
+		{"nats-inbox-prefix", "NATS_INBOX_PREFIX", "prefix of reply subjects instead of _INBOX, so permissions can keep other clients from reading deliveries (see docs/security.md)", str(&c.NATSInbox, "")},
 		{"store-dir", "OMICSQ_STORE_DIR", "embedded server: JetStream store directory (persistent)", str(&c.StoreDir, ".omicsq/jetstream")},
 		{"embedded-listen", "OMICSQ_EMBEDDED_LISTEN", "embedded server: client listen address (loopback unless told otherwise)", str(&c.EmbeddedListen, "127.0.0.1:4222")},
 
@@ -136,7 +138,7 @@ func settings(c *config) []setting {
 		{"ledger-ttl", "OMICSQ_LEDGER_TTL", "how long ledger entries are kept (at least --results-max-age)", dur(&c.Topology.LedgerTTL, t.LedgerTTL)},
 		{"duplicate-window", "OMICSQ_DUPLICATE_WINDOW", "JetStream de-duplication window of published requests", dur(&c.Topology.DuplicateWindow, t.DuplicateWindow)},
 		{"ack-wait", "OMICSQ_ACK_WAIT", "redelivery timeout of a message whose worker went silent", dur(&c.Topology.AckWait, t.AckWait)},
-		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message before it is dead-lettered", integer(&c.Topology.MaxDeliver, 20)},
+		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message before it is dead-lettered", integer(&c.Topology.MaxDeliver, t.MaxDeliver)},
 		{"max-ack-pending", "OMICSQ_MAX_ACK_PENDING", "messages delivered but unacknowledged across the fleet", integer(&c.Topology.MaxAckPending, t.MaxAckPending)},
 
 		{"max-attempts", "OMICSQ_MAX_ATTEMPTS", "attempts of a request on throttling or InternalError before it is dead-lettered", integer(&c.Retry.MaxAttempts, r.MaxAttempts)},

@@ -102,7 +102,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	nc, err := natsconn.Connect(ctx, natsconn.Options{
 		URLs: natsURL, Name: "omicsq-worker " + cfg.WorkerID,
 		CredsFile: cfg.NATSCreds, NKeySeedFile: cfg.NATSNKey, User: cfg.NATSUser, Password: cfg.NATSPassword,
-		Token: cfg.NATSToken, CAFile: cfg.NATSCA, CertFile: cfg.NATSCert, KeyFile: cfg.NATSKey,
+		Token: cfg.NATSToken, CAFile: cfg.NATSCA, CertFile: cfg.NATSCert, KeyFile: cfg.NATSKey, InboxPrefix: cfg.NATSInbox,
 	}, log, natsconn.Hooks{
 		OnDisconnect: func() { m.SetNATSConnected(false) },
 		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },

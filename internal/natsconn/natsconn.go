@@ -53,6 +53,11 @@ type Options struct {
 	// mutual TLS; both or neither must be set.
 	CertFile string
 	KeyFile  string
+	// InboxPrefix replaces "_INBOX" as the prefix of reply subjects. Pull
+	// consumers receive messages on inbox subjects, so a client allowed to
+	// subscribe to _INBOX.> could read requests delivered to others; with a
+	// private prefix per role, permissions can deny that (docs/security.md).
+	InboxPrefix string
 	// ReconnectWait is the pause between reconnect rounds; zero means
 	// DefaultReconnectWait.
 	ReconnectWait time.Duration
@@ -137,6 +142,9 @@ func (o Options) natsOptions() ([]nats.Option, error) {
 	}
 	if o.Name != "" {
 		opts = append(opts, nats.Name(o.Name))
+	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
 	}
 	switch {
 	case o.CredsFile != "":

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
@@ -469,5 +470,45 @@ func TestLateServerRejectsCredentials(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("rejection took %v after the server started", d)
+	}
+}
+
+// With a private inbox prefix a user needs, and may be limited to, its own
+// reply subjects: it cannot read deliveries made to other clients' inboxes.
+func TestInboxPrefixLetsPermissionsDenyOtherInboxes(t *testing.T) {
+	t.Parallel()
+	perms := &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"svc.echo"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_lims.>"}},
+	}
+	ns := startServer(t, server.Options{Users: []*server.User{
+		{Username: "lims", Password: "pw-lims", Permissions: perms},
+		{Username: "svc", Password: "pw-svc"},
+	}})
+	svc, err := Connect(ctxTimeout(t, 10*time.Second), Options{URLs: ns.ClientURL(), User: "svc", Password: "pw-svc"}, nil, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if _, err := svc.Subscribe("svc.echo", func(m *nats.Msg) { _ = m.Respond([]byte("ok")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	request := func(prefix string) error {
+		nc, err := Connect(ctxTimeout(t, 10*time.Second), Options{URLs: ns.ClientURL(), User: "lims", Password: "pw-lims", InboxPrefix: prefix}, nil, Hooks{})
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		_, err = nc.Request("svc.echo", nil, time.Second)
+		return err
+	}
+	if err := request("_INBOX_lims"); err != nil {
+		t.Fatalf("request with the private inbox prefix: %v", err)
+	}
+	if err := request(""); err == nil {
+		t.Fatal("a user limited to _INBOX_lims.> received a reply on the default _INBOX prefix")
 	}
 }
