@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"github.com/omicsq/omicsq/sandbox"
 )
@@ -29,6 +30,12 @@ func startSandbox(ctx context.Context, cfg *config, log *slog.Logger) (*sandboxH
 	ln, err := sandbox.Listen(ctx, cfg.SandboxListen, srv)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: listen on %s: %w", cfg.SandboxListen, err)
+	}
+	if host, _, err := net.SplitHostPort(ln.Addr()); err == nil {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			// /sandbox/* serves what was submitted, without authentication.
+			log.Warn("the sandbox API listens beyond loopback; its /sandbox endpoints serve submitted request data unauthenticated", "addr", ln.Addr())
+		}
 	}
 	return &sandboxHandle{srv: srv, ln: ln}, nil
 }

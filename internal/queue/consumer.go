@@ -241,6 +241,7 @@ func (c *Consumer) process(ctx context.Context, d Delivery) (dec Decision) {
 			// Never log the panic value: it may hold request inputs.
 			c.Log.Error("panic while processing a message; it will be redelivered", "seq", d.StreamSeq, "stack", string(debug.Stack()))
 			dec = Decision{Action: ActionNak, Delay: 10 * time.Second, Outcome: metrics.OutcomeError}
+			c.Metrics.MessageProcessed(dec.Outcome, 0)
 		}
 	}()
 	return c.Processor.Handle(ctx, d)

@@ -63,7 +63,8 @@ type Topology struct {
 	// in-progress signal before JetStream redelivers it. Default 60s.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries of one message; past it the message is
-	// dead-lettered with reason max_deliveries. Default 10.
+	// dead-lettered with reason max_deliveries. Default 20: shutdowns and
+	// crashes spend deliveries too, and a rolling deploy must not exhaust them.
 	MaxDeliver int
 	// MaxAckPending bounds messages delivered but unacknowledged across the
 	// whole fleet. Default 1000.
@@ -91,7 +92,7 @@ func DefaultTopology() Topology {
 		DuplicateWindow: time.Hour,
 		MaxMessageBytes: 1 << 20,
 		AckWait:         60 * time.Second,
-		MaxDeliver:      10,
+		MaxDeliver:      20,
 		MaxAckPending:   1000,
 	}
 }
