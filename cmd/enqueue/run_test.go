@@ -18,29 +18,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
 )
-
-// syncBuffer collects output written from several goroutines (the log
-// handler writes from connection callbacks).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is an embedded JetStream server, optionally provisioned by the
 // worker's own queue.Provision, and a way to run enqueue against it.
@@ -83,7 +65,7 @@ func (e *env) run(stdin string, args ...string) result {
 
 func runWith(t *testing.T, envVars map[string]string, stdin string, args ...string) result {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut logcapture.Buffer
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Second)
 	defer cancel()
 	code := run(ctx, args, strings.NewReader(stdin), &out, &errOut, func(k string) string { return envVars[k] })

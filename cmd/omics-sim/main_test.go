@@ -10,32 +10,14 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/sandbox"
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 )
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRunServesAndShutsDown starts omics-sim as a harness would, reads the
 // address from the startup line, makes signed calls, and stops it.
@@ -44,7 +26,7 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	stdoutR, stdoutW := io.Pipe()
-	logs := &syncBuffer{}
+	logs := &logcapture.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--rate", "3", "--seed", "9", "--known-applications", "app-1", "--log-level", "debug"}, stdoutW, logs)

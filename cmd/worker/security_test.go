@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
@@ -217,7 +218,7 @@ func httpStatus(t *testing.T, url string) (int, string) {
 // path is covered by internal/queue's TestConsumerRecoversFromPanicWithoutLeakingIt,
 // since the worker binary offers no way to make its API client panic.
 func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
-	sbLogs := &syncBuffer{}
+	sbLogs := &logcapture.Buffer{}
 	e := newTestEnv(t, sandbox.Options{
 		SecretID: leakSecretID, SecretKey: leakSecretKey,
 		KnownApplications: []string{"app-known-1"},
@@ -844,7 +845,7 @@ func documentedPermissions(t *testing.T) string {
 }
 
 // permissionErrors collects the asynchronous errors of a connection.
-type permissionErrors struct{ buf syncBuffer }
+type permissionErrors struct{ buf logcapture.Buffer }
 
 func (p *permissionErrors) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
 	fmt.Fprintln(&p.buf, err)
@@ -1047,7 +1048,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if err := pnc.Publish("$KV."+topo.ControlBucket+".pause", []byte(`{"paused":true,"reason":"config"}`)); err != nil {
 		t.Fatal(err)
 	}
-	var eavesdropped syncBuffer
+	var eavesdropped logcapture.Buffer
 	if _, err := pnc.Subscribe("_INBOX.>", func(m *nats.Msg) { eavesdropped.Write(m.Data) }); err != nil {
 		t.Fatal(err)
 	}

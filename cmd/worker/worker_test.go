@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/sandbox"
@@ -72,7 +72,7 @@ type runningWorker struct {
 	st   started
 	stop func()
 	errc chan error
-	logs *syncBuffer
+	logs *logcapture.Buffer
 }
 
 // startWorker runs the real worker (run) against the env's NATS and sandbox.
@@ -94,7 +94,7 @@ func startRun(t *testing.T, args []string, getenv func(string) string) *runningW
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan started, 1)
-	w := &runningWorker{errc: make(chan error, 1), logs: &syncBuffer{}}
+	w := &runningWorker{errc: make(chan error, 1), logs: &logcapture.Buffer{}}
 	go func() { w.errc <- run(ctx, args, getenv, io.Discard, w.logs, ready) }()
 	select {
 	case w.st = <-ready:
@@ -121,23 +121,6 @@ func startRun(t *testing.T, args []string, getenv func(string) string) *runningW
 	}
 	t.Cleanup(w.stop)
 	return w
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func (e *testEnv) publish(key string, body []byte) {

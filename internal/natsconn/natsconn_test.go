@@ -1,7 +1,6 @@
 package natsconn
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +22,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/omicsq/omicsq/internal/logcapture"
 )
 
 // startServer runs a plain (non-JetStream) embedded server on loopback; a
@@ -368,31 +368,13 @@ func TestWaitsForLateServerAndGivesUpAtDeadline(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the connection's callback goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestReconnectHooksAndRedactedLogs(t *testing.T) {
 	t.Parallel()
 	port := freePort(t)
 	opts := server.Options{Port: port, Username: "alice", Password: "s3cret-pw"}
 	ns := startServer(t, opts)
 
-	var logs syncBuffer
+	var logs logcapture.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	disconnected, reconnected := make(chan struct{}, 4), make(chan struct{}, 4)
 	url := fmt.Sprintf("nats://alice:s3cret-pw@127.0.0.1:%d", port)

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/retry"
@@ -78,24 +79,6 @@ type noLimit struct{}
 func (noLimit) Wait(context.Context) (time.Duration, error) { return 0, nil }
 func (noLimit) Throttled(context.Context)                   {}
 
-// lockedBuffer is a log sink safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func panicTestBody(name, sample string) (body []byte, inputB64 string) {
 	inputB64 = base64.StdEncoding.EncodeToString([]byte(`{"wf.sample":"` + panicInputMarker + "-" + sample + `"}`))
 	body, _ = json.Marshal(map[string]any{
@@ -134,7 +117,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &logcapture.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	onceName, alwaysName, goodName := panicNameMarker+"-once", panicNameMarker+"-always", panicNameMarker+"-good"

@@ -1,7 +1,6 @@
 package ratelimit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -16,6 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/internal/logcapture"
 )
 
 // startServer runs an in-process JetStream server on 127.0.0.1. port -1 picks
@@ -356,7 +357,7 @@ func (g *Global) snapshotForTest() snapshot {
 func TestGlobalThrottledCutsOnce(t *testing.T) {
 	s := startServer(t, -1, t.TempDir())
 	key := Key("acct", "region", "RunApplication")
-	var logs syncBuffer
+	var logs logcapture.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	var fleet []*Global
 	for range 3 {
@@ -586,29 +587,12 @@ func TestNewGlobalRejectsBadInput(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A replica whose clock runs 30ms ahead of the server's notices it from the
 // server timestamps of watched updates and warns; a correct one does not.
 func TestGlobalDetectsClockSkew(t *testing.T) {
 	s := startServer(t, -1, t.TempDir())
 	key := Key("acct", "region", "RunApplication")
-	var skewedLogs, goodLogs syncBuffer
+	var skewedLogs, goodLogs logcapture.Buffer
 	skewedCfg, goodCfg := fastConfig, fastConfig
 	skewedCfg.Now = func() time.Time { return time.Now().Add(30 * time.Millisecond) }
 	skewedCfg.Logger = slog.New(slog.NewTextHandler(&skewedLogs, nil))
