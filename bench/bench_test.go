@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHarnessSmoke proves the harness still works end to end: it builds the
+// worker, runs a tiny limiter benchmark (one worker, a few seconds) and a
+// tiny throughput benchmark, and checks what is not a matter of speed: the
+// runs complete, the raw arrival log agrees with the sandbox's counters, and
+// every request ends as exactly one result and one run group. It asserts no
+// timing; the numbers are the benchmarks' to report.
+func TestHarnessSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts NATS, the sandbox and worker processes for a few seconds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "worker")
+	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"limiter", "--worker-bin", bin, "--workers", "1", "--baseline=false",
+		"--warmup", "1s", "--duration", "2s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench limiter exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	md := stdout.String()
+	if !strings.Contains(md, "## Limiter accuracy") || !strings.Contains(md, "| global | 1 |") {
+		t.Fatalf("limiter report lacks its table:\n%s", md)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(rowOf(md, "| global | 1 |")), "| ok |") {
+		t.Errorf("raw arrival log disagrees with the sandbox's statistics:\n%s", rowOf(md, "| global | 1 |"))
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	code = run(ctx, []string{"throughput", "--worker-bin", bin, "--requests", "200", "--concurrency", "8", "--timeout", "60s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench throughput exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	md = stdout.String()
+	// results · dead letters · run groups: every request exactly once.
+	if !strings.Contains(rowOf(md, "| 8 |"), "| 200 · 0 · 200 |") {
+		t.Fatalf("throughput run did not submit each of 200 requests exactly once:\n%s", md)
+	}
+}
+
+func rowOf(md, prefix string) string {
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			return line
+		}
+	}
+	return ""
+}
