@@ -198,13 +198,11 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 		if err := p.Pause.WaitResumed(ctx); err != nil {
 			return p.release(ctx, j, 0)
 		}
-		waited, err := p.RunLimiter.Wait(ctx)
-		if err != nil {
-			return p.release(ctx, j, 0)
-		}
-		p.Metrics.RateLimitWait(waited)
-
 		// The intent: from here until a definite answer, a run group may exist.
+		// It is written before the token is taken, so that nothing but the
+		// request itself stands between the limiter's grant and the API: the
+		// limiter's bound is on arrivals at the server.
+		before := j.entry
 		now := p.now().UTC()
 		j.entry.Calls++
 		j.entry.Uncertain = true
@@ -215,6 +213,14 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 		if dec, ok := p.put(ctx, j); !ok {
 			return dec
 		}
+		waited, err := p.RunLimiter.Wait(ctx)
+		if err != nil {
+			// Nothing was sent: take the intent back before handing over.
+			j.entry.Calls, j.entry.Uncertain = before.Calls, before.Uncertain
+			j.entry.LeaseOwner, j.entry.LeaseUntil, j.entry.FirstCallAt = before.LeaseOwner, before.LeaseUntil, before.FirstCallAt
+			return p.release(ctx, j, 0)
+		}
+		p.Metrics.RateLimitWait(waited)
 
 		callStart := p.now()
 		resp, err := p.API.RunApplication(ctx, j.req)
