@@ -51,15 +51,15 @@ func csvHeader(header []string) ([]csvColumn, error) {
 		default:
 			k, ok := requestFields[path]
 			if !ok {
-				return nil, fmt.Errorf("header: column %q is not a RunApplication field, key or input_json (names are case-sensitive)", fieldLabel(h))
+				return nil, fmt.Errorf("header: column %q is not a RunApplication field, key or input_json (names are case-sensitive)", submit.SafeFieldName(h))
 			}
 			if k == kindObject {
-				return nil, fmt.Errorf("header: column %q is an object; use one column per field, e.g. %s.FailureMode", fieldLabel(h), h)
+				return nil, fmt.Errorf("header: column %q is an object; use one column per field, e.g. %s.FailureMode", submit.SafeFieldName(h), h)
 			}
 			kind = k
 		}
 		if prev, dup := seen[path]; dup {
-			return nil, fmt.Errorf("header: columns %q and %q set the same field", fieldLabel(prev), fieldLabel(h))
+			return nil, fmt.Errorf("header: columns %q and %q set the same field", submit.SafeFieldName(prev), submit.SafeFieldName(h))
 		}
 		seen[path] = h
 		cols[i] = csvColumn{name: h, path: path, kind: kind}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/submit"
 )
 
 const dlqUsage = `Usage:
@@ -211,7 +212,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 			flagDef{"dry-run", "", "print what would be redriven; change nothing", boolFlag(&dryRun)},
 			flagDef{"set", "", "edit the request before redriving: Field=Value (repeatable)", func(fs *flag.FlagSet, n, u string) { fs.Var(&sets, n, u) }})
 	default:
-		fmt.Fprintf(stderr, "enqueue dlq: unknown command %q\n\n%s", fieldLabel(sub), dlqUsage)
+		fmt.Fprintf(stderr, "enqueue dlq: unknown command %q\n\n%s", submit.SafeFieldName(sub), dlqUsage)
 		return exitUsage
 	}
 	pos, err := parseFlags(fs, defs, args[1:], getenv)
@@ -430,7 +431,7 @@ func parseSet(s string) (setEdit, error) {
 		e.field = name
 	}
 	if _, known := requestFields[name]; !known && !(e.remove && e.parent == "") {
-		return setEdit{}, fmt.Errorf("--set: %s is not a RunApplication field (nested fields are Option.X and NFOption.X; Field=null removes an unknown top-level field)", fieldLabel(name))
+		return setEdit{}, fmt.Errorf("--set: %s is not a RunApplication field (nested fields are Option.X and NFOption.X; Field=null removes an unknown top-level field)", submit.SafeFieldName(name))
 	}
 	return e, nil
 }

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
@@ -368,7 +366,7 @@ func (p *parser) item(loc location, raw []byte) (item, *itemError) {
 	if reqRaw, ok := top[envelopeBodyField]; ok {
 		for k := range top {
 			if k != envelopeKeyField && k != envelopeBodyField {
-				return fail(fieldLabel(k), codeInvalidItem, `an envelope holds only "key" and "request"`)
+				return fail(submit.SafeFieldName(k), codeInvalidItem, `an envelope holds only "key" and "request"`)
 			}
 		}
 		body = reqRaw
@@ -413,25 +411,6 @@ func validationItemError(loc location, err error) *itemError {
 		return &itemError{Loc: loc, Field: ve.Field, Code: ve.Code, Reason: ve.Reason}
 	}
 	return &itemError{Loc: loc, Code: submit.CodeInvalidParameter, Reason: "the request is invalid"}
-}
-
-// fieldLabel bounds a key or column name from the input before it is
-// echoed: names are not values, but a hostile one could be huge or
-// unprintable.
-func fieldLabel(s string) string {
-	const maxLen = 64
-	var b strings.Builder
-	for _, r := range s {
-		if b.Len()+utf8.RuneLen(r) > maxLen {
-			b.WriteString("…")
-			break
-		}
-		if !unicode.IsPrint(r) {
-			r = '?'
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 // crossCheck rejects, across every input of a run, a key given twice for

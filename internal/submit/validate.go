@@ -228,7 +228,7 @@ func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[s
 			return invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
 		}
 		key, _ := tok.(string)
-		field := prefix + safeKey(key)
+		field := prefix + SafeFieldName(key)
 		if !allowed[key] {
 			return invalid(CodeUnknownParameter, field, "the API defines no such parameter")
 		}
@@ -254,9 +254,11 @@ func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[s
 
 func fieldName(prefix string) string { return strings.TrimSuffix(prefix, ".") }
 
-// safeKey bounds an unknown key before it is echoed as ValidationError.Field:
-// a key is not a value, but a hostile one could be huge or unprintable.
-func safeKey(key string) string {
+// SafeFieldName bounds a field or key name before it is echoed in an error
+// (as ValidationError.Field, or by a tool): a name is not a value, but a
+// hostile one could be huge or unprintable. It keeps at most 64 bytes and
+// replaces unprintable characters with '?'.
+func SafeFieldName(key string) string {
 	var b strings.Builder
 	for _, r := range key {
 		if b.Len()+utf8.RuneLen(r) > maxFieldNameLen {
