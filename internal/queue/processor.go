@@ -462,11 +462,7 @@ func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f Fai
 		j.log.Warn("could not record the dead letter in the ledger", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}
-	dl := p.deadLetterBody(j, reason, f)
-	dl.Attempts = j.entry.Calls
-	dl.History = j.entry.History
-	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, j.entry.Calls)
-	if err := PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID); err != nil {
+	if err := p.publishRecordedDeadLetter(ctx, j, reason, f); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}
@@ -493,15 +489,22 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 			break
 		}
 	}
-	dl := p.deadLetterBody(j, reason, f)
-	dl.Attempts = j.entry.Calls
-	dl.History = j.entry.History
-	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, j.entry.Calls)
-	if err := PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID); err != nil {
+	if err := p.publishRecordedDeadLetter(ctx, j, reason, f); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}
 	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+}
+
+// publishRecordedDeadLetter publishes the dead letter of a request the ledger
+// marked dead. Its message ID is derived from the ledger entry alone, so a
+// republish after a crash is recognised by JetStream as the same message.
+func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason string, f Failure) error {
+	dl := p.deadLetterBody(j, reason, f)
+	dl.Attempts = j.entry.Calls
+	dl.History = j.entry.History
+	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, j.entry.Calls)
+	return PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID)
 }
 
 // deadLetterInvalid dead-letters a request rejected before any API call.
