@@ -262,6 +262,16 @@ func (p *Processor) DeadLetterMaxDeliveries(ctx context.Context, d Delivery, why
 		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
 	}
 	j.entry, j.rev = entry, rev
+	if _, busy := p.inFlight.Load(key); busy {
+		// Another delivery of the key is being handled in this process.
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
+	}
+	if until, live := p.leaseHeldElsewhere(entry); entry.Uncertain && live {
+		// Another process's call may still create the run group: decide
+		// after its lease. On the last delivery this strands the message
+		// until the max-deliveries advisory brings it back here.
+		return Decision{Action: ActionNak, Delay: until.Sub(p.now()) + time.Second, Outcome: metrics.OutcomeReleased}
+	}
 	if req != nil && (entry.Uncertain || entry.MaybeCreated) {
 		// A call's outcome was never learned (e.g. the worker died mid-call
 		// on the last delivery): the run group may exist. Look it up once,

@@ -3,13 +3,16 @@ package queue
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -94,6 +97,22 @@ type Processor struct {
 	Log         *slog.Logger
 	Worker      string
 	Now         func() time.Time
+
+	runOnce  sync.Once
+	runOwner string   // Worker plus a random per-process nonce: the lease owner
+	inFlight sync.Map // keys being handled in this process
+}
+
+// leaseOwner names this process run, not just the worker: a restarted worker
+// with the same name is a different owner, and must wait out (or reconcile
+// after) its predecessor's lease like anyone else.
+func (p *Processor) leaseOwner() string {
+	p.runOnce.Do(func() {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		p.runOwner = p.Worker + "/" + hex.EncodeToString(b[:])
+	})
+	return p.runOwner
 }
 
 func (p *Processor) now() time.Time {
@@ -148,6 +167,14 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		return p.deadLetterInvalid(ctx, j, f)
 	}
 
+	// Two deliveries of one key in this process (a resend after the
+	// de-duplication window, a redrive racing its original) must not run
+	// side by side: the ledger lease only tells processes apart.
+	if _, busy := p.inFlight.LoadOrStore(key, struct{}{}); busy {
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
+	}
+	defer p.inFlight.Delete(key)
+
 	var err error
 	j.entry, j.rev, err = p.Ledger.Get(ctx, key)
 	if err != nil {
@@ -171,8 +198,8 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "redrive", Outcome: "restarted", Worker: p.Worker})
 	}
 	if j.entry.Uncertain {
-		if owner, until := j.entry.LeaseOwner, j.entry.LeaseUntil; owner != "" && owner != p.Worker && p.now().Before(until) {
-			// Another worker's call may still be open: let it finish.
+		if until, live := p.leaseHeldElsewhere(j.entry); live {
+			// Another process's call may still be open: let it finish.
 			return Decision{Action: ActionNak, Delay: until.Sub(p.now()) + time.Second, Outcome: metrics.OutcomeReleased}
 		}
 		// A call was sent and nobody learned its outcome (the worker died
@@ -180,6 +207,12 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		j.entry.MaybeCreated = true
 	}
 	return p.run(ctx, j)
+}
+
+// leaseHeldElsewhere reports whether another process holds a live lease on
+// the entry, i.e. may still have a call open, and until when.
+func (p *Processor) leaseHeldElsewhere(e ledger.Entry) (time.Time, bool) {
+	return e.LeaseUntil, e.LeaseOwner != "" && e.LeaseOwner != p.leaseOwner() && p.now().Before(e.LeaseUntil)
 }
 
 // run is the submission state machine: reconcile when a run group may
@@ -206,7 +239,7 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 		now := p.now().UTC()
 		j.entry.Calls++
 		j.entry.Uncertain = true
-		j.entry.LeaseOwner, j.entry.LeaseUntil = p.Worker, now.Add(p.CallTimeout+10*time.Second)
+		j.entry.LeaseOwner, j.entry.LeaseUntil = p.leaseOwner(), now.Add(p.CallTimeout+10*time.Second)
 		if j.entry.FirstCallAt.IsZero() {
 			j.entry.FirstCallAt = now
 		}
@@ -235,10 +268,15 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 		p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
 		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "call", Outcome: apiErr.Class.String(), Code: apiErr.Code, RequestID: apiErr.RequestID, Worker: p.Worker})
 		j.log.Warn("RunApplication failed", "class", apiErr.Class.String(), "code", apiErr.Code, "request_id", apiErr.RequestID, "attempt", j.entry.Calls)
-		if ctx.Err() != nil && apiErr.Class == submit.ClassAmbiguous {
-			// Shutdown cut the call short: the outcome is unknown, and the
-			// next delivery reconciles before anything else.
-			j.entry.MaybeCreated = true
+		if ctx.Err() != nil && apiErr.RequestID == "" {
+			// Shutdown cut the call short before any answer: hand the
+			// message back instead of spending an attempt. If the request
+			// may have gone out, the next delivery reconciles first.
+			if apiErr.Class == submit.ClassAmbiguous {
+				j.entry.MaybeCreated = true
+			} else {
+				j.entry.Uncertain = false
+			}
 			return p.release(ctx, j, 0)
 		}
 
@@ -430,6 +468,12 @@ func (p *Processor) succeed(ctx context.Context, j *job, runGroupID, requestID s
 		if cur.State == ledger.StateSubmitted {
 			j.entry = cur
 			break
+		}
+		if cur.State == ledger.StateDead {
+			// Another delivery gave up on the request while this call created
+			// its run group: the run group is real, so it is reported too.
+			j.log.Error("a run group was created for a request already dead-lettered; publishing its result as well",
+				"run_group_id", runGroupID)
 		}
 		j.rev = rev
 	}
