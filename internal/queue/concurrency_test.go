@@ -8,15 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
-	"github.com/omicsq/omicsq/internal/ledger"
-	"github.com/omicsq/omicsq/internal/natstest"
-	"github.com/omicsq/omicsq/internal/pause"
-	"github.com/omicsq/omicsq/internal/retry"
 	"github.com/omicsq/omicsq/internal/submit"
-	"github.com/omicsq/omicsq/metrics"
 	"github.com/omicsq/omicsq/sandbox"
 )
 
@@ -26,20 +20,6 @@ import (
 // processes apart, so the processor also keeps its in-flight keys.
 func TestConcurrentDeliveriesOfOneKeyCallOnce(t *testing.T) {
 	ctx := context.Background()
-	ns := natstest.Server(t, nil)
-	_, js := natstest.Connect(t, ns)
-	topo := DefaultTopology()
-	if err := Provision(ctx, js, topo); err != nil {
-		t.Fatal(err)
-	}
-	led, err := ledger.Open(ctx, js, topo.LedgerBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	controlKV, err := js.KeyValue(ctx, topo.ControlBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Every call is slow, so the first is still open when the second starts.
 	sb, err := sandbox.New(sandbox.Options{Faults: sandbox.Faults{Latency: 300 * time.Millisecond, LatencyP: 1}})
 	if err != nil {
@@ -57,17 +37,7 @@ func TestConcurrentDeliveriesOfOneKeyCallOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
-	proc := &Processor{
-		JS: js, Topology: topo, Ledger: led, API: client, RunLimiter: noLimit{}, DescribeLimiter: noLimit{},
-		Pause: pause.New(controlKV, pause.Config{Worker: "w1", Logger: log}),
-		Retry: retry.DefaultPolicy(), Limits: submit.DefaultLimits(), CallTimeout: 5 * time.Second,
-		Metrics: m, Log: log, Worker: "w1",
-	}
+	proc, _, _ := testProcessor(t, DefaultTopology(), client, slog.New(slog.DiscardHandler))
 	body := []byte(`{"ApplicationId":"app-1","Name":"sample-1","EnvironmentId":"env-1","InputBase64":"e30K"}`)
 	h := nats.Header{}
 	h.Set(HeaderKey, "key-1")

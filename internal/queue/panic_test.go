@@ -18,13 +18,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/logcapture"
-	"github.com/omicsq/omicsq/internal/natstest"
-	"github.com/omicsq/omicsq/internal/pause"
-	"github.com/omicsq/omicsq/internal/retry"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 )
@@ -97,38 +92,16 @@ func panicTestBody(name, sample string) (body []byte, inputB64 string) {
 // logged, exported or published.
 func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	ctx := context.Background()
-	ns := natstest.Server(t, nil)
-	_, js := natstest.Connect(t, ns)
 	topo := DefaultTopology()
 	topo.MaxDeliver = 2 // the poison message is dead-lettered on its 2nd delivery
-	if err := Provision(ctx, js, topo); err != nil {
-		t.Fatal(err)
-	}
-	led, err := ledger.Open(ctx, js, topo.LedgerBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	controlKV, err := js.KeyValue(ctx, topo.ControlBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg, metrics.BuildInfo{Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &logcapture.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	onceName, alwaysName, goodName := panicNameMarker+"-once", panicNameMarker+"-always", panicNameMarker+"-good"
 	api := &panickyAPI{onceName: onceName, alwaysName: alwaysName, calls: map[string]int{}, lookups: map[string]int{}}
-	proc := &Processor{
-		JS: js, Topology: topo, Ledger: led, API: api,
-		RunLimiter: noLimit{}, DescribeLimiter: noLimit{},
-		Pause: pause.New(controlKV, pause.Config{Worker: "w1", Logger: log}),
-		Retry: retry.DefaultPolicy(), Limits: submit.DefaultLimits(), CallTimeout: 2 * time.Second,
-		Metrics: m, Log: log, Worker: "w1",
-	}
+	proc, js, reg := testProcessor(t, topo, api, log)
+	proc.CallTimeout = 2 * time.Second
+	m := proc.Metrics
 	cons := &Consumer{JS: js, Topology: topo, Processor: proc, Concurrency: 4, DrainTimeout: 5 * time.Second, Metrics: m, Log: log}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
