@@ -965,7 +965,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	}
 	waitMetric(t, w1.st.MetricsAddr, `omicsq_paused{reason="auth"} 1`, 20*time.Second)
 	sb.ForceError("")
-	waitMsgOn(t, results, topo.ResultSubject("perm-3"), 30*time.Second)
+	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-3"), 30*time.Second)
 	w1.stop()
 
 	// A bind-only worker on the provisioned topology.
@@ -973,7 +973,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-4", request("perm-sample-4"), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitMsgOn(t, results, topo.ResultSubject("perm-4"), 30*time.Second)
+	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-4"), 30*time.Second)
 
 	// A DLQ operator lists, shows, checks for a result, redrives and deletes.
 	_, ojs, oerrs := connectAs("omicsq-dlq-operator")
@@ -981,7 +981,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("operator: dlq stream: %v", err)
 	}
-	dead := waitMsgOn(t, dlq, topo.DLQSubject("perm-bad"), 10*time.Second)
+	dead := natstest.WaitLastMsg(t, dlq, topo.DLQSubject("perm-bad"), 10*time.Second)
 	list, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatalf("operator: list: %v", err)
@@ -1058,7 +1058,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-5", request("perm-sample-5"), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitMsgOn(t, results, topo.ResultSubject("perm-5"), 30*time.Second) // the worker got it, not the producer
+	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-5"), 30*time.Second) // the worker got it, not the producer
 	if strings.Contains(eavesdropped.String(), "perm-sample") {
 		t.Error("a producer read a request delivered to a worker")
 	}
@@ -1075,23 +1075,5 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	}
 	if m := scrape(t, w2.st.MetricsAddr); !strings.Contains(m, `omicsq_paused{reason="config"} 0`) {
 		t.Error("the producer's write to the pause flag paused the fleet")
-	}
-}
-
-func waitMsgOn(t *testing.T, s jetstream.Stream, subject string, timeout time.Duration) *jetstream.RawStreamMsg {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		m, err := s.GetLastMsgForSubject(context.Background(), subject)
-		if err == nil {
-			return m
-		}
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			t.Fatalf("get %s: %v", subject, err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing on %s within %v", subject, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -3,6 +3,8 @@
 package natstest
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -59,4 +61,24 @@ func Connect(t testing.TB, ns *server.Server, opts ...nats.Option) (*nats.Conn, 
 		t.Fatalf("natstest: jetstream: %v", err)
 	}
 	return nc, js
+}
+
+// WaitLastMsg polls s until subject holds a message and returns the last one;
+// it fails the test after timeout.
+func WaitLastMsg(t testing.TB, s jetstream.Stream, subject string, timeout time.Duration) *jetstream.RawStreamMsg {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := s.GetLastMsgForSubject(context.Background(), subject)
+		if err == nil {
+			return m
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			t.Fatalf("natstest: get %s: %v", subject, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: nothing on %s within %v", subject, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,9 +16,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/internal/logcapture"
+	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 )
@@ -136,7 +135,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goodResult := waitMsg(t, results, topo.ResultSubject("good"), 8*time.Second)
+	goodResult := natstest.WaitLastMsg(t, results, topo.ResultSubject("good"), 8*time.Second)
 	if took := time.Since(published); took > 8*time.Second {
 		t.Errorf("the good message took %v; the consumer was stalled by the panics", took)
 	}
@@ -146,7 +145,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 
 	// The message that panicked once is redelivered and, since its call's
 	// outcome is unknown, reconciled by name before it is submitted again.
-	onceResult := waitMsg(t, results, topo.ResultSubject("panic-once"), 30*time.Second)
+	onceResult := natstest.WaitLastMsg(t, results, topo.ResultSubject("panic-once"), 30*time.Second)
 	if calls, lookups := api.counts(onceName); calls != 2 || lookups < 1 {
 		t.Errorf("panic-once: %d calls and %d name lookups, want 2 calls with a lookup before the second", calls, lookups)
 	}
@@ -157,7 +156,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 
 	// The message that panics every time ends in the DLQ after MaxDeliver
 	// deliveries, with its request intact (for redrive) and a bounded reason.
-	dead := waitMsg(t, dlq, topo.DLQSubject("panic-always"), 30*time.Second)
+	dead := natstest.WaitLastMsg(t, dlq, topo.DLQSubject("panic-always"), 30*time.Second)
 	dl, err := DecodeDeadLetter(dead.Data)
 	if err != nil {
 		t.Fatal(err)
@@ -226,24 +225,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func waitMsg(t *testing.T, s jetstream.Stream, subject string, timeout time.Duration) *jetstream.RawStreamMsg {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		m, err := s.GetLastMsgForSubject(context.Background(), subject)
-		if err == nil {
-			return m
-		}
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no message on %s within %v", subject, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
