@@ -384,7 +384,7 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 	metricsText := scrape(t, w.st.MetricsAddr)
 	w.stop()
 	logs := w.logs.String()
-	for _, line := range []string{"dead-lettered an invalid request", `"msg":"dead-lettered"`, `"msg":"submitted"`,
+	for _, line := range []string{"dead-lettered an invalid request", `"msg":"dead-lettered"`, `"outcome":"success"`,
 		"reconciled: the run group exists", "RunApplication failed", "submissions paused fleet-wide", "submissions resumed fleet-wide"} {
 		if !strings.Contains(logs, line) {
 			t.Errorf("the worker's logs lack %q; the test did not see that path", line)

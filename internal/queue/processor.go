@@ -71,6 +71,7 @@ type Decision struct {
 type summary struct {
 	key, runGroupID, requestID string
 	calls                      int
+	reconciled                 bool
 }
 
 // Processor turns one request message into exactly one effect: a run group
@@ -133,7 +134,7 @@ func (p *Processor) Handle(ctx context.Context, d Delivery) Decision {
 	// One line per message: identifiers and outcome only, never inputs.
 	p.Log.Info("message processed", "key", sum.key, "seq", d.StreamSeq, "delivery", d.NumDelivered,
 		"outcome", dec.Outcome, "attempts", sum.calls, "run_group_id", sum.runGroupID,
-		"request_id", sum.requestID, "duration", elapsed)
+		"request_id", sum.requestID, "reconciled", sum.reconciled, "duration", elapsed)
 	return dec
 }
 
@@ -153,7 +154,7 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	j := &job{d: d, key: key, req: req, log: p.Log.With("key", key, "seq", d.StreamSeq, "delivery", d.NumDelivered)}
 	sum.key = key
 	defer func() {
-		sum.runGroupID, sum.requestID, sum.calls = j.entry.RunGroupID, j.entry.RequestID, j.entry.Calls
+		sum.runGroupID, sum.requestID, sum.calls, sum.reconciled = j.entry.RunGroupID, j.entry.RequestID, j.entry.Calls, j.entry.Reconciled
 	}()
 	if kerr != nil {
 		return p.deadLetterInvalid(ctx, j, Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: HeaderKey, Message: kerr.Error()})
@@ -477,7 +478,6 @@ func (p *Processor) succeed(ctx context.Context, j *job, runGroupID, requestID s
 		}
 		j.rev = rev
 	}
-	j.log.Info("submitted", "run_group_id", j.entry.RunGroupID, "request_id", requestID, "attempts", j.entry.Calls, "reconciled", reconciled)
 	return p.publishResult(ctx, j, metrics.OutcomeSuccess)
 }
 
