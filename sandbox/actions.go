@@ -164,7 +164,7 @@ func (s *Server) describeRunGroups(c *call, body []byte, region string) {
 		c.fail(e)
 		return
 	}
-	total, page := s.store.describe(projectKey{region, project}, f, offset, limit)
+	total, page := s.store.describe(projectKey{region, project}, f, offset, limit, s.now())
 	c.respond(outcomeSuccess, submit.DescribeRunGroupsResponse{TotalCount: total, RunGroups: page, RequestId: c.requestID})
 }
 

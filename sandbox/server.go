@@ -2,8 +2,9 @@
 // API (version 2022-11-28): the real wire protocol and TC3-HMAC-SHA256
 // signature verification, RunApplication and DescribeRunGroups with the
 // API's validation and error codes, a per-action rate limit, seeded fault
-// injection (including run groups created behind a failed answer), and
-// server-side statistics that tests and benchmarks judge a client by.
+// injection (including run groups created behind a failed answer),
+// optional eventual consistency of DescribeRunGroups, and server-side
+// statistics that tests and benchmarks judge a client by.
 //
 // Embed it with New and serve it with Listen (or any http.Server), or run
 // cmd/omics-sim. docs/sandbox.md lists every knob, the statistics fields
@@ -84,7 +85,12 @@ type Options struct {
 	Rate int
 	// Faults is the initial fault injection; see SetFaults.
 	Faults Faults
-	// Seed seeds fault decisions and run-group IDs.
+	// Visibility is the initial DescribeRunGroups lag and page order; see
+	// SetVisibility. The zero value shows every group at once, in creation
+	// order.
+	Visibility Visibility
+	// Seed seeds fault decisions, run-group IDs and visibility draws, each
+	// from its own stream.
 	Seed int64
 	// KnownApplications, KnownEnvironments, KnownProjects and KnownTables
 	// are the resources that exist. nil accepts any well-formed ID; a
@@ -123,13 +129,14 @@ type Server struct {
 	done        chan struct{} // closed by Close: releases held calls
 	closeOnce   sync.Once
 
-	mu      sync.Mutex // guards everything below
-	cred    credentials
-	rate    int
-	faults  faultPicker
-	forced  string
-	actions map[string]*actionState
-	counts  counters
+	mu       sync.Mutex // guards everything below
+	cred     credentials
+	rate     int
+	faults   faultPicker
+	forced   string
+	actions  map[string]*actionState
+	counts   counters
+	inflight inflightTracker
 }
 
 // actionState is the rate limiter and statistics of one action.
@@ -183,6 +190,9 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Faults.Validate(); err != nil {
 		return nil, err
 	}
+	if err := opts.Visibility.Validate(); err != nil {
+		return nil, err
+	}
 	switch {
 	case opts.MaxSkew < 0:
 		return nil, errors.New("sandbox: MaxSkew must not be negative")
@@ -221,7 +231,7 @@ func New(opts Options) (*Server, error) {
 			tables:       toSet(opts.KnownTables),
 		},
 		log:   opts.Logger,
-		store: newStore(opts.Seed),
+		store: newStore(opts.Seed, opts.Visibility),
 		done:  make(chan struct{}),
 		cred:  credentials{secretID: opts.SecretID, secretKey: opts.SecretKey, token: opts.Token},
 		rate:  opts.Rate,
@@ -229,8 +239,9 @@ func New(opts Options) (*Server, error) {
 			faults: opts.Faults.clone(),
 			rng:    rand.New(rand.NewPCG(uint64(opts.Seed), 0xfa017)),
 		},
-		actions: make(map[string]*actionState),
-		counts:  counters{commitThenFail: make(map[CommitFailMode]int64)},
+		actions:  make(map[string]*actionState),
+		counts:   counters{commitThenFail: make(map[CommitFailMode]int64)},
+		inflight: inflightTracker{open: make(map[nameKey]int)},
 	}
 	for _, a := range append(modelledActions, actionOther) {
 		s.actions[a] = &actionState{
@@ -390,6 +401,13 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if !admitted {
 		c.failAs(outcomeThrottled, errorf(codeRequestLimitExceeded, "the request rate of %s exceeds the limit", c.action))
 		return
+	}
+	// Open from admission, before faults hold the call: a latency or hang
+	// is exactly when a client is tempted to send the call again.
+	if c.action == actionRunApplication {
+		if end := s.trackRunApplication(r.Context(), body, region); end != nil {
+			defer end()
+		}
 	}
 
 	if fd.latency > 0 {

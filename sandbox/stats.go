@@ -19,6 +19,8 @@ type Stats struct {
 	Rate int `json:"rate"`
 	// Faults is the current fault injection.
 	Faults Faults `json:"faults"`
+	// Visibility is the current DescribeRunGroups lag and page order.
+	Visibility Visibility `json:"visibility"`
 	// ForcedError is the code ForceError set, or empty.
 	ForcedError string `json:"forced_error"`
 	// Actions holds per-action statistics, keyed by action name;
@@ -37,6 +39,21 @@ type Stats struct {
 	// AnsweredAfterClientGone counts calls whose client had disconnected
 	// before the answer was written (typically after an injected latency).
 	AnsweredAfterClientGone int64 `json:"answered_after_client_gone"`
+	// MaxConcurrentRunApplicationPerName is the most RunApplication calls
+	// ever open at once for one (region, project, Name). A call is open
+	// from its admission until it is answered or its client gives up,
+	// whichever comes first; a call the server still holds after its
+	// client left (a latency fault) does not count. A client with
+	// exactly-once submission keeps this at most 1.
+	MaxConcurrentRunApplicationPerName int `json:"max_concurrent_run_application_per_name"`
+	// ConcurrentRunApplicationOverlaps counts RunApplication calls that
+	// arrived while another call for the same (region, project, Name) was
+	// open.
+	ConcurrentRunApplicationOverlaps int64 `json:"concurrent_run_application_overlaps"`
+	// OverlappingNames are the first 20 distinct Names that overlapped, for
+	// debugging. Names are request values: like RunGroups, keep them out of
+	// logs that may leave the test.
+	OverlappingNames []string `json:"overlapping_names"`
 	// RunGroups lists the created run groups in creation order. Stats()
 	// leaves it empty (use RunGroups()); GET /sandbox/stats?run_groups=1
 	// fills it.
@@ -77,13 +94,14 @@ type FaultCounts struct {
 
 // Stats returns a snapshot of the statistics, without the run-group list.
 func (s *Server) Stats() Stats {
-	created := s.store.count()
+	created, vis := s.store.count(), s.store.visibility()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{
 		Now:                     s.now(),
 		Rate:                    s.rate,
 		Faults:                  s.faults.faults.clone(),
+		Visibility:              vis,
 		ForcedError:             s.forced,
 		Actions:                 make(map[string]ActionStats, len(s.actions)),
 		RunGroupsCreated:        created,
@@ -96,6 +114,9 @@ func (s *Server) Stats() Stats {
 			Throttle:       s.counts.throttles,
 			CommitThenFail: maps.Clone(s.counts.commitThenFail),
 		},
+		MaxConcurrentRunApplicationPerName: s.inflight.maxPerName,
+		ConcurrentRunApplicationOverlaps:   s.inflight.overlaps,
+		OverlappingNames:                   append([]string{}, s.inflight.names...),
 	}
 	for name, a := range s.actions {
 		st.Actions[name] = ActionStats{
@@ -118,6 +139,8 @@ func (s *Server) Stats() Stats {
 //	GET  /sandbox/run-groups            every created RunGroup, creation order
 //	GET  /sandbox/faults                the current Faults
 //	PUT  /sandbox/faults                replace the Faults (JSON body)
+//	GET  /sandbox/visibility            the current Visibility
+//	PUT  /sandbox/visibility            replace the Visibility (JSON body)
 //	GET  /sandbox/force-error           {"code": "..."}
 //	PUT  /sandbox/force-error           {"code": "..."}; "" stops forcing
 func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
@@ -144,6 +167,19 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeControlJSON(w, http.StatusOK, s.Faults())
+	case path == "visibility" && r.Method == http.MethodGet:
+		writeControlJSON(w, http.StatusOK, s.Visibility())
+	case path == "visibility" && r.Method == http.MethodPut:
+		var v Visibility
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10)).Decode(&v); err != nil {
+			writeControlError(w, http.StatusBadRequest, "visibility: "+err.Error())
+			return
+		}
+		if err := s.SetVisibility(v); err != nil {
+			writeControlError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeControlJSON(w, http.StatusOK, s.Visibility())
 	case path == "force-error" && (r.Method == http.MethodGet || r.Method == http.MethodPut):
 		if r.Method == http.MethodPut {
 			var body struct {
@@ -161,7 +197,7 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 		code := s.forced
 		s.mu.Unlock()
 		writeControlJSON(w, http.StatusOK, map[string]string{"code": code})
-	case path == "stats" || path == "run-groups" || path == "faults" || path == "force-error":
+	case path == "stats" || path == "run-groups" || path == "faults" || path == "visibility" || path == "force-error":
 		writeControlError(w, http.StatusMethodNotAllowed, "method not allowed")
 	default:
 		writeControlError(w, http.StatusNotFound, "no such sandbox endpoint")

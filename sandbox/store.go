@@ -53,6 +53,9 @@ type storedGroup struct {
 	region     string
 	group      submit.RunGroup
 	foldedName string // lowercase Name, for the fuzzy Name filter
+	// visibleFrom is when DescribeRunGroups starts to see the group
+	// (Visibility.Lag); the zero time means at once.
+	visibleFrom time.Time
 }
 
 // store holds the run groups: its own lock, so listing never blocks the
@@ -64,9 +67,16 @@ type store struct {
 	byID      map[string]*storedGroup
 	byName    map[nameKey]*storedGroup
 	byProject map[projectKey][]*storedGroup
+
+	// visMu guards vis and visRng. DescribeRunGroups reads them without
+	// holding mu exclusively; create takes visMu while holding mu, never
+	// the other way round.
+	visMu  sync.Mutex
+	vis    Visibility
+	visRng *rand.Rand // lags and page orders
 }
 
-func newStore(seed int64) *store {
+func newStore(seed int64, vis Visibility) *store {
 	return &store{
 		// A stream distinct from the fault picker's, so enabling faults does
 		// not change the IDs.
@@ -74,6 +84,10 @@ func newStore(seed int64) *store {
 		byID:      make(map[string]*storedGroup),
 		byName:    make(map[nameKey]*storedGroup),
 		byProject: make(map[projectKey][]*storedGroup),
+		vis:       vis,
+		// Distinct from the ID and fault streams, so enabling lag or
+		// reordering changes neither.
+		visRng: rand.New(rand.NewPCG(uint64(seed), 0x1a6)),
 	}
 }
 
@@ -95,7 +109,7 @@ func (st *store) create(region, project string, req *submit.RunApplicationReques
 			break
 		}
 	}
-	sg := &storedGroup{region: region, group: g, foldedName: strings.ToLower(g.Name)}
+	sg := &storedGroup{region: region, group: g, foldedName: strings.ToLower(g.Name), visibleFrom: st.visibleFrom(now)}
 	st.groups = append(st.groups, sg)
 	st.byID[g.RunGroupId] = sg
 	st.byName[nk] = sg
@@ -205,14 +219,38 @@ func (c filterClause) matches(sg *storedGroup) bool {
 }
 
 // describe returns the total number of groups of the project matching f
-// and the page [offset, offset+limit) of them in creation order.
-func (st *store) describe(pk projectKey, f runGroupFilter, offset, limit uint64) (uint64, []submit.RunGroup) {
+// and visible at now, and the page [offset, offset+limit) of them: in
+// creation order, or in a fresh random order with Visibility.ReorderPages.
+func (st *store) describe(pk projectKey, f runGroupFilter, offset, limit uint64, now time.Time) (uint64, []submit.RunGroup) {
+	var shuffle *rand.Rand
+	st.visMu.Lock()
+	if st.vis.ReorderPages {
+		// A private source per call, so the shuffle runs under the read
+		// lock without serialising concurrent calls on visMu.
+		shuffle = rand.New(rand.NewPCG(st.visRng.Uint64(), st.visRng.Uint64()))
+	}
+	st.visMu.Unlock()
+
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	var total uint64
 	page := make([]submit.RunGroup, 0, min(limit, 100))
+	if shuffle != nil {
+		var matched []*storedGroup
+		for _, sg := range st.byProject[pk] {
+			if sg.visibleAt(now) && f.matches(sg) {
+				matched = append(matched, sg)
+			}
+		}
+		shuffle.Shuffle(len(matched), func(i, j int) { matched[i], matched[j] = matched[j], matched[i] })
+		total := uint64(len(matched))
+		for i := offset; i < total && uint64(len(page)) < limit; i++ {
+			page = append(page, matched[i].group)
+		}
+		return total, page
+	}
+	var total uint64
 	for _, sg := range st.byProject[pk] {
-		if !f.matches(sg) {
+		if !sg.visibleAt(now) || !f.matches(sg) {
 			continue
 		}
 		if total >= offset && uint64(len(page)) < limit {

@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("write listening address: %w", err)
 	}
 	logger.Info("omics-sim started", "addr", l.Addr(), "rate", cfg.opts.Rate, "seed", cfg.opts.Seed,
-		"faults", cfg.opts.Faults)
+		"faults", cfg.opts.Faults, "visibility", cfg.opts.Visibility)
 
 	<-ctx.Done()
 	logger.Info("omics-sim shutting down", "cause", context.Cause(ctx))
@@ -85,9 +85,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 const usageHeader = `omics-sim serves the sandbox Tencent Cloud Healthcare Omics API (2022-11-28)
 over plain HTTP: RunApplication and DescribeRunGroups with TC3-HMAC-SHA256
-verification, a per-action rate limit, fault injection, and statistics at
-GET /sandbox/stats. On startup it prints "omics-sim listening on HOST:PORT" to
-stdout. Probabilities P are numbers from 0 to 1, decided per admitted call.
+verification, a per-action rate limit, fault injection, optional
+DescribeRunGroups lag and reordering, and statistics at GET /sandbox/stats.
+On startup it prints "omics-sim listening on HOST:PORT" to stdout.
+Probabilities P are numbers from 0 to 1, decided per admitted call.
 
 Usage: omics-sim [flags]
 
@@ -117,7 +118,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&o.Faults.Latency, "fault-latency", 0, "`DURATION` (e.g. 250ms, 2s) added before processing, with probability --fault-latency-p; the call is still processed if the client gave up")
 	fs.Var((*probability)(&o.Faults.LatencyP), "fault-latency-p", "probability `P` of adding --fault-latency")
 	fs.Var((*stringList)(&o.Faults.Actions), "fault-actions", "comma-separated `ACTIONS` the faults apply to (default every action)")
-	fs.Int64Var(&o.Seed, "seed", 1, "`SEED` of the fault decisions and run-group IDs (same seed, same sequence for a sequential client)")
+	fs.DurationVar(&o.Visibility.Lag, "describe-lag", 0, "`DURATION` a new run group stays invisible to DescribeRunGroups (its Name is still taken at once)")
+	fs.DurationVar(&o.Visibility.LagMax, "describe-lag-max", 0, "if above --describe-lag, each run group's lag is drawn uniformly from [--describe-lag, `DURATION`]")
+	fs.BoolVar(&o.Visibility.ReorderPages, "describe-reorder", false, "DescribeRunGroups lists matches in a fresh random order on each call, so offset paging may skip or repeat groups")
+	fs.Int64Var(&o.Seed, "seed", 1, "`SEED` of the fault decisions, run-group IDs and describe lags (same seed, same sequence for a sequential client)")
 	fs.Var((*stringList)(&o.KnownApplications), "known-applications", "comma-separated application `IDS` that exist (default: any well-formed ID)")
 	fs.Var((*stringList)(&o.KnownEnvironments), "known-environments", "comma-separated environment `IDS` that exist (default: any)")
 	fs.Var((*stringList)(&o.KnownProjects), "known-projects", "comma-separated project `IDS` that exist besides the default project (default: any)")
@@ -139,6 +143,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return config{}, errors.New("--hang-timeout must be a positive duration, e.g. 2m")
 	case o.Faults.Latency < 0:
 		return config{}, errors.New("--fault-latency must not be negative")
+	case o.Visibility.Lag < 0:
+		return config{}, errors.New("--describe-lag must not be negative")
+	case o.Visibility.LagMax < 0:
+		return config{}, errors.New("--describe-lag-max must not be negative")
+	case o.Visibility.LagMax != 0 && o.Visibility.LagMax < o.Visibility.Lag:
+		return config{}, errors.New("--describe-lag-max must be 0 or at least --describe-lag")
 	case o.SecretID == "" || o.SecretKey == "":
 		return config{}, errors.New("--secret-id and --secret-key must not be empty")
 	}

@@ -29,7 +29,8 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	logs := &logcapture.Buffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--rate", "3", "--seed", "9", "--known-applications", "app-1", "--log-level", "debug"}, stdoutW, logs)
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--rate", "3", "--seed", "9", "--known-applications", "app-1", "--log-level", "debug",
+			"--describe-lag", "1ms"}, stdoutW, logs)
 		stdoutW.Close()
 	}()
 
@@ -67,8 +68,8 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Rate != 3 || st.RunGroupsCreated != 1 {
-		t.Errorf("stats: rate %d, created %d; want 3, 1", st.Rate, st.RunGroupsCreated)
+	if st.Rate != 3 || st.RunGroupsCreated != 1 || st.Visibility.Lag != time.Millisecond {
+		t.Errorf("stats: rate %d, created %d, visibility %+v; want 3, 1, 1ms lag", st.Rate, st.RunGroupsCreated, st.Visibility)
 	}
 
 	cancel()
@@ -102,6 +103,11 @@ func TestFlagValidation(t *testing.T) {
 		{[]string{"--rate", "-1"}, []string{"rate", "integer >= 0"}},
 		{[]string{"--fault-commit-then-fail-modes", "bad_gateway,explode"}, []string{"fault-commit-then-fail-modes", "bad_gateway, drop and hang"}},
 		{[]string{"--fault-latency", "-1s"}, []string{"--fault-latency must not be negative"}},
+		{[]string{"--describe-lag", "-1s"}, []string{"--describe-lag must not be negative"}},
+		{[]string{"--describe-lag-max", "-1s"}, []string{"--describe-lag-max must not be negative"}},
+		{[]string{"--describe-lag", "2s", "--describe-lag-max", "1s"}, []string{"--describe-lag-max must be 0 or at least --describe-lag"}},
+		{[]string{"--describe-lag", "soon"}, []string{"describe-lag"}},
+		{[]string{"--describe-reorder=maybe"}, []string{"describe-reorder"}},
 		{[]string{"--max-skew", "0s"}, []string{"--max-skew"}},
 		{[]string{"--secret-key", ""}, []string{"--secret-key"}},
 		{[]string{"--log-level", "loud"}, []string{"log-level"}},
@@ -132,7 +138,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	}
 	for _, name := range []string{"listen", "secret-id", "secret-key", "token", "rate", "fault-internal-error", "fault-throttle",
 		"fault-commit-then-fail", "fault-commit-then-fail-modes", "fault-commit-then-fail-random", "fault-latency",
-		"fault-latency-p", "fault-actions", "seed", "known-applications", "known-environments", "known-projects",
+		"fault-latency-p", "fault-actions", "describe-lag", "describe-lag-max", "describe-reorder", "seed", "known-applications", "known-environments", "known-projects",
 		"known-tables", "max-skew", "hang-timeout", "log-level", "calls/s", "omics-sim listening on HOST:PORT"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help lacks %q", name)
@@ -143,7 +149,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 func TestFlagsBuildOptions(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseFlags([]string{"--rate", "0", "--fault-commit-then-fail", "0.25", "--fault-commit-then-fail-modes", "hang,drop",
-		"--fault-latency", "250ms", "--fault-latency-p", "0.5", "--known-tables", "tab-1, tab-2", "--fault-actions", "RunApplication"}, io.Discard)
+		"--fault-latency", "250ms", "--fault-latency-p", "0.5", "--known-tables", "tab-1, tab-2", "--fault-actions", "RunApplication",
+		"--describe-lag", "2s", "--describe-lag-max", "5s", "--describe-reorder"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +158,8 @@ func TestFlagsBuildOptions(t *testing.T) {
 	if o.Rate != 0 || o.Faults.CommitThenFailP != 0.25 || len(o.Faults.CommitThenFailModes) != 2 ||
 		o.Faults.CommitThenFailModes[0] != sandbox.CommitFailHang || o.Faults.Latency != 250*time.Millisecond ||
 		o.Faults.LatencyP != 0.5 || len(o.KnownTables) != 2 || o.KnownTables[1] != "tab-2" || o.KnownApplications != nil ||
-		len(o.Faults.Actions) != 1 || cfg.listen != "127.0.0.1:9100" || o.SecretID != sandbox.DefaultSecretID {
+		len(o.Faults.Actions) != 1 || cfg.listen != "127.0.0.1:9100" || o.SecretID != sandbox.DefaultSecretID ||
+		o.Visibility != (sandbox.Visibility{Lag: 2 * time.Second, LagMax: 5 * time.Second, ReorderPages: true}) {
 		t.Errorf("options = %+v, listen %s", o, cfg.listen)
 	}
 	if _, err := sandbox.New(o); err != nil {
