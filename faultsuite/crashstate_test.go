@@ -115,7 +115,8 @@ func TestCrashAtEachStep(t *testing.T) {
 	call := func(outcome, code string) ledger.Event {
 		return ledger.Event{At: now, Kind: "call", Outcome: outcome, Code: code, Worker: "ghost"}
 	}
-	intent := ledger.Entry{State: ledger.StatePending, Calls: 1, FirstCallAt: now, Uncertain: true,
+	intent := ledger.Entry{State: ledger.StatePending, Calls: 1,
+		InFlight:   &ledger.InFlight{Owner: "ghost", Since: now.Add(-time.Minute), Deadline: now.Add(-time.Second)},
 		LeaseOwner: "ghost", LeaseUntil: now.Add(-time.Second)}
 
 	t.Run("after-intent-before-call", func(t *testing.T) {
@@ -148,6 +149,7 @@ func TestCrashAtEachStep(t *testing.T) {
 		live := intent
 		lease := 3 * time.Second
 		live.LeaseUntil = time.Now().Add(lease)
+		live.InFlight = &ledger.InFlight{Owner: "ghost", Since: now, Deadline: time.Now().Add(lease)}
 		w.put(live)
 		rs, ds, runs, _, took := w.takeOver()
 		expectResult(t, w, rs, ds)
@@ -165,7 +167,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	t.Run("after-submitted-before-result", func(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup()
-		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, FirstCallAt: now, RunGroupID: id, RequestID: "req-1",
+		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, RunGroupID: id, RequestID: "req-1",
 			SubmittedAt: now, History: []ledger.Event{call("success", "")}})
 		rs, ds, runs, describes, _ := w.takeOver()
 		expectResult(t, w, rs, ds)
@@ -180,7 +182,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	t.Run("after-result-before-ack", func(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup()
-		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, FirstCallAt: now, RunGroupID: id, RequestID: "req-1", SubmittedAt: now})
+		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, RunGroupID: id, RequestID: "req-1", SubmittedAt: now})
 		if _, err := queue.PublishResult(context.Background(), w.js, w.topo, queue.Result{Key: w.key, RunGroupID: id, Attempts: 1, Worker: "ghost"}); err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +194,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	})
 
 	deadEntry := func(seq uint64) ledger.Entry {
-		return ledger.Entry{State: ledger.StateDead, Calls: 1, FirstCallAt: now, DeadSequence: seq, History: []ledger.Event{
+		return ledger.Entry{State: ledger.StateDead, Calls: 1, DeadSequence: seq, History: []ledger.Event{
 			call("permanent", "ResourceNotFound.ApplicationNotExist"),
 			{At: now, Kind: "dead_letter", Outcome: "permanent_error", Code: "ResourceNotFound.ApplicationNotExist", Worker: "ghost"},
 		}}
@@ -224,20 +226,21 @@ func TestCrashAtEachStep(t *testing.T) {
 	})
 
 	// Not a crash, the cases that make Name-based reconciliation safe: a
-	// late original found through DuplicateName is ours only if a call's
-	// outcome was ever unknown; otherwise the Name is someone else's.
+	// late original is ours only if a call's outcome was ever unknown;
+	// otherwise the Name is someone else's. A new holder of a key that may
+	// have created its run group looks it up before any call.
 	t.Run("late-original-after-not-found", func(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup() // the ambiguous call's run group, visible only now
-		w.put(ledger.Entry{State: ledger.StatePending, Calls: 1, FirstCallAt: now, MaybeCreated: true, Reconciles: 1,
-			History: []ledger.Event{call("ambiguous", "InternalError"), {At: now, Kind: "reconcile", Outcome: "not_found", Worker: "ghost"}}})
+		w.put(ledger.Entry{State: ledger.StatePending, Calls: 1, MaybeCreated: true,
+			History: []ledger.Event{call("ambiguous", "InternalError"), {At: now, Kind: "lookup", Outcome: "not_found", Worker: "ghost"}}})
 		rs, ds, runs, _, _ := w.takeOver()
 		expectResult(t, w, rs, ds)
 		if len(rs) == 1 && (rs[0].RunGroupID != id || !rs[0].Reconciled) {
-			t.Errorf("result %+v, want run group %s found after DuplicateName", rs[0], id)
+			t.Errorf("result %+v, want run group %s found by the fresh lookup", rs[0], id)
 		}
-		if runs != 1 {
-			t.Errorf("%d RunApplication calls, want 1 (answered DuplicateName)", runs)
+		if runs != 0 {
+			t.Errorf("%d RunApplication calls, want 0 (a fresh lookup precedes every call of a key that may have created)", runs)
 		}
 	})
 

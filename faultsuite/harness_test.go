@@ -320,7 +320,7 @@ func (e *env) workerArgs(id string, extra []string) []string {
 		"--metrics-addr=", "--worker-id", id, "--log-format", "json", "--log-level", "info",
 		"--api-timeout", "2s", "--rate", "0", "--concurrency", "16",
 		"--retry-initial", "50ms", "--retry-max-interval", "500ms", "--max-attempts", "30",
-		"--pause-probe-interval", "200ms", "--drain-timeout", "5s",
+		"--pause-probe-interval", "200ms", "--drain-timeout", "5s", "--lease-ttl", "3s", "--lookup-horizon", "60s",
 		"--ack-wait", e.topo.AckWait.String(), "--max-deliver", strconv.Itoa(e.topo.MaxDeliver),
 		"--stream-replicas", strconv.Itoa(e.topo.Replicas),
 	}
@@ -883,6 +883,12 @@ func (e *env) verify(wl *workload, final state) figures {
 		if !slices.Contains(allowedRunOutcomes, outcome) {
 			fail("sandbox answered %d RunApplication calls with %s: an invalid request reached the API", n, outcome)
 		}
+	}
+	// The sandbox watched every RunApplication call: never two open at once
+	// for one Name (one request), whatever the faults and kills.
+	if st.MaxConcurrentRunApplicationPerName > 1 {
+		fail("%d RunApplication calls overlapped another open call for the same Name (max %d at once), e.g. %v",
+			st.ConcurrentRunApplicationOverlaps, st.MaxConcurrentRunApplicationPerName, st.OverlappingNames)
 	}
 	f.Pending = int(final.requests + final.numPending + final.ackPending)
 	if f.Pending != 0 {

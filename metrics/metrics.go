@@ -43,6 +43,12 @@ const (
 	DLQRetriesExhausted   = "retries_exhausted"
 	DLQReconcileExhausted = "reconcile_exhausted"
 	DLQMaxDeliveries      = "max_deliveries"
+	// DLQIdentityChanged: the message's request differs from the one its
+	// key was submitted with, and a run group may exist for that one.
+	DLQIdentityChanged = "identity_changed"
+	// DLQDuplicateInFlight: another message of the key, with a different
+	// request, is being submitted.
+	DLQDuplicateInFlight = "duplicate_in_flight"
 )
 
 // Retry reasons (label reason of omicsq_retries_total).
@@ -84,7 +90,7 @@ const other = "other"
 // Label value sets. Each also accepts "other", added by newSet.
 var (
 	outcomes         = []string{OutcomeSuccess, OutcomeDeduplicated, OutcomeDeadLettered, OutcomeReleased, OutcomeError}
-	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries}
+	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight}
 	retryReasons     = []string{RetryThrottled, RetryTransient, RetryAmbiguous, RetrySystemic}
 	reconcileResults = []string{ReconcileFound, ReconcileNotFound, ReconcileConflict, ReconcileError}
 	apiActions       = []string{ActionRunApplication, ActionDescribeRunGroups}

@@ -34,7 +34,7 @@ func TestSDKSignatureAccepted(t *testing.T) {
 	if len(groups) != 1 || groups[0].RunGroupId != resp.RunGroupId || groups[0].Region != testRegion {
 		t.Fatalf("RunGroups() = %+v, want one group %s in %s", groups, resp.RunGroupId, testRegion)
 	}
-	found, err := c.FindRunGroupsByName(t.Context(), nil, "accepted-1")
+	found, err := c.FindRunGroupsByName(t.Context(), nil, "accepted-1", nil)
 	if err != nil {
 		t.Fatalf("FindRunGroupsByName: %v", err)
 	}

@@ -77,7 +77,7 @@ func TestDescribeRunGroups(t *testing.T) {
 		if resp.TotalCount != 10 {
 			t.Errorf("TotalCount = %d, want 10", resp.TotalCount)
 		}
-		exact, err := c.FindRunGroupsByName(ctx, nil, "Sample-10")
+		exact, err := c.FindRunGroupsByName(ctx, nil, "Sample-10", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,7 +48,7 @@ func TestCommitThenFail(t *testing.T) {
 			if err := s.SetFaults(Faults{}); err != nil {
 				t.Fatal(err)
 			}
-			found, err := c.FindRunGroupsByName(t.Context(), nil, name)
+			found, err := c.FindRunGroupsByName(t.Context(), nil, name, nil)
 			if err != nil {
 				t.Fatalf("FindRunGroupsByName: %v", err)
 			}

@@ -51,7 +51,8 @@ type config struct {
 	Topology  queue.Topology
 
 	Retry         retry.Policy
-	MaxReconciles int
+	LookupHorizon time.Duration
+	LeaseTTL      time.Duration
 	Limits        submit.Limits
 
 	PauseProbeInterval time.Duration
@@ -132,20 +133,21 @@ func settings(c *config) []setting {
 		{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger", str(&c.Topology.LedgerBucket, t.LedgerBucket)},
 		{"control-bucket", "OMICSQ_CONTROL_BUCKET", "KV bucket of the fleet-wide pause flag", str(&c.Topology.ControlBucket, t.ControlBucket)},
 		{"stream-replicas", "OMICSQ_STREAM_REPLICAS", "replicas of every stream and bucket (1, 3 or 5)", integer(&c.Topology.Replicas, t.Replicas)},
-		{"requests-max-age", "OMICSQ_REQUESTS_MAX_AGE", "how long an unprocessed request is kept", dur(&c.Topology.RequestsMaxAge, t.RequestsMaxAge)},
+		{"requests-max-age", "OMICSQ_REQUESTS_MAX_AGE", "must be 0: a request is kept until it has an outcome, however long the fleet is paused", dur(&c.Topology.RequestsMaxAge, t.RequestsMaxAge)},
 		{"results-max-age", "OMICSQ_RESULTS_MAX_AGE", "how long results are kept", dur(&c.Topology.ResultsMaxAge, t.ResultsMaxAge)},
-		{"dlq-max-age", "OMICSQ_DLQ_MAX_AGE", "how long dead letters are kept", dur(&c.Topology.DLQMaxAge, t.DLQMaxAge)},
-		{"ledger-ttl", "OMICSQ_LEDGER_TTL", "how long ledger entries are kept (at least --results-max-age)", dur(&c.Topology.LedgerTTL, t.LedgerTTL)},
+		{"dlq-max-age", "OMICSQ_DLQ_MAX_AGE", "how long dead letters are kept (at most --ledger-ttl)", dur(&c.Topology.DLQMaxAge, t.DLQMaxAge)},
+		{"ledger-ttl", "OMICSQ_LEDGER_TTL", "how long ledger entries are kept (at least --results-max-age and --dlq-max-age)", dur(&c.Topology.LedgerTTL, t.LedgerTTL)},
 		{"duplicate-window", "OMICSQ_DUPLICATE_WINDOW", "JetStream de-duplication window of published requests", dur(&c.Topology.DuplicateWindow, t.DuplicateWindow)},
 		{"ack-wait", "OMICSQ_ACK_WAIT", "redelivery timeout of a message whose worker went silent", dur(&c.Topology.AckWait, t.AckWait)},
-		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message before it is dead-lettered", integer(&c.Topology.MaxDeliver, t.MaxDeliver)},
+		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message not handed back on purpose (crashes) before it is dead-lettered", integer(&c.Topology.MaxDeliver, t.MaxDeliver)},
 		{"max-ack-pending", "OMICSQ_MAX_ACK_PENDING", "messages delivered but unacknowledged across the fleet", integer(&c.Topology.MaxAckPending, t.MaxAckPending)},
 
 		{"max-attempts", "OMICSQ_MAX_ATTEMPTS", "attempts of a request on throttling or InternalError before it is dead-lettered", integer(&c.Retry.MaxAttempts, r.MaxAttempts)},
-		{"max-retry-elapsed", "OMICSQ_MAX_RETRY_ELAPSED", "time from the first attempt after which retries stop", dur(&c.Retry.MaxElapsed, r.MaxElapsed)},
+		{"max-retry-elapsed", "OMICSQ_MAX_RETRY_ELAPSED", "active retrying (backoff delays, not time paused) after which retries stop", dur(&c.Retry.MaxElapsed, r.MaxElapsed)},
 		{"retry-initial", "OMICSQ_RETRY_INITIAL", "mean delay before the first retry (exponential, jittered)", dur(&c.Retry.InitialInterval, r.InitialInterval)},
 		{"retry-max-interval", "OMICSQ_RETRY_MAX_INTERVAL", "cap of a single retry delay", dur(&c.Retry.MaxInterval, r.MaxInterval)},
-		{"max-reconciles", "OMICSQ_MAX_RECONCILES", "name lookups that find nothing after ambiguous outcomes before a request is dead-lettered", integer(&c.MaxReconciles, 5)},
+		{"lookup-horizon", "OMICSQ_LOOKUP_HORIZON", "how long a created run group may take to become visible to DescribeRunGroups: after a DuplicateName, lookups that find nothing are repeated until it", dur(&c.LookupHorizon, 5*time.Minute)},
+		{"lease-ttl", "OMICSQ_LEASE_TTL", "how long a worker's hold on a request lasts without renewal (a crashed worker's requests are free again after it)", dur(&c.LeaseTTL, 15*time.Second)},
 
 		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
 		{"max-input-bytes", "OMICSQ_MAX_INPUT_BYTES", "largest decoded InputBase64 accepted", integer(&c.Limits.MaxInputBytes, l.MaxInputBytes)},
@@ -276,8 +278,11 @@ func (c *config) validate() error {
 	if c.SandboxRate < 0 {
 		bad("sandbox-rate", "must be >= 0")
 	}
-	if c.MaxReconciles < 1 {
-		bad("max-reconciles", "must be >= 1")
+	if c.LookupHorizon < time.Second {
+		bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
+	}
+	if c.LeaseTTL < 3*time.Second {
+		bad("lease-ttl", "must be at least 3s, got %v", c.LeaseTTL)
 	}
 	if c.DrainTimeout < time.Second {
 		bad("drain-timeout", "must be at least 1s")
@@ -340,7 +345,7 @@ func (c *config) validate() error {
 	for _, v := range []struct {
 		name string
 		age  time.Duration
-	}{{"requests-max-age", t.RequestsMaxAge}, {"results-max-age", t.ResultsMaxAge}, {"dlq-max-age", t.DLQMaxAge}} {
+	}{{"results-max-age", t.ResultsMaxAge}, {"dlq-max-age", t.DLQMaxAge}} {
 		if v.age < 0 {
 			bad(v.name, "must be >= 0 (0: kept forever), got %v", v.age)
 		} else if v.age > 0 && t.DuplicateWindow > v.age {
@@ -350,8 +355,14 @@ func (c *config) validate() error {
 	if t.DuplicateWindow < 0 {
 		bad("duplicate-window", "must be >= 0, got %v", t.DuplicateWindow)
 	}
-	if t.LedgerTTL < t.ResultsMaxAge {
-		bad("ledger-ttl", "must be at least --results-max-age (%v), got %v", t.ResultsMaxAge, t.LedgerTTL)
+	if t.RequestsMaxAge != 0 {
+		bad("requests-max-age", "must be 0: a request must never age out of the stream unanswered (a long pause would lose the backlog); bound the stream's size instead, which refuses new publishes loudly")
+	}
+	if outlives(t.ResultsMaxAge, t.LedgerTTL) {
+		bad("ledger-ttl", "must be at least --results-max-age (%v), got %v: a result kept longer than its ledger entry could be submitted again", t.ResultsMaxAge, t.LedgerTTL)
+	}
+	if outlives(t.DLQMaxAge, t.LedgerTTL) {
+		bad("ledger-ttl", "must be at least --dlq-max-age (%v), got %v: a dead letter redriven after its ledger entry expired could be submitted twice", t.DLQMaxAge, t.LedgerTTL)
 	}
 	if r.MaxAttempts < 1 {
 		bad("max-attempts", "must be >= 1, got %d", r.MaxAttempts)
@@ -374,4 +385,10 @@ func (c *config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// outlives reports whether a retention of kept outlasts one of ledger (0
+// means forever).
+func outlives(kept, ledger time.Duration) bool {
+	return ledger != 0 && (kept == 0 || kept > ledger)
 }

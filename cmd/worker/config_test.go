@@ -49,7 +49,11 @@ func TestConfigRejectsBadSettingsNamingThem(t *testing.T) {
 		{"limiter guard too long", []string{"--rate-limit-guard", "2s"}, nil, []string{"--rate-limit-guard", "between 0 and 1s"}},
 		{"no region", []string{"--region="}, nil, []string{"--region", "must be set"}},
 		{"negative sandbox rate", []string{"--sandbox-rate", "-1"}, nil, []string{"--sandbox-rate", ">= 0"}},
-		{"no reconciles", []string{"--max-reconciles", "0"}, nil, []string{"--max-reconciles", ">= 1"}},
+		{"no lookup horizon", []string{"--lookup-horizon", "0s"}, nil, []string{"--lookup-horizon", "at least 1s"}},
+		{"lease too short", []string{"--lease-ttl", "1s"}, nil, []string{"--lease-ttl", "at least 3s"}},
+		{"dlq kept longer than the ledger", []string{"--dlq-max-age", "1200h", "--ledger-ttl", "960h"}, nil, []string{"--ledger-ttl", "--dlq-max-age"}},
+		{"dlq kept forever, ledger not", []string{"--dlq-max-age", "0s"}, nil, []string{"--ledger-ttl", "--dlq-max-age"}},
+		{"results kept longer than the ledger", []string{"--results-max-age", "1000h", "--ledger-ttl", "900h"}, nil, []string{"--ledger-ttl", "--results-max-age"}},
 		{"no drain", []string{"--drain-timeout", "0s"}, nil, []string{"--drain-timeout", "at least 1s"}},
 		{"metrics address without port", []string{"--metrics-addr", "9464"}, nil, []string{"--metrics-addr", "HOST:PORT or empty"}},
 		{"embedded listen without host", []string{"--embedded-listen", "4222"}, nil, []string{"--embedded-listen", "HOST:PORT"}},
@@ -66,9 +70,9 @@ func TestConfigRejectsBadSettingsNamingThem(t *testing.T) {
 		{"no retry time", []string{"--max-retry-elapsed", "0s"}, nil, []string{"--max-retry-elapsed", "> 0"}},
 		{"no probe interval", []string{"--pause-probe-interval", "0s"}, nil, []string{"--pause-probe-interval", "> 0"}},
 		{"negative unreachable", []string{"--unreachable-after", "-1s"}, nil, []string{"--unreachable-after", "> 0"}},
-		{"negative request age", []string{"--requests-max-age", "-1h"}, nil, []string{"--requests-max-age", ">= 0"}},
+		{"requests that age out", []string{"--requests-max-age", "336h"}, nil, []string{"--requests-max-age", "must be 0"}},
 		{"negative dlq age", []string{"--dlq-max-age", "-1h"}, nil, []string{"--dlq-max-age", ">= 0"}},
-		{"dedup window beyond the age", []string{"--duplicate-window", "48h", "--requests-max-age", "24h"}, nil, []string{"--duplicate-window", "--requests-max-age"}},
+		{"dedup window beyond the dlq age", []string{"--duplicate-window", "48h", "--dlq-max-age", "24h"}, nil, []string{"--duplicate-window", "--dlq-max-age"}},
 		{"empty stream name", []string{"--requests-stream="}, nil, []string{"--requests-stream", "must not be empty"}},
 		{"non-number in the environment", nil, map[string]string{"OMICSQ_CONCURRENCY": "sixteen"}, []string{"OMICSQ_CONCURRENCY", "--concurrency", "an integer"}},
 		{"duration without unit in the environment", nil, map[string]string{"OMICSQ_API_TIMEOUT": "30"}, []string{"OMICSQ_API_TIMEOUT", "--api-timeout", "duration"}},
@@ -155,7 +159,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"--ack-wait", "11s", "--api-timeout", "30s"}, {"--log-format", "json"}, {"--rate-limit-scope", "local"},
 		{"--endpoint", "omics.intl.tencentcloudapi.com:443"}, {"--metrics-addr="}, {"--sandbox", "--region="},
 		{"--nats-cert", "c.pem", "--nats-key", "k.pem"}, {"--nats-user", "u", "--nats-password", "p"},
-		{"--requests-max-age", "0s"}, {"--duplicate-window", "24h", "--requests-max-age", "24h"},
+		{"--requests-max-age", "0s"}, {"--duplicate-window", "24h", "--dlq-max-age", "24h"}, {"--ledger-ttl", "0s", "--dlq-max-age", "0s", "--results-max-age", "0s"},
 	} {
 		if _, err := parseConfig(args, envOf(nil), io.Discard); err != nil {
 			t.Errorf("parseConfig(%q) = %v, want it accepted", args, err)

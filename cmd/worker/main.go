@@ -34,6 +34,7 @@ import (
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/ratelimit"
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 	"github.com/omicsq/omicsq/sandbox"
@@ -168,7 +169,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	proc := &queue.Processor{
 		JS: js, Topology: cfg.Topology, Ledger: led, API: api,
 		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
-		Retry: cfg.Retry, Limits: cfg.Limits, MaxReconciles: cfg.MaxReconciles, CallTimeout: cfg.APITimeout,
+		Policy: submission.Policy{
+			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,
+			MaxDeliveries: cfg.Topology.MaxDeliver, CreateSkew: 5 * time.Minute,
+		},
+		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
 		Metrics: m, Log: log, Worker: cfg.WorkerID,
 	}
 	consumer := &queue.Consumer{

@@ -625,7 +625,7 @@ func checkNACK(t *testing.T, objs []object, settings *corev1.ConfigMap) {
 		}
 		if c.Spec.DurableName == settings.Data["OMICSQ_CONSUMER"] && c.Spec.StreamName == settings.Data["OMICSQ_REQUESTS_STREAM"] {
 			worker = true
-			if fmt.Sprint(c.Spec.MaxDeliver) != settings.Data["OMICSQ_MAX_DELIVER"] || fmt.Sprint(c.Spec.MaxAckPending) != settings.Data["OMICSQ_MAX_ACK_PENDING"] || c.Spec.AckWait != settings.Data["OMICSQ_ACK_WAIT"] {
+			if c.Spec.MaxDeliver != -1 || fmt.Sprint(c.Spec.MaxAckPending) != settings.Data["OMICSQ_MAX_ACK_PENDING"] || c.Spec.AckWait != settings.Data["OMICSQ_ACK_WAIT"] {
 				t.Errorf("worker consumer differs from the worker's settings: %+v", c.Spec)
 			}
 		}

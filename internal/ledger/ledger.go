@@ -1,8 +1,12 @@
 // Package ledger is the submission ledger: one JetStream KV entry per request
-// idempotency key, recording the intent to call RunApplication before each
-// call and the outcome after it. RunApplication has no idempotency token; the
-// ledger is what lets a redelivered message know whether a run group may
-// already exist, and so whether it must reconcile by name before calling.
+// idempotency key. RunApplication has no idempotency token; the ledger is
+// what lets any delivery of a request know whether a run group may already
+// exist, who may be calling for it right now, and which request it is.
+//
+// The entry owns its transitions (transitions.go): callers say what happened
+// (a call began, a call settled, a lookup answered, the request died or was
+// redriven) and the entry keeps its fields consistent. The decisions made on
+// top of an entry live in internal/submission.
 package ledger
 
 import (
@@ -38,37 +42,129 @@ const maxHistory = 32
 // Event is one step in a request's history.
 type Event struct {
 	At        time.Time `json:"at"`
-	Kind      string    `json:"kind"` // call, reconcile, dead_letter, redrive
+	Kind      string    `json:"kind"` // call, lookup, dead_letter, redrive, refused
 	Outcome   string    `json:"outcome"`
 	Code      string    `json:"code,omitempty"`
 	RequestID string    `json:"request_id,omitempty"`
 	Worker    string    `json:"worker,omitempty"`
 }
 
+// Identity pins which request a key stands for, without holding any input:
+// digests only, so the ledger bucket never stores a Name or a sample
+// identifier. It is written at the first intent to call.
+type Identity struct {
+	// NameDigest and ProjectDigest are digests of the Name and of the
+	// ProjectId as sent ("" for none: the region's default project).
+	NameDigest    string `json:"name"`
+	ProjectDigest string `json:"project"`
+	// Fingerprint is a digest of the whole request in canonical form.
+	Fingerprint string `json:"fingerprint"`
+	// PinnedAt is when the first call was about to be made; a run group
+	// created before it (minus clock skew) is not this request's.
+	PinnedAt time.Time `json:"pinned_at"`
+}
+
+// Same reports whether two identities name the same request.
+func (id Identity) Same(o Identity) bool {
+	return id.NameDigest == o.NameDigest && id.ProjectDigest == o.ProjectDigest && id.Fingerprint == o.Fingerprint
+}
+
+// Differences names what differs between two identities: "Name", "ProjectId"
+// or "request" (any other field).
+func (id Identity) Differences(o Identity) string {
+	switch {
+	case id.NameDigest != o.NameDigest:
+		return "Name"
+	case id.ProjectDigest != o.ProjectDigest:
+		return "ProjectId"
+	case id.Fingerprint != o.Fingerprint:
+		return "request"
+	}
+	return ""
+}
+
+// Pending is what a request is waiting to resolve after its last call.
+type Pending string
+
+// Pending values.
+const (
+	// PendingNone: nothing to resolve; the next step is a call (after a
+	// lookup if a run group may exist).
+	PendingNone Pending = ""
+	// PendingAmbiguous: the last call's outcome is unknown.
+	PendingAmbiguous Pending = "ambiguous"
+	// PendingDuplicate: the last call was answered DuplicateName; the holder
+	// of the Name must be found.
+	PendingDuplicate Pending = "duplicate"
+	// PendingPermanent: the last call was rejected for good, but an earlier
+	// call may have created the run group; it is looked for until the
+	// horizon before the rejection is reported.
+	PendingPermanent Pending = "permanent"
+	// PendingExhausted: the retry budget is spent; a run group that may
+	// exist is looked for until the horizon before the request is given up.
+	PendingExhausted Pending = "exhausted"
+)
+
+// InFlight is a RunApplication call that was started and whose answer has
+// not been recorded. Until Deadline it may still be open; after it, its
+// outcome is unknown.
+type InFlight struct {
+	Owner    string    `json:"owner"`
+	Since    time.Time `json:"since"`
+	Deadline time.Time `json:"deadline"`
+}
+
 // Entry is the ledger record of one request.
 type Entry struct {
 	Key   string `json:"key"`
 	State State  `json:"state"`
-	// Calls counts RunApplication calls made for the request, ever.
+	// Identity is pinned at the first intent (nil before any call).
+	Identity *Identity `json:"identity,omitempty"`
+	// Calls counts RunApplication calls started for the request, ever.
 	Calls int `json:"calls"`
-	// RetryAttempts counts attempts that ended in a retryable failure since
-	// the request was last (re)started; it drives the retry bounds.
-	RetryAttempts int       `json:"retry_attempts"`
-	FirstCallAt   time.Time `json:"first_call_at,omitempty"`
-	// Uncertain is true while a call may have created a run group that has
-	// not been found yet: set before every call (the intent), cleared by a
-	// definite answer or by a reconciliation that found nothing.
-	Uncertain bool `json:"uncertain"`
-	// MaybeCreated is true once any call's outcome was unknown. It stays set:
-	// a later DuplicateName may then be our own late original.
+	// MaybeCreated is true once any call's outcome was not a definite
+	// rejection. It never goes back: from then on every call is preceded
+	// by a fresh lookup, the identity is frozen, and a DuplicateName may be
+	// our own run group.
 	MaybeCreated bool `json:"maybe_created"`
-	// LeaseOwner and LeaseUntil name the worker whose call may be in flight.
-	// Another worker that finds the entry Uncertain waits for the lease to
-	// end before reconciling, so it never races a call that is still open.
+	// NeedsLookup is true while a lookup by Name must come before anything
+	// else. (Stored under the name earlier versions used for the same
+	// promise.)
+	NeedsLookup bool `json:"uncertain"`
+	// Pending is what the last call left to resolve.
+	Pending Pending `json:"pending,omitempty"`
+	// PendingCode and PendingRequestID are the last call's error code and
+	// RequestId, reported if the request ends as a dead letter.
+	PendingCode      string `json:"pending_code,omitempty"`
+	PendingRequestID string `json:"pending_request_id,omitempty"`
+	// HorizonUntil: before it, a lookup that finds nothing after a
+	// DuplicateName or a late rejection is repeated, because the run group
+	// may exist and not be visible yet.
+	HorizonUntil time.Time `json:"horizon_until,omitempty"`
+	// Lookups counts lookups since the last call (their delays grow).
+	Lookups int `json:"lookups,omitempty"`
+	// NotBefore delays the next step (a retry backoff or a lookup delay).
+	NotBefore time.Time `json:"not_before,omitempty"`
+	// InFlight is the call started and not yet settled, if any.
+	InFlight *InFlight `json:"in_flight,omitempty"`
+	// Driver is the requests-stream sequence of the message that carries
+	// the key to its outcome. Another message of the same key (a resend
+	// after the de-duplication window) defers to it while it exists.
+	Driver uint64 `json:"driver,omitempty"`
+	// LeaseOwner and LeaseUntil name the handler that holds the key: while
+	// the lease is live, no other delivery may act on the key.
 	LeaseOwner string    `json:"lease_owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until,omitempty"`
-	// Reconciles counts reconciliation cycles that found nothing.
-	Reconciles int    `json:"reconciles"`
+	// RetryAttempts counts retryable failures since the request was last
+	// (re)started; RetryActive sums the delays they cost. Time spent paused
+	// or queued is not counted: the budget is for active retrying.
+	RetryAttempts int           `json:"retry_attempts"`
+	RetryActive   time.Duration `json:"retry_active_ns,omitempty"`
+	// Releases counts deliveries the worker handed back on purpose (a
+	// wait, a lease held elsewhere, a shutdown); deliveries beyond them are
+	// crashes or losses, which the delivery budget bounds.
+	Releases uint64 `json:"releases,omitempty"`
+
 	RunGroupID string `json:"run_group_id,omitempty"`
 	RequestID  string `json:"request_id,omitempty"`
 	Reconciled bool   `json:"reconciled,omitempty"`
@@ -88,7 +184,7 @@ func (e *Entry) Record(ev Event) {
 	}
 }
 
-// ErrConflict means another worker changed the entry since it was read.
+// ErrConflict means another writer changed the entry since it was read.
 var ErrConflict = errors.New("ledger: entry changed concurrently")
 
 // Ledger reads and writes entries with compare-and-set.

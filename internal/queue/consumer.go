@@ -13,8 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/omicsq/omicsq/internal/ledger"
-	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 )
 
@@ -216,14 +214,6 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg) {
 	close(stop)
 	hb.Wait()
 
-	if dec.Action == ActionNak && c.Topology.MaxDeliver > 0 && meta.NumDelivered >= uint64(c.Topology.MaxDeliver) {
-		// The last delivery: a Nak would strand the message in the stream.
-		// ctx may be cancelled already (a drain that timed out released the
-		// message): dead-lettering must still complete.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		dec = c.Processor.DeadLetterMaxDeliveries(dctx, d, "the message was handed back on its last allowed delivery")
-		cancel()
-	}
 	switch dec.Action {
 	case ActionAck:
 		err = m.Ack()
@@ -247,43 +237,8 @@ func (c *Consumer) process(ctx context.Context, d Delivery) (dec Decision) {
 	return c.Processor.Handle(ctx, d)
 }
 
-// DeadLetterMaxDeliveries dead-letters a request that used up its
-// deliveries, with the ledger's history attached.
-func (p *Processor) DeadLetterMaxDeliveries(ctx context.Context, d Delivery, why string) Decision {
-	req, _ := submit.DecodeRunApplication(d.Data, p.Limits)
-	key, _ := requestKey(d.Header, req, d.Data)
-	j := &job{d: d, key: key, req: req, log: p.Log.With("key", key, "seq", d.StreamSeq)}
-	entry, rev, err := p.Ledger.Get(ctx, key)
-	if err != nil {
-		return p.ledgerFailure(ctx, j, err)
-	}
-	if entry.State == ledger.StateSubmitted {
-		j.entry, j.rev = entry, rev
-		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
-	}
-	j.entry, j.rev = entry, rev
-	if _, busy := p.inFlight.Load(key); busy {
-		// Another delivery of the key is being handled in this process.
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
-	}
-	if until, live := p.leaseHeldElsewhere(entry); entry.Uncertain && live {
-		// Another process's call may still create the run group: decide
-		// after its lease. On the last delivery this strands the message
-		// until the max-deliveries advisory brings it back here.
-		return Decision{Action: ActionNak, Delay: until.Sub(p.now()) + time.Second, Outcome: metrics.OutcomeReleased}
-	}
-	if req != nil && (entry.Uncertain || entry.MaybeCreated) {
-		// A call's outcome was never learned (e.g. the worker died mid-call
-		// on the last delivery): the run group may exist. Look it up once,
-		// so it ends as its result rather than as a dead letter beside a
-		// run group nobody reports.
-		j.entry.Uncertain, j.entry.MaybeCreated = true, true
-		if dec, done := p.reconcile(ctx, j, nil); done {
-			return dec
-		}
-	}
-	return p.deadLetter(ctx, j, metrics.DLQMaxDeliveries, Failure{Class: "max_deliveries", Code: "MaxDeliveriesExceeded", Message: why})
-}
+// giveUpDeliveries marks a delivery as past the worker's delivery budget.
+const giveUpDeliveries = 1 << 62
 
 // advisory is the part of JetStream's max-deliveries advisory we use.
 type advisory struct {
@@ -291,9 +246,13 @@ type advisory struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// RunAdvisories dead-letters messages that JetStream reports as having
-// reached MaxDeliver (e.g. a crash loop: every delivery killed its worker),
-// then deletes them from the requests stream, so nothing stays stuck there.
+// RunAdvisories settles messages that JetStream reports as having reached
+// the consumer's MaxDeliver. The worker provisions the consumer without a
+// delivery limit and enforces its own budget (so JetStream never strands a
+// message); advisories come only from a consumer managed elsewhere with a
+// limit, or from one provisioned by an earlier version. Each such message
+// gets the give-up path of the state machine (honour leases, look up what
+// may exist, then dead-letter) and is deleted from the requests stream.
 func (c *Consumer) RunAdvisories(ctx context.Context) error {
 	cons, err := c.JS.Consumer(ctx, c.Topology.AdvisoryStream, AdvisoryConsumer)
 	if err != nil {
@@ -324,8 +283,8 @@ func (c *Consumer) RunAdvisories(ctx context.Context) error {
 				_ = m.NakWithDelay(5 * time.Second)
 				continue
 			}
-			d := Delivery{Data: raw.Data, Header: raw.Header, StreamSeq: raw.Sequence, NumDelivered: a.Deliveries, Timestamp: raw.Time}
-			dec := c.Processor.DeadLetterMaxDeliveries(ctx, d, "the message reached the consumer's maximum deliveries")
+			d := Delivery{Data: raw.Data, Header: raw.Header, StreamSeq: raw.Sequence, NumDelivered: giveUpDeliveries, Timestamp: raw.Time}
+			dec := c.Processor.Handle(ctx, d)
 			if dec.Action != ActionAck {
 				_ = m.NakWithDelay(dec.Delay)
 				continue

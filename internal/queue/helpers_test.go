@@ -12,7 +12,7 @@ import (
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/pause"
-	"github.com/omicsq/omicsq/internal/retry"
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 )
@@ -41,11 +41,13 @@ func testProcessor(t *testing.T, topo Topology, api API, log *slog.Logger) (*Pro
 	if err != nil {
 		t.Fatal(err)
 	}
+	policy := submission.DefaultPolicy()
+	policy.MaxDeliveries = topo.MaxDeliver
 	return &Processor{
 		JS: js, Topology: topo, Ledger: led, API: api,
 		RunLimiter: noLimit{}, DescribeLimiter: noLimit{},
-		Pause: pause.New(controlKV, pause.Config{Worker: "w1", Logger: log}),
-		Retry: retry.DefaultPolicy(), Limits: submit.DefaultLimits(), CallTimeout: 5 * time.Second,
+		Pause:  pause.New(controlKV, pause.Config{Worker: "w1", Logger: log}),
+		Policy: policy, Limits: submit.DefaultLimits(), CallTimeout: 5 * time.Second, LeaseTTL: 3 * time.Second,
 		Metrics: m, Log: log, Worker: "w1",
 	}, js, reg
 }

@@ -54,7 +54,7 @@ func (a *panickyAPI) RunApplication(_ context.Context, req *submit.RunApplicatio
 	return &submit.RunApplicationResponse{RunGroupId: fmt.Sprintf("run-double-%d", len(req.Name)*1000+n), RequestId: "req-double"}, nil
 }
 
-func (a *panickyAPI) FindRunGroupsByName(_ context.Context, _ *string, name string) ([]submit.RunGroup, error) {
+func (a *panickyAPI) FindRunGroupsByName(_ context.Context, _ *string, name string, _ func(context.Context) error) ([]submit.RunGroup, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.lookups[name]++

@@ -20,7 +20,7 @@ import (
 
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
-	"github.com/omicsq/omicsq/internal/retry"
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
 )
@@ -28,7 +28,7 @@ import (
 // API is the part of the Omics client the processor uses.
 type API interface {
 	RunApplication(ctx context.Context, req *submit.RunApplicationRequest) (*submit.RunApplicationResponse, error)
-	FindRunGroupsByName(ctx context.Context, projectID *string, name string) ([]submit.RunGroup, error)
+	FindRunGroupsByName(ctx context.Context, projectID *string, name string, beforePage func(context.Context) error) ([]submit.RunGroup, error)
 }
 
 // Limiter paces calls to one API action.
@@ -74,46 +74,61 @@ type summary struct {
 	reconciled                 bool
 }
 
-// Processor turns one request message into exactly one effect: a run group
-// (published as a result) or a dead letter. It is safe for concurrent use.
+// Processor carries out the submission state machine (internal/submission)
+// for one request message at a time: it turns each message into exactly one
+// effect, a run group (published as a result) or a dead letter. It is safe
+// for concurrent use.
 type Processor struct {
 	JS       jetstream.JetStream
 	Topology Topology
 	Ledger   *ledger.Ledger
 	API      API
 	// RunLimiter paces RunApplication, DescribeLimiter DescribeRunGroups:
-	// each action has its own quota.
+	// each action has its own quota, and every lookup page takes a token.
 	RunLimiter      Limiter
 	DescribeLimiter Limiter
 	Pause           *pause.Controller
-	Retry           retry.Policy
+	Policy          submission.Policy
 	Limits          submit.Limits
-	// MaxReconciles bounds the reconciliation cycles that find nothing before
-	// the request is dead-lettered with its history. Default 5.
-	MaxReconciles int
-	// CallTimeout is the API client's per-call timeout; the ledger lease of
-	// an in-flight call lasts this long plus a margin.
+	// CallTimeout is the API client's per-call timeout: a call started is
+	// protected in the ledger until it plus a margin has passed.
 	CallTimeout time.Duration
-	Metrics     *metrics.Metrics
-	Log         *slog.Logger
-	Worker      string
-	Now         func() time.Time
+	// LeaseTTL is how long a handler's hold on a key lasts without renewal
+	// (renewed every third of it). A crashed worker's keys are free again
+	// after it. Default 15s.
+	LeaseTTL time.Duration
+	// HoldLimit is the longest wait a handler sits through holding the
+	// message; longer waits hand the message back with that delay, so a
+	// slot is not held idle. Default 2s.
+	HoldLimit time.Duration
+	Metrics   *metrics.Metrics
+	Log       *slog.Logger
+	Worker    string
+	Now       func() time.Time
 
-	runOnce  sync.Once
-	runOwner string   // Worker plus a random per-process nonce: the lease owner
-	inFlight sync.Map // keys being handled in this process
+	runOnce    sync.Once
+	runOwner   string // Worker plus a random per-process nonce
+	handlerSeq sync.Mutex
+	handlers   uint64
+	inFlight   sync.Map // keys being handled in this process
+
+	streamOnce sync.Once
+	stream     jetstream.Stream
 }
 
-// leaseOwner names this process run, not just the worker: a restarted worker
-// with the same name is a different owner, and must wait out (or reconcile
-// after) its predecessor's lease like anyone else.
+// leaseOwner names one handler of this process run: a restarted worker with
+// the same name, or a second handler in this process, is a different owner
+// and must wait out the lease like anyone else.
 func (p *Processor) leaseOwner() string {
 	p.runOnce.Do(func() {
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		p.runOwner = p.Worker + "/" + hex.EncodeToString(b[:])
 	})
-	return p.runOwner
+	p.handlerSeq.Lock()
+	defer p.handlerSeq.Unlock()
+	p.handlers++
+	return fmt.Sprintf("%s/%d", p.runOwner, p.handlers)
 }
 
 func (p *Processor) now() time.Time {
@@ -121,6 +136,26 @@ func (p *Processor) now() time.Time {
 		return p.Now()
 	}
 	return time.Now()
+}
+
+func (p *Processor) leaseTTL() time.Duration {
+	if p.LeaseTTL > 0 {
+		return p.LeaseTTL
+	}
+	return 15 * time.Second
+}
+
+func (p *Processor) holdLimit() time.Duration {
+	if p.HoldLimit > 0 {
+		return p.HoldLimit
+	}
+	return 2 * time.Second
+}
+
+// callMargin is added to the call timeout for the protection of a call
+// started: the server may finish a moment after the client gave up.
+func (p *Processor) callMargin() time.Duration {
+	return min(10*time.Second, max(time.Second, p.CallTimeout/2))
 }
 
 // Handle processes one delivery and returns what to do with the message.
@@ -143,9 +178,18 @@ type job struct {
 	d     Delivery
 	key   string
 	req   *submit.RunApplicationRequest
-	entry ledger.Entry
-	rev   uint64
+	id    ledger.Identity
+	entry ledger.Entry // the entry as read before the lease; see hold for after
+	hold  *hold
 	log   *slog.Logger
+}
+
+// current returns the freshest entry this handler knows.
+func (j *job) current() ledger.Entry {
+	if j.hold != nil {
+		return j.hold.snapshot()
+	}
+	return j.entry
 }
 
 func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decision {
@@ -154,10 +198,12 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	j := &job{d: d, key: key, req: req, log: p.Log.With("key", key, "seq", d.StreamSeq, "delivery", d.NumDelivered)}
 	sum.key = key
 	defer func() {
-		sum.runGroupID, sum.requestID, sum.calls, sum.reconciled = j.entry.RunGroupID, j.entry.RequestID, j.entry.Calls, j.entry.Reconciled
+		e := j.current()
+		sum.runGroupID, sum.requestID, sum.calls, sum.reconciled = e.RunGroupID, e.RequestID, e.Calls, e.Reconciled
 	}()
 	if kerr != nil {
-		return p.deadLetterInvalid(ctx, j, Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: HeaderKey, Message: kerr.Error()})
+		return p.deadLetterUnrecorded(ctx, j, metrics.DLQInvalidRequest, "invalid",
+			Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: HeaderKey, Message: kerr.Error()})
 	}
 	if verr != nil {
 		f := Failure{Class: "invalid", Code: "InvalidParameter", Message: "the request could not be decoded"}
@@ -165,326 +211,420 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		if errors.As(verr, &ve) {
 			f.Code, f.Field, f.Message = ve.Code, ve.Field, ve.Reason
 		}
-		return p.deadLetterInvalid(ctx, j, f)
+		return p.deadLetterUnrecorded(ctx, j, metrics.DLQInvalidRequest, "invalid", f)
 	}
+	j.id = submission.IdentityOf(req, p.now())
 
-	// Two deliveries of one key in this process (a resend after the
-	// de-duplication window, a redrive racing its original) must not run
-	// side by side: the ledger lease only tells processes apart.
+	// Two deliveries of one key in this process (a resend, a redrive racing
+	// its original) are told apart by the lease too; this saves the round
+	// trip.
 	if _, busy := p.inFlight.LoadOrStore(key, struct{}{}); busy {
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
 	}
 	defer p.inFlight.Delete(key)
 
-	var err error
-	j.entry, j.rev, err = p.Ledger.Get(ctx, key)
+	entry, rev, err := p.Ledger.Get(ctx, key)
 	if err != nil {
-		return p.ledgerFailure(ctx, j, err)
+		return p.ledgerFailure(j, err)
 	}
-	switch j.entry.State {
-	case ledger.StateSubmitted:
-		j.log.Info("already submitted; republishing the result", "run_group_id", j.entry.RunGroupID)
+	j.entry = entry
+	sit := p.situation(j)
+	if entry.State == ledger.StatePending && entry.Driver != 0 && entry.Driver != d.StreamSeq {
+		alive, err := p.messageExists(ctx, entry.Driver)
+		if err != nil {
+			return p.ledgerFailure(j, err)
+		}
+		sit.DriverAlive = alive
+	}
+	admit := submission.Admit(&entry, sit)
+	switch admit.Step {
+	case submission.StepPublishResult:
+		j.log.Info("already submitted; republishing the result", "run_group_id", entry.RunGroupID)
 		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
-	case ledger.StateDead:
-		if j.entry.DeadSequence == d.StreamSeq {
-			// Our own earlier delivery was dead-lettered but not acked. The
-			// worker may have stopped (or the publish failed) between
-			// recording the dead letter and publishing it: publish it again.
-			return p.republishDeadLetter(ctx, j)
-		}
-		// A redrive (or a republish) of a dead request: a new run of the
-		// state machine that still remembers MaybeCreated and the calls.
-		j.entry.State = ledger.StatePending
-		j.entry.RetryAttempts, j.entry.Reconciles, j.entry.FirstCallAt = 0, 0, time.Time{}
-		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "redrive", Outcome: "restarted", Worker: p.Worker})
+	case submission.StepRepublishDeadLetter:
+		return p.republishDeadLetter(ctx, j)
+	case submission.StepDefer:
+		j.log.Info("another message of this key is being submitted; this copy is dropped", "driver_seq", entry.Driver)
+		return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+	case submission.StepRefuse:
+		return p.deadLetterUnrecorded(ctx, j, string(admit.Reason), "refused",
+			Failure{Class: "refused", Code: "IdentityChanged", Message: admit.Detail})
 	}
-	if j.entry.Uncertain {
-		if until, live := p.leaseHeldElsewhere(j.entry); live {
-			// Another process's call may still be open: let it finish.
-			return Decision{Action: ActionNak, Delay: until.Sub(p.now()) + time.Second, Outcome: metrics.OutcomeReleased}
-		}
-		// A call was sent and nobody learned its outcome (the worker died
-		// or the message was released mid-call).
-		j.entry.MaybeCreated = true
+
+	// Take the key: nobody else may act on it while this handler holds it.
+	owner := p.leaseOwner()
+	now := p.now()
+	if until, live := entry.LiveLease(owner, now); live {
+		return Decision{Action: ActionNak, Delay: until.Sub(now) + 500*time.Millisecond, Outcome: metrics.OutcomeReleased}
 	}
+	h := &hold{led: p.Ledger, key: key, entry: entry, rev: rev, owner: owner}
+	err = h.update(ctx, func(e *ledger.Entry) {
+		switch admit.Step {
+		case submission.StepRedrive:
+			e.Redrive(now.UTC(), p.Worker)
+			if e.Identity != nil {
+				e.Pin(j.id)
+			}
+		case submission.StepRepin:
+			e.Pin(j.id)
+		}
+		e.Acquire(owner, now.Add(p.leaseTTL()), d.StreamSeq)
+	})
+	if err != nil {
+		return p.ledgerFailure(j, err)
+	}
+	j.hold = h
+	stopRenew := p.renewLease(ctx, h)
+	defer stopRenew()
 	return p.run(ctx, j)
 }
 
-// leaseHeldElsewhere reports whether another process holds a live lease on
-// the entry, i.e. may still have a call open, and until when.
-func (p *Processor) leaseHeldElsewhere(e ledger.Entry) (time.Time, bool) {
-	return e.LeaseUntil, e.LeaseOwner != "" && e.LeaseOwner != p.leaseOwner() && p.now().Before(e.LeaseUntil)
+func (p *Processor) situation(j *job) submission.Situation {
+	return submission.Situation{Now: p.now(), Seq: j.d.StreamSeq, Deliveries: j.d.NumDelivered, Identity: j.id}
 }
 
-// run is the submission state machine: reconcile when a run group may
-// exist, otherwise call, and map the classified outcome to the next step.
+// messageExists reports whether seq is still in the requests stream (a work
+// queue: an acked or dead-lettered message is gone).
+func (p *Processor) messageExists(ctx context.Context, seq uint64) (bool, error) {
+	p.streamOnce.Do(func() {
+		p.stream, _ = p.JS.Stream(context.WithoutCancel(ctx), p.Topology.RequestsStream)
+	})
+	if p.stream == nil {
+		p.streamOnce = sync.Once{}
+		return false, fmt.Errorf("bind stream %s", p.Topology.RequestsStream)
+	}
+	_, err := p.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// renewLease keeps h's lease alive until the returned stop is called, which
+// waits for the renewer to end.
+func (p *Processor) renewLease(ctx context.Context, h *hold) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(p.leaseTTL() / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				until := p.now().Add(p.leaseTTL())
+				if err := h.renew(context.WithoutCancel(ctx), until); err != nil {
+					p.Log.Warn("could not renew the lease on a key", "key", h.key, "error", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// run carries out the state machine's steps until the message is settled
+// or handed back.
 func (p *Processor) run(ctx context.Context, j *job) Decision {
-	sched := p.Retry.Resume(max(1, j.entry.RetryAttempts), j.entry.FirstCallAt, p.Now)
 	for {
-		if j.entry.Uncertain {
-			if dec, done := p.reconcile(ctx, j, sched); done {
-				return dec
+		e := j.hold.snapshot()
+		dec := submission.Next(&e, p.situation(j), p.Policy)
+		switch dec.Step {
+		case submission.StepPublishResult:
+			return p.publishResult(ctx, j, p.successOutcome(j))
+		case submission.StepWait:
+			if dec.Delay > p.holdLimit() {
+				return p.release(ctx, j, dec.Delay)
 			}
-			if j.entry.Uncertain {
-				continue // the lookup failed retryably and has waited; look again
+			if err := sleep(ctx, dec.Delay); err != nil {
+				return p.release(ctx, j, 0)
 			}
-		}
-		if err := p.Pause.WaitResumed(ctx); err != nil {
-			return p.release(ctx, j, 0)
-		}
-		// The intent: from here until a definite answer, a run group may exist.
-		// It is written before the token is taken, so that nothing but the
-		// request itself stands between the limiter's grant and the API: the
-		// limiter's bound is on arrivals at the server.
-		before := j.entry
-		now := p.now().UTC()
-		j.entry.Calls++
-		j.entry.Uncertain = true
-		j.entry.LeaseOwner, j.entry.LeaseUntil = p.leaseOwner(), now.Add(p.CallTimeout+10*time.Second)
-		if j.entry.FirstCallAt.IsZero() {
-			j.entry.FirstCallAt = now
-		}
-		if dec, ok := p.put(ctx, j); !ok {
-			return dec
-		}
-		waited, err := p.RunLimiter.Wait(ctx)
-		if err != nil {
-			// Nothing was sent: take the intent back before handing over.
-			j.entry.Calls, j.entry.Uncertain = before.Calls, before.Uncertain
-			j.entry.LeaseOwner, j.entry.LeaseUntil, j.entry.FirstCallAt = before.LeaseOwner, before.LeaseUntil, before.FirstCallAt
-			return p.release(ctx, j, 0)
-		}
-		p.Metrics.RateLimitWait(waited)
-
-		callStart := p.now()
-		resp, err := p.API.RunApplication(ctx, j.req)
-		elapsed := p.now().Sub(callStart)
-		if err == nil {
-			p.Metrics.APICall("RunApplication", "success", "none", elapsed)
-			p.Pause.ObserveSuccess()
-			j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "call", Outcome: "success", RequestID: resp.RequestId, Worker: p.Worker})
-			return p.succeed(ctx, j, resp.RunGroupId, resp.RequestId, false)
-		}
-		apiErr := asAPIError(err)
-		p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
-		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "call", Outcome: apiErr.Class.String(), Code: apiErr.Code, RequestID: apiErr.RequestID, Worker: p.Worker})
-		j.log.Warn("RunApplication failed", "class", apiErr.Class.String(), "code", apiErr.Code, "request_id", apiErr.RequestID, "attempt", j.entry.Calls)
-		if ctx.Err() != nil && apiErr.RequestID == "" {
-			// Shutdown cut the call short before any answer: hand the
-			// message back instead of spending an attempt. If the request
-			// may have gone out, the next delivery reconciles first.
-			if apiErr.Class == submit.ClassAmbiguous {
-				j.entry.MaybeCreated = true
-			} else {
-				j.entry.Uncertain = false
+		case submission.StepLookup:
+			if d, done := p.lookup(ctx, j); done {
+				return d
 			}
-			return p.release(ctx, j, 0)
-		}
-
-		var retryReason string
-		switch apiErr.Class {
-		case submit.ClassThrottled:
-			p.RunLimiter.Throttled(ctx)
-			j.entry.Uncertain = false
-			retryReason = metrics.RetryThrottled
-		case submit.ClassTransient:
-			j.entry.Uncertain = false
-			if apiErr.RequestID == "" {
-				p.Pause.ObserveTransportFailure(ctx)
+		case submission.StepCall:
+			if d, done := p.call(ctx, j); done {
+				return d
 			}
-			retryReason = metrics.RetryTransient
-		case submit.ClassAmbiguous:
-			j.entry.MaybeCreated = true
-			retryReason = metrics.RetryAmbiguous
-		case submit.ClassSystemic:
-			j.entry.Uncertain = false
-			p.Metrics.Retry(metrics.RetrySystemic)
-			if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
-				j.log.Warn("could not set the fleet pause", "error", err)
-			}
-			if dec, ok := p.put(ctx, j); !ok {
-				return dec
-			}
-			continue // waits for the fleet to resume at the top of the loop
-		case submit.ClassPermanent:
-			if apiErr.DuplicateName {
-				// Our own late original, or a true conflict: only a lookup can tell.
-				j.entry.Uncertain = true
-				if dec, ok := p.put(ctx, j); !ok {
-					return dec
-				}
-				continue
-			}
-			j.entry.Uncertain = false
-			return p.deadLetter(ctx, j, metrics.DLQPermanentError, failureOf(apiErr))
+		case submission.StepDeadLetter:
+			return p.deadLetter(ctx, j, string(dec.Reason), p.failureFor(e, dec))
 		default:
-			j.entry.MaybeCreated = true
-			retryReason = metrics.RetryAmbiguous
-		}
-
-		delay, ok := sched.Next()
-		j.entry.RetryAttempts = sched.Attempts()
-		if !ok {
-			if j.entry.Uncertain {
-				// One last look before giving up, so a created run group is
-				// reported rather than dead-lettered.
-				if dec, done := p.reconcile(ctx, j, nil); done {
-					return dec
-				}
-			}
-			return p.deadLetter(ctx, j, metrics.DLQRetriesExhausted, failureOf(apiErr))
-		}
-		p.Metrics.Retry(retryReason)
-		if dec, ok := p.put(ctx, j); !ok {
-			return dec
-		}
-		if err := sleep(ctx, delay); err != nil {
-			return p.release(ctx, j, delay)
+			j.log.Error("the state machine chose a step that needs no lease; handing the message back", "step", dec.Step.String())
+			return p.release(ctx, j, 5*time.Second)
 		}
 	}
 }
 
-// reconcile looks the run group up by Name. done reports that the message's
-// fate is decided (dec); otherwise the caller goes on, calling again when
-// j.entry.Uncertain was cleared. sched may be nil (no further waiting).
-func (p *Processor) reconcile(ctx context.Context, j *job, sched *retry.Schedule) (dec Decision, done bool) {
+// successOutcome says whether this handler created the result or found it.
+func (p *Processor) successOutcome(j *job) string {
+	if j.entry.State == ledger.StateSubmitted {
+		return metrics.OutcomeDeduplicated
+	}
+	return metrics.OutcomeSuccess
+}
+
+// failureFor describes a dead letter decided from the ledger entry: the last
+// call's code, or the state machine's own reason.
+func (p *Processor) failureFor(e ledger.Entry, dec submission.Decision) Failure {
+	f := Failure{Class: "permanent", Code: e.PendingCode, RequestID: e.PendingRequestID, Message: dec.Detail}
+	switch dec.Reason {
+	case submission.ReasonMaxDeliveries:
+		f.Class, f.Code = "max_deliveries", "MaxDeliveriesExceeded"
+	case submission.ReasonReconcileExhaust:
+		f.Class = "ambiguous"
+		if f.Code == "" {
+			f.Code = "ReconcileExhausted"
+		}
+	case submission.ReasonRetriesExhausted:
+		f.Class = lastCallClass(e)
+	case submission.ReasonNameConflict:
+		f.Code = "InvalidParameterValue.DuplicateName"
+	}
+	if f.Code == "" {
+		f.Code = "Unknown"
+	}
+	return f
+}
+
+func lastCallClass(e ledger.Entry) string {
+	for _, ev := range slices.Backward(e.History) {
+		if ev.Kind == "call" || ev.Kind == "lookup" {
+			return ev.Outcome
+		}
+	}
+	return "unknown"
+}
+
+// call makes one RunApplication call: wait for the fleet and a token, then
+// write the intent (re-checking that this handler still holds the key, so a
+// grant that came late cannot race another holder), call, and record.
+func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 	if err := p.Pause.WaitResumed(ctx); err != nil {
 		return p.release(ctx, j, 0), true
 	}
-	waited, err := p.DescribeLimiter.Wait(ctx)
+	waited, err := p.RunLimiter.Wait(ctx)
 	if err != nil {
 		return p.release(ctx, j, 0), true
 	}
 	p.Metrics.RateLimitWait(waited)
-	start := p.now()
-	groups, err := p.API.FindRunGroupsByName(ctx, j.req.ProjectId, j.req.Name)
-	elapsed := p.now().Sub(start)
+	callStart := p.now()
+	err = j.hold.update(ctx, func(e *ledger.Entry) {
+		if e.Identity == nil {
+			e.Pin(submission.IdentityOf(j.req, callStart))
+		}
+		e.BeginCall(j.hold.owner, callStart.UTC(), callStart.Add(p.CallTimeout+p.callMargin()).UTC())
+	})
 	if err != nil {
-		apiErr := asAPIError(err)
-		p.Metrics.APICall("DescribeRunGroups", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
-		p.Metrics.Reconciled(metrics.ReconcileError)
-		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "reconcile", Outcome: "error", Code: apiErr.Code, RequestID: apiErr.RequestID, Worker: p.Worker})
-		if apiErr.Class == submit.ClassSystemic {
-			if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
-				j.log.Warn("could not set the fleet pause", "error", err)
-			}
-			return Decision{}, false
+		// Nothing was sent: another holder has the key, or the ledger is
+		// unreachable. The token is lost; the call is not made.
+		return p.ledgerFailure(j, err), true
+	}
+
+	resp, err := p.API.RunApplication(ctx, j.req)
+	at := p.now()
+	elapsed := at.Sub(callStart)
+	if err == nil {
+		p.Metrics.APICall("RunApplication", "success", "none", elapsed)
+		p.Pause.ObserveSuccess()
+		p.Metrics.LastSuccess(at)
+		o := ledger.CallOutcome{Effect: ledger.EffectCreated, Class: "success", RequestID: resp.RequestId,
+			RunGroupID: resp.RunGroupId, At: at.UTC(), Worker: p.Worker}
+		return p.settle(ctx, j, o)
+	}
+	apiErr := asAPIError(err)
+	p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
+	j.log.Warn("RunApplication failed", "class", apiErr.Class.String(), "code", apiErr.Code, "request_id", apiErr.RequestID, "attempt", j.current().Calls)
+	o := ledger.CallOutcome{Class: apiErr.Class.String(), Code: apiErr.Code, RequestID: apiErr.RequestID, At: at.UTC(), Worker: p.Worker}
+	o.Effect = effectOf(apiErr)
+	if ctx.Err() != nil && apiErr.RequestID == "" && o.Effect == ledger.EffectMaybeExecuted {
+		// Shutdown cut the call off before any answer: the server may still
+		// execute it. The in-flight record keeps the key protected until
+		// the call's deadline; whoever takes it next looks up first.
+		err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+			e.CutOff(at.UTC(), p.Worker)
+			e.Released()
+			e.Release(j.hold.owner)
+		})
+		if err != nil {
+			p.Metrics.LedgerError()
 		}
-		if apiErr.Class == submit.ClassThrottled {
-			p.DescribeLimiter.Throttled(ctx)
+		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true
+	}
+	switch apiErr.Class {
+	case submit.ClassThrottled:
+		p.RunLimiter.Throttled(ctx)
+		p.Metrics.Retry(metrics.RetryThrottled)
+	case submit.ClassTransient:
+		if apiErr.RequestID == "" {
+			p.Pause.ObserveTransportFailure(ctx)
 		}
-		if sched == nil {
-			return Decision{}, false
+		p.Metrics.Retry(metrics.RetryTransient)
+	case submit.ClassSystemic:
+		o.Systemic = true
+		p.Metrics.Retry(metrics.RetrySystemic)
+		if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
+			j.log.Warn("could not set the fleet pause", "error", err)
 		}
-		delay, ok := sched.Next()
-		j.entry.RetryAttempts = sched.Attempts()
-		if !ok {
-			return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, failureOf(apiErr)), true
+	case submit.ClassAmbiguous:
+		p.Metrics.Retry(metrics.RetryAmbiguous)
+	}
+	return p.settle(ctx, j, o)
+}
+
+// effectOf says what an error answer means for the run group. Only what
+// the API documents as "nothing was done" is taken as proof of it:
+// throttling, authentication and permission refusals (systemic), and a
+// request that never left this host (a dial failure, a context done before
+// sending). Other transient codes (ServiceUnavailable, Resource*) may
+// follow partial processing, so they count as unknown outcomes.
+func effectOf(e *submit.Error) ledger.Effect {
+	switch e.Class {
+	case submit.ClassThrottled, submit.ClassSystemic:
+		return ledger.EffectNotExecuted
+	case submit.ClassTransient:
+		if e.RequestID == "" {
+			return ledger.EffectNotExecuted // dial phase or never sent
 		}
-		if err := sleep(ctx, delay); err != nil {
-			return p.release(ctx, j, delay), true
+		return ledger.EffectMaybeExecuted
+	case submit.ClassPermanent:
+		if e.DuplicateName {
+			return ledger.EffectDuplicateName
 		}
-		return Decision{}, false
+		return ledger.EffectRejected
+	default:
+		return ledger.EffectMaybeExecuted
+	}
+}
+
+// settle records a call's outcome; a created run group is published.
+func (p *Processor) settle(ctx context.Context, j *job, o ledger.CallOutcome) (Decision, bool) {
+	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+		if e.State == ledger.StateDead && o.Effect == ledger.EffectCreated {
+			// Only a broken lease can get here; the run group is real, so
+			// it is reported too.
+			j.log.Error("a run group was created for a request already dead-lettered; publishing its result as well",
+				"run_group_id", o.RunGroupID)
+		}
+		submission.AfterCall(e, o, p.Policy)
+	})
+	if err != nil {
+		p.Metrics.LedgerError()
+		j.log.Error("could not record the call's outcome in the ledger", "error", err)
+		// The in-flight record stays: the next holder waits for its deadline
+		// and looks the run group up.
+		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}, true
+	}
+	if o.Effect == ledger.EffectCreated {
+		return p.publishResult(ctx, j, metrics.OutcomeSuccess), true
+	}
+	return Decision{}, false
+}
+
+// lookup looks the run group up by Name, one Describe token per page.
+func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
+	if err := p.Pause.WaitResumed(ctx); err != nil {
+		return p.release(ctx, j, 0), true
+	}
+	start := p.now()
+	groups, err := p.API.FindRunGroupsByName(ctx, j.req.ProjectId, j.req.Name, func(ctx context.Context) error {
+		waited, err := p.DescribeLimiter.Wait(ctx)
+		p.Metrics.RateLimitWait(waited)
+		return err
+	})
+	at := p.now()
+	elapsed := at.Sub(start)
+	if err != nil {
+		if ctx.Err() != nil {
+			return p.release(ctx, j, 0), true
+		}
+		return p.lookupFailed(ctx, j, asAPIError(err), at, elapsed)
 	}
 	p.Metrics.APICall("DescribeRunGroups", "success", "none", elapsed)
+	e := j.hold.snapshot()
+	var pinned time.Time
+	if e.Identity != nil {
+		pinned = e.Identity.PinnedAt
+	}
 	var holder *submit.RunGroup
 	for i := range groups {
 		g := &groups[i]
-		if ownedBy(g, j.req) && j.entry.MaybeCreated {
+		if e.MaybeCreated && submission.Owns(g, j.req, pinned, p.Policy.CreateSkew) {
 			p.Metrics.Reconciled(metrics.ReconcileFound)
-			j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "reconcile", Outcome: "found", Worker: p.Worker})
 			j.log.Info("reconciled: the run group exists", "run_group_id", g.RunGroupId)
-			return p.succeed(ctx, j, g.RunGroupId, "", true), true
+			err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+				e.LookupFound(g.RunGroupId, "", at.UTC(), p.Worker)
+			})
+			if err != nil {
+				return p.ledgerFailure(j, err), true
+			}
+			p.Metrics.LastSuccess(at)
+			return p.publishResult(ctx, j, metrics.OutcomeSuccess), true
 		}
 		holder = g
 	}
 	if holder != nil {
 		p.Metrics.Reconciled(metrics.ReconcileConflict)
-		j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "reconcile", Outcome: "conflict", Worker: p.Worker})
-		j.entry.Uncertain = false
+		if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.LookupConflict("", at.UTC(), p.Worker) }); err != nil {
+			return p.ledgerFailure(j, err), true
+		}
 		return p.deadLetter(ctx, j, metrics.DLQNameConflict, Failure{
 			Class: "permanent", Code: "InvalidParameterValue.DuplicateName",
 			Message: "the run group name is held by run group " + holder.RunGroupId + ", which this request did not create",
 		}), true
 	}
 	p.Metrics.Reconciled(metrics.ReconcileNotFound)
-	j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "reconcile", Outcome: "not_found", Worker: p.Worker})
-	j.entry.Uncertain = false
-	j.entry.Reconciles++
-	if j.entry.Reconciles > p.maxReconciles() {
-		return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, Failure{
-			Class: "ambiguous", Code: "ReconcileExhausted",
-			Message: "the outcome of earlier calls stayed unknown and no run group with this name was found",
-		}), true
+	err = j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+		e.LookupNotFound("", at.UTC(), p.Worker, submission.LookupDelay(e, p.Policy, at, submission.Jitter()))
+	})
+	if err != nil {
+		return p.ledgerFailure(j, err), true
 	}
-	// Resubmitting with the same Name is safe: if the original lands late,
-	// this call fails with DuplicateName and the next lookup finds it.
 	return Decision{}, false
 }
 
-func (p *Processor) maxReconciles() int {
-	if p.MaxReconciles > 0 {
-		return p.MaxReconciles
+// lookupFailed schedules another lookup after a failed one; lookups are
+// safe to repeat, but a lookup that keeps failing spends the retry budget.
+func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Error, at time.Time, elapsed time.Duration) (Decision, bool) {
+	p.Metrics.APICall("DescribeRunGroups", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
+	p.Metrics.Reconciled(metrics.ReconcileError)
+	switch apiErr.Class {
+	case submit.ClassSystemic:
+		if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
+			j.log.Warn("could not set the fleet pause", "error", err)
+		}
+	case submit.ClassThrottled:
+		p.DescribeLimiter.Throttled(ctx)
 	}
-	return 5
-}
-
-// ownedBy reports whether g is the run group req would create.
-func ownedBy(g *submit.RunGroup, req *submit.RunApplicationRequest) bool {
-	eq := func(want *string, got string) bool { return want == nil || *want == got }
-	return g.Name == req.Name &&
-		g.ApplicationId == req.ApplicationId &&
-		g.EnvironmentId == req.EnvironmentId &&
-		eq(req.ProjectId, g.ProjectId) &&
-		eq(req.TableId, g.TableId) &&
-		eq(req.Description, g.Description) &&
-		eq(req.InputCosUri, g.InputCosUri)
-}
-
-func (p *Processor) succeed(ctx context.Context, j *job, runGroupID, requestID string, reconciled bool) Decision {
-	now := p.now().UTC()
-	j.entry.State = ledger.StateSubmitted
-	j.entry.RunGroupID, j.entry.RequestID, j.entry.Reconciled = runGroupID, requestID, reconciled
-	j.entry.Uncertain, j.entry.LeaseOwner, j.entry.LeaseUntil = false, "", time.Time{}
-	j.entry.SubmittedAt = now
-	p.Metrics.LastSuccess(now)
-	for {
-		_, err := p.Ledger.Put(context.WithoutCancel(ctx), j.entry, j.rev)
-		if err == nil {
-			break
-		}
-		// The run group exists whatever happens next; the ledger must say so
-		// before the message can go. A conflict means another worker wrote:
-		// re-read and write the outcome over the fresh revision.
-		if !errors.Is(err, ledger.ErrConflict) {
-			p.Metrics.LedgerError()
-			j.log.Error("could not record the run group in the ledger", "run_group_id", runGroupID, "error", err)
-			// Redelivery reconciles by name and finds the run group.
-			return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
-		}
-		cur, rev, gerr := p.Ledger.Get(context.WithoutCancel(ctx), j.key)
-		if gerr != nil {
-			return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
-		}
-		if cur.State == ledger.StateSubmitted {
-			j.entry = cur
-			break
-		}
-		if cur.State == ledger.StateDead {
-			// Another delivery gave up on the request while this call created
-			// its run group: the run group is real, so it is reported too.
-			j.log.Error("a run group was created for a request already dead-lettered; publishing its result as well",
-				"run_group_id", runGroupID)
-		}
-		j.rev = rev
+	e := j.hold.snapshot()
+	delay, ok := p.Policy.Retry.Next(e.RetryAttempts, e.RetryActive)
+	if apiErr.Class == submit.ClassSystemic {
+		delay, ok = 0, true // the pause waits; it spends no budget
 	}
-	return p.publishResult(ctx, j, metrics.OutcomeSuccess)
+	if !ok {
+		return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
+			RequestID: apiErr.RequestID, Message: "the run group could not be looked up within the retry budget"}), true
+	}
+	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+		e.LookupFailed(apiErr.Class.String(), apiErr.Code, apiErr.RequestID, at.UTC(), p.Worker, delay)
+		if apiErr.Class != submit.ClassSystemic {
+			e.RetryAttempts++
+			e.RetryActive += delay
+		}
+	})
+	if err != nil {
+		return p.ledgerFailure(j, err), true
+	}
+	return Decision{}, false
 }
 
 func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) Decision {
+	e := j.current()
 	r := Result{
-		Key: j.key, RunGroupID: j.entry.RunGroupID, RequestID: j.entry.RequestID, Attempts: j.entry.Calls,
-		Reconciled: j.entry.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: j.entry.SubmittedAt, Worker: p.Worker,
+		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
+		Reconciled: e.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: e.SubmittedAt, Worker: p.Worker,
 	}
 	dup, err := PublishResult(context.WithoutCancel(ctx), p.JS, p.Topology, r)
 	if err != nil {
@@ -497,11 +637,8 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) D
 
 func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f Failure) Decision {
 	ctx = context.WithoutCancel(ctx)
-	j.entry.State = ledger.StateDead
-	j.entry.DeadSequence = j.d.StreamSeq
-	j.entry.LeaseOwner, j.entry.LeaseUntil = "", time.Time{}
-	j.entry.Record(ledger.Event{At: p.now().UTC(), Kind: "dead_letter", Outcome: reason, Code: f.Code, Worker: p.Worker})
-	if _, err := p.Ledger.Put(ctx, j.entry, j.rev); err != nil {
+	err := j.hold.update(ctx, func(e *ledger.Entry) { e.MarkDead(j.d.StreamSeq, reason, f.Code, p.now().UTC(), p.Worker) })
+	if err != nil {
 		p.Metrics.LedgerError()
 		j.log.Warn("could not record the dead letter in the ledger", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
@@ -511,7 +648,7 @@ func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f Fai
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}
 	p.Metrics.DeadLettered(reason)
-	j.log.Warn("dead-lettered", "reason", reason, "code", f.Code, "request_id", f.RequestID, "attempts", j.entry.Calls)
+	j.log.Warn("dead-lettered", "reason", reason, "code", f.Code, "request_id", f.RequestID, "attempts", j.current().Calls)
 	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
 }
 
@@ -528,7 +665,7 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 	for _, ev := range slices.Backward(j.entry.History) {
 		if !found && ev.Kind == "dead_letter" {
 			reason, f.Code, found = ev.Outcome, ev.Code, true
-		} else if found && ev.Kind == "call" {
+		} else if found && (ev.Kind == "call" || ev.Kind == "lookup") {
 			f.Class, f.RequestID = ev.Outcome, ev.RequestID
 			break
 		}
@@ -544,23 +681,34 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 // marked dead. Its message ID is derived from the ledger entry alone, so a
 // republish after a crash is recognised by JetStream as the same message.
 func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason string, f Failure) error {
+	e := j.current()
 	dl := p.deadLetterBody(j, reason, f)
-	dl.Attempts = j.entry.Calls
-	dl.History = j.entry.History
-	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, j.entry.Calls)
+	dl.Attempts = e.Calls
+	dl.History = e.History
+	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, e.Calls)
 	return PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID)
 }
 
-// deadLetterInvalid dead-letters a request rejected before any API call.
-func (p *Processor) deadLetterInvalid(ctx context.Context, j *job, f Failure) Decision {
-	dl := p.deadLetterBody(j, metrics.DLQInvalidRequest, f)
-	msgID := fmt.Sprintf("%s/%d/invalid", j.key, j.d.StreamSeq)
+// deadLetterUnrecorded dead-letters a message without changing its key's
+// ledger entry: an invalid request (rejected before any call), or one
+// refused because the key stands for another request.
+func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, tag string, f Failure) Decision {
+	dl := p.deadLetterBody(j, reason, f)
+	if tag == "refused" {
+		e := j.current()
+		dl.Attempts, dl.History = e.Calls, e.History
+	}
+	msgID := fmt.Sprintf("%s/%d/%s", j.key, j.d.StreamSeq, tag)
 	if err := PublishDeadLetter(context.WithoutCancel(ctx), p.JS, p.Topology, dl, msgID); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}
-	p.Metrics.DeadLettered(metrics.DLQInvalidRequest)
-	j.log.Warn("dead-lettered an invalid request", "code", f.Code, "field", f.Field)
+	p.Metrics.DeadLettered(reason)
+	if tag == "refused" {
+		j.log.Warn("dead-lettered a refused request", "reason", reason, "code", f.Code)
+	} else {
+		j.log.Warn("dead-lettered an invalid request", "code", f.Code, "field", f.Field)
+	}
 	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
 }
 
@@ -580,36 +728,26 @@ func (p *Processor) deadLetterBody(j *job, reason string, f Failure) DeadLetter 
 	return dl
 }
 
-// put writes the entry with compare-and-set; ok=false carries the decision
-// to hand the message back.
-func (p *Processor) put(ctx context.Context, j *job) (Decision, bool) {
-	rev, err := p.Ledger.Put(context.WithoutCancel(ctx), j.entry, j.rev)
-	if err != nil {
-		return p.ledgerFailure(ctx, j, err), false
-	}
-	j.rev = rev
-	return Decision{}, true
-}
-
-func (p *Processor) ledgerFailure(_ context.Context, j *job, err error) Decision {
-	if errors.Is(err, ledger.ErrConflict) {
-		// Another delivery of the same request is being worked on.
-		j.log.Info("ledger entry changed concurrently; handing the message back")
-		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeReleased}
+func (p *Processor) ledgerFailure(j *job, err error) Decision {
+	if errors.Is(err, ledger.ErrConflict) || errors.Is(err, errLeaseLost) {
+		// Another delivery of the same request holds the key now.
+		j.log.Info("the key is held by another handler; handing the message back")
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
 	}
 	p.Metrics.LedgerError()
 	j.log.Warn("ledger unavailable; handing the message back", "error", err)
 	return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
 }
 
-// release hands the message back (shutdown, or a wait cut short), keeping
-// what the ledger knows. A call cut off mid-flight stays Uncertain, so the
-// next delivery reconciles first.
+// release hands the message back after delay, keeping what the ledger
+// knows, counting the hand-back (it is not a crash) and freeing the key.
 func (p *Processor) release(ctx context.Context, j *job, delay time.Duration) Decision {
-	if j.rev != 0 {
-		if rev, err := p.Ledger.Put(context.WithoutCancel(ctx), j.entry, j.rev); err == nil {
-			j.rev = rev
-		}
+	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+		e.Released()
+		e.Release(j.hold.owner)
+	})
+	if err != nil {
+		p.Metrics.LedgerError()
 	}
 	return Decision{Action: ActionNak, Delay: delay, Outcome: metrics.OutcomeReleased}
 }
@@ -640,10 +778,6 @@ func asAPIError(err error) *submit.Error {
 		return apiErr
 	}
 	return &submit.Error{Class: submit.ClassAmbiguous, Code: "Unknown", Err: err}
-}
-
-func failureOf(e *submit.Error) Failure {
-	return Failure{Class: e.Class.String(), Code: e.Code, Message: e.Message, RequestID: e.RequestID}
 }
 
 // pauseReason maps a systemic error code to a bounded pause reason.

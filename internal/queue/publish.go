@@ -5,15 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// jsErrStoreFailed is the JetStream error code a stream answers when it
-// refuses a message, among others for "maximum messages per subject exceeded".
-const jsErrStoreFailed = 10077
 
 // PublishRequest publishes one run request body under its idempotency key.
 // Nats-Msg-Id is the key, so a producer retry within the duplicate window is
@@ -66,11 +61,14 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r Re
 	m.Data = body
 	m.Header.Set(HeaderKey, r.Key)
 	m.Header.Set(HeaderMsgID, "result/"+r.Key)
-	ack, err := js.PublishMsg(ctx, m)
+	// Expecting no earlier message on the subject makes a second result fail
+	// with an error code of its own (wrong last sequence), so a duplicate is
+	// recognised by code, not by the server's wording.
+	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0))
 	if err != nil {
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStoreFailed &&
-			strings.Contains(apiErr.Description, "maximum messages per subject") {
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 			// The subject already holds this request's result.
 			return true, nil
 		}

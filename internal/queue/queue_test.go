@@ -107,7 +107,7 @@ func TestLedgerCompareAndSet(t *testing.T) {
 	if err != nil || rev != 0 || e.State != ledger.StatePending {
 		t.Fatalf("Get of a new key = %+v, %d, %v", e, rev, err)
 	}
-	e.Calls, e.Uncertain = 1, true
+	e.Calls, e.NeedsLookup = 1, true
 	rev1, err := l.Put(ctx, e, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func TestLedgerCompareAndSet(t *testing.T) {
 		t.Fatalf("stale update = %v, want ErrConflict", err)
 	}
 	got, _, err := l.Get(ctx, "a key/with:odd chars")
-	if err != nil || got.State != ledger.StateSubmitted || got.Calls != 1 || !got.Uncertain {
+	if err != nil || got.State != ledger.StateSubmitted || got.Calls != 1 || !got.NeedsLookup {
 		t.Fatalf("Get = %+v, %v", got, err)
 	}
 }

@@ -44,7 +44,9 @@ type Topology struct {
 
 	// Replicas of every stream and bucket (1, 3 or 5). Default 1.
 	Replicas int
-	// RequestsMaxAge bounds how long an unprocessed request is kept. Default 14 days.
+	// RequestsMaxAge must be 0: a request stays in the stream until it has
+	// an outcome, however long the fleet is paused. (A MaxAge would delete
+	// a paused backlog unanswered.)
 	RequestsMaxAge time.Duration
 	// ResultsMaxAge, DLQMaxAge and LedgerTTL bound retention of results, dead
 	// letters and ledger entries. Defaults 30, 30 and 45 days: the ledger
@@ -59,13 +61,15 @@ type Topology struct {
 	// MaxMessageBytes bounds a request message. Default 1 MiB.
 	MaxMessageBytes int32
 
+	// MaxDeliver bounds deliveries of one message that the worker did not
+	// hand back on purpose (crashes, lost acks); past it the message takes
+	// the give-up path: leases honoured, a lookup, then a max_deliveries dead
+	// letter. The worker enforces it itself; the JetStream consumer has no
+	// delivery limit, so it can never strand a message. Default 20.
+	MaxDeliver int
 	// AckWait is how long a delivered message may go without an ack or an
 	// in-progress signal before JetStream redelivers it. Default 60s.
 	AckWait time.Duration
-	// MaxDeliver bounds deliveries of one message; past it the message is
-	// dead-lettered with reason max_deliveries. Default 20: shutdowns and
-	// crashes spend deliveries too, and a rolling deploy must not exhaust them.
-	MaxDeliver int
 	// MaxAckPending bounds messages delivered but unacknowledged across the
 	// whole fleet. Default 1000.
 	MaxAckPending int
@@ -85,7 +89,7 @@ func DefaultTopology() Topology {
 		LedgerBucket:    "OMICSQ_LEDGER",
 		ControlBucket:   "OMICSQ_CONTROL",
 		Replicas:        1,
-		RequestsMaxAge:  14 * 24 * time.Hour,
+		RequestsMaxAge:  0,
 		ResultsMaxAge:   30 * 24 * time.Hour,
 		DLQMaxAge:       30 * 24 * time.Hour,
 		LedgerTTL:       45 * 24 * time.Hour,
@@ -121,8 +125,13 @@ func (t Topology) Validate() error {
 	if t.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("max ack pending must be at least 1"))
 	}
-	if t.LedgerTTL < t.ResultsMaxAge {
-		errs = append(errs, fmt.Errorf("ledger ttl must be at least the results max age"))
+	if t.RequestsMaxAge != 0 {
+		errs = append(errs, fmt.Errorf("requests max age must be 0: requests are kept until they have an outcome"))
+	}
+	for name, kept := range map[string]time.Duration{"results": t.ResultsMaxAge, "dlq": t.DLQMaxAge} {
+		if t.LedgerTTL != 0 && (kept == 0 || kept > t.LedgerTTL) {
+			errs = append(errs, fmt.Errorf("ledger ttl must be at least the %s max age", name))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -146,12 +155,14 @@ func (t Topology) streams() []jetstream.StreamConfig {
 			Description: "omicsq run requests awaiting submission",
 			Subjects:    []string{t.RequestsSubject},
 			Retention:   jetstream.WorkQueuePolicy,
-			Discard:     jetstream.DiscardOld,
-			MaxAge:      t.RequestsMaxAge,
-			MaxMsgSize:  t.MaxMessageBytes,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Duplicates:  t.DuplicateWindow,
+			// Never drop a request to make room: a full stream refuses new
+			// publishes, which the producer sees.
+			Discard:    jetstream.DiscardNew,
+			MaxAge:     t.RequestsMaxAge,
+			MaxMsgSize: t.MaxMessageBytes,
+			Storage:    jetstream.FileStorage,
+			Replicas:   t.Replicas,
+			Duplicates: t.DuplicateWindow,
 		},
 		{
 			// One message per subject, new ones refused: a second result for
@@ -214,7 +225,7 @@ func (t Topology) consumer() jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       t.AckWait,
-		MaxDeliver:    t.MaxDeliver,
+		MaxDeliver:    -1, // the worker's own budget (Topology.MaxDeliver) applies
 		MaxAckPending: t.MaxAckPending,
 		MaxWaiting:    512,
 		Replicas:      t.Replicas,
@@ -267,6 +278,9 @@ func Verify(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	info := c.CachedInfo()
 	if info.Config.AckPolicy != jetstream.AckExplicitPolicy {
 		return fmt.Errorf("bind consumer %s: ack policy must be explicit", t.Consumer)
+	}
+	if info.Config.MaxDeliver > 0 {
+		return fmt.Errorf("bind consumer %s: max deliver must be unlimited (-1): the worker enforces its own delivery budget, and a consumer limit strands messages", t.Consumer)
 	}
 	for _, b := range []string{t.LedgerBucket, t.ControlBucket} {
 		if _, err := js.KeyValue(ctx, b); err != nil {

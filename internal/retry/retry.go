@@ -135,3 +135,19 @@ func (s *Schedule) Next() (delay time.Duration, ok bool) {
 	s.attempts++
 	return d, true
 }
+
+// Next returns the delay before the attempt after attempts failed ones,
+// for a request that has already spent active of its MaxElapsed budget. ok
+// is false when the budget (attempts or active time) is used up. Only active
+// time counts: time a request spends paused or queued is not retrying.
+func (p Policy) Next(attempts int, active time.Duration) (delay time.Duration, ok bool) {
+	s := p.Resume(max(1, attempts), time.Time{}, nil)
+	if s.attempts >= p.MaxAttempts {
+		return 0, false
+	}
+	d := s.backoff.NextBackOff()
+	if d == backoff.Stop || active+d > p.MaxElapsed {
+		return 0, false
+	}
+	return d, true
+}

@@ -190,7 +190,11 @@ func (c *Client) DescribeRunGroups(ctx context.Context, req *DescribeRunGroupsRe
 // itself because the server's filter may match fuzzily. An empty result
 // right after a submission may only mean the new group is not visible yet.
 // Every error is an *Error.
-func (c *Client) FindRunGroupsByName(ctx context.Context, projectID *string, name string) ([]RunGroup, error) {
+//
+// beforePage, when not nil, is called before each page is requested (every
+// page is one DescribeRunGroups call and takes its own rate-limit token);
+// its error ends the lookup.
+func (c *Client) FindRunGroupsByName(ctx context.Context, projectID *string, name string, beforePage func(context.Context) error) ([]RunGroup, error) {
 	const action = "DescribeRunGroups"
 	if name == "" {
 		return nil, &Error{Action: action, Class: ClassPermanent, Code: codeClientInvalidParam, Message: "name is empty"}
@@ -202,6 +206,12 @@ func (c *Client) FindRunGroupsByName(ctx context.Context, projectID *string, nam
 		limit  uint64 = describePageSize
 	)
 	for range maxDescribePages {
+		if beforePage != nil {
+			if err := beforePage(ctx); err != nil {
+				return nil, &Error{Action: action, Class: ClassTransient, Code: codeNetworkError,
+					Message: "lookup stopped before sending a page", Err: err}
+			}
+		}
 		page, err := c.DescribeRunGroups(ctx, &DescribeRunGroupsRequest{
 			ProjectId: projectID,
 			Filters:   []Filter{{Name: "Name", Values: []string{name}}},

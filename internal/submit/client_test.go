@@ -673,7 +673,7 @@ func TestNilRequestIsPermanent(t *testing.T) {
 	if _, err := c.RunApplication(t.Context(), nil); ClassOf(err) != ClassPermanent {
 		t.Errorf("got %v, want permanent", err)
 	}
-	if _, err := c.FindRunGroupsByName(t.Context(), nil, ""); ClassOf(err) != ClassPermanent {
+	if _, err := c.FindRunGroupsByName(t.Context(), nil, "", nil); ClassOf(err) != ClassPermanent {
 		t.Errorf("empty name: got %v, want permanent", err)
 	}
 }
@@ -739,7 +739,7 @@ func TestFindRunGroupsByNamePagesAndMatchesExactly(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, endpointOf(srv), 5*time.Second)
 
-	groups, err := c.FindRunGroupsByName(t.Context(), new("prj-1"), "target")
+	groups, err := c.FindRunGroupsByName(t.Context(), new("prj-1"), "target", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -759,7 +759,7 @@ func TestFindRunGroupsByNamePagesAndMatchesExactly(t *testing.T) {
 		}
 	}
 
-	none, err := c.FindRunGroupsByName(t.Context(), nil, "absent")
+	none, err := c.FindRunGroupsByName(t.Context(), nil, "absent", nil)
 	if err != nil || len(none) != 0 {
 		t.Errorf("absent name: got %v, %v", none, err)
 	}
@@ -770,7 +770,7 @@ func TestFindRunGroupsByNameStopsOnRunawayPaging(t *testing.T) {
 	fake := &runGroupServer{groups: []RunGroup{{RunGroupId: "rg-1", Name: "x"}}, endless: true}
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	_, err := newTestClient(t, endpointOf(srv), 5*time.Second).FindRunGroupsByName(t.Context(), nil, "x")
+	_, err := newTestClient(t, endpointOf(srv), 5*time.Second).FindRunGroupsByName(t.Context(), nil, "x", nil)
 	e, ok := errors.AsType[*Error](err)
 	if !ok || e.Class != ClassAmbiguous || e.Code != CodeInvalidResponse {
 		t.Errorf("got %v, want ambiguous %s", err, CodeInvalidResponse)
@@ -786,7 +786,7 @@ func TestFindRunGroupsByNameReturnsClassifiedErrors(t *testing.T) {
 		io.WriteString(w, `{"Response":{"Error":{"Code":"AuthFailure.SignatureExpire","Message":"m"},"RequestId":"req-x"}}`)
 	}))
 	t.Cleanup(srv.Close)
-	_, err := newTestClient(t, endpointOf(srv), 5*time.Second).FindRunGroupsByName(t.Context(), nil, "x")
+	_, err := newTestClient(t, endpointOf(srv), 5*time.Second).FindRunGroupsByName(t.Context(), nil, "x", nil)
 	e, ok := errors.AsType[*Error](err)
 	if !ok || e.Class != ClassSystemic || e.Action != "DescribeRunGroups" || e.RequestID != "req-x" {
 		t.Errorf("got %#v", err)
