@@ -19,8 +19,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -36,7 +38,10 @@ a fresh message ID, after applying the --set edits and validating the result aga
 then deletes them from the dead-letter stream. --set Field=Value sets a top-level
 request field or a nested one (Option.X, NFOption.X); Value is parsed as JSON when it is
 valid JSON (numbers, true/false, null, "quoted strings", arrays, objects), else taken as
-a string; null removes the field.
+a string; null removes the field. A dead letter whose request would no longer be the one
+its key was first submitted with is refused when the ledger (--ledger-bucket) says a run
+group may already exist for the key; an edited redrive is refused too if the ledger
+cannot be read.
 
 `
 
@@ -205,6 +210,8 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	case "redrive":
 		defs = append(defs, limitFlags(c)...)
 		defs = append(defs,
+			flagDef{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger (read to refuse edits that could create a second run group)",
+				strFlag(&c.topo.LedgerBucket, queue.DefaultTopology().LedgerBucket)},
 			flagDef{"all", "", "redrive every dead letter", boolFlag(&all)},
 			flagDef{"key", "", "redrive the dead letters of this key", strFlag(&f.key, "")},
 			flagDef{"code", "", "redrive the dead letters with this error code", strFlag(&f.code, "")},
@@ -249,6 +256,9 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	case "redrive":
 		if len(pos) > 0 {
 			return usage("unexpected arguments (select with --all, --key, --code or --reason)")
+		}
+		if strings.TrimSpace(c.topo.LedgerBucket) == "" {
+			return usage("--ledger-bucket must not be empty")
 		}
 		selectors := f != dlqFilter{}
 		if all == selectors {
@@ -479,10 +489,68 @@ func applyEdits(request json.RawMessage, edits []setEdit) ([]byte, error) {
 	return json.Marshal(top)
 }
 
+// identityGuard refuses to redrive, under a key that may already have
+// created its run group, a request other than the one the key was first
+// submitted with. The worker would refuse it at delivery (identity_changed);
+// the guard gives the operator the answer at once and publishes nothing.
+type identityGuard struct {
+	l       *ledger.Ledger
+	openErr error // the ledger bucket could not be bound
+	bucket  string
+	limits  submit.Limits
+}
+
+func openGuard(ctx context.Context, js jetstream.JetStream, bucket string, limits submit.Limits) *identityGuard {
+	l, err := ledger.Open(ctx, js, bucket)
+	return &identityGuard{l: l, openErr: err, bucket: bucket, limits: limits}
+}
+
+// refusalHead is how every identity refusal starts.
+const refusalHead = "refused: a run group may already exist for this key's request as first submitted (ledger: maybe created); "
+
+// check says why body, the request as it would be republished for key,
+// must not be redriven ("" when it may). edited is whether --set edits were
+// given. An edited request is refused when the ledger cannot be read (fail
+// closed); an unedited one goes on, and unchecked says why it was not
+// checked (the worker still checks it at delivery).
+func (g *identityGuard) check(ctx context.Context, key string, body []byte, edited bool) (refusal string, unchecked error) {
+	req, err := submit.DecodeRunApplication(body, g.limits)
+	if err != nil { // p.finish has validated body: not expected
+		return "refused: the request to redrive cannot be decoded to compare it with the ledger's record", nil
+	}
+	id := submission.IdentityOf(req, time.Now())
+	lerr := g.openErr
+	var entry ledger.Entry
+	if lerr == nil {
+		entry, _, lerr = g.l.Get(ctx, key)
+	}
+	if lerr != nil {
+		if !edited {
+			return "", lerr
+		}
+		return fmt.Sprintf("refused: the ledger (bucket %s) could not be read, so whether a run group may already exist "+
+			"for this key cannot be checked (%v); an edited request is not redriven unchecked. Fix the ledger access "+
+			"(--ledger-bucket, permissions) or redrive it without --set.", g.bucket, lerr), nil
+	}
+	if !entry.MaybeCreated || entry.Identity == nil || entry.Identity.Same(id) {
+		return "", nil
+	}
+	what := entry.Identity.Differences(id)
+	if edited {
+		return refusalHead + "an edited " + what + " would not be the same request and could create a second run group. " +
+			"Redrive it without --set, which looks the run group up first.", nil
+	}
+	// The dead letter itself carries another request than the key's first
+	// (an identity_changed dead letter): redriving it as is fails again.
+	return refusalHead + "this dead letter's " + what + " differs from it, so it is not the same request and could create " +
+		"a second run group (the worker refuses it as identity_changed). Restore the first request with --set, or " +
+		"submit this one under a new key.", nil
+}
+
 // dlqRedrive redrives the newest selected dead letter of each key and
 // deletes the older selected ones of that key as superseded. A key whose
 // newest dead letter is not selected, or that already has a result, is
-// skipped.
+// skipped, and so is one whose request the ledger refuses (identityGuard).
 func dlqRedrive(ctx context.Context, s *dlqSession, c *config, f dlqFilter, edits []setEdit, dryRun bool, stdout, stderr io.Writer) int {
 	entries, err := s.scan(ctx, c.topo)
 	if err != nil {
@@ -511,12 +579,16 @@ func dlqRedrive(ctx context.Context, s *dlqSession, c *config, f dlqFilter, edit
 		fmt.Fprintf(stderr, "enqueue dlq redrive: no dead letter matches (%d in the stream)\n", len(entries))
 		return exitFailed
 	}
+	guard := openGuard(ctx, s.js, c.topo.LedgerBucket, c.limits)
+	if guard.openErr != nil {
+		fmt.Fprintf(stderr, "enqueue dlq redrive: %v: edited dead letters are refused; unedited ones are redriven without the ledger check (the worker checks them at delivery)\n", guard.openErr)
+	}
 	p := &parser{lim: c.limits}
 	verb, del := "redriven", "deleted"
 	if dryRun {
 		verb, del = "would redrive", "would delete"
 	}
-	var redriven, skipped, failed int
+	var redriven, skipped, refused, failed int
 	for _, key := range keys {
 		group := byKey[key]
 		slices.SortFunc(group, func(a, b dlqEntry) int { return cmp.Compare(b.seq, a.seq) })
@@ -560,6 +632,15 @@ func dlqRedrive(ctx context.Context, s *dlqSession, c *config, f dlqFilter, edit
 			skip("re-validation failed: " + strings.TrimPrefix(ierr.Error(), ierr.Loc.detail()+": "))
 			continue
 		}
+		refusal, unchecked := guard.check(ctx, key, it.Body, len(edits) > 0)
+		if refusal != "" {
+			refused += len(group)
+			skip(refusal)
+			continue
+		}
+		if unchecked != nil && guard.openErr == nil {
+			fmt.Fprintf(stderr, "enqueue dlq redrive: seq=%d key=%s: %v: redriven without the ledger check (the worker checks it at delivery)\n", e.seq, key, unchecked)
+		}
 		if !dryRun {
 			pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 			err := queue.RedriveRequest(pctx, s.js, c.topo, key, e.seq, it.Body)
@@ -589,6 +670,9 @@ func dlqRedrive(ctx context.Context, s *dlqSession, c *config, f dlqFilter, edit
 		}
 	}
 	summary := fmt.Sprintf("enqueue dlq redrive: %d %s, %d skipped", redriven, verb, skipped)
+	if refused > 0 {
+		summary += fmt.Sprintf(" (%d refused)", refused)
+	}
 	if failed > 0 {
 		summary += fmt.Sprintf(", %d failed", failed)
 	}

@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -214,5 +217,148 @@ func TestDLQ(t *testing.T) {
 		if got := e.dlqSeqs(); !slices.Equal(got, []uint64{3, 5, 6, 7, 8}) {
 			t.Errorf("dry run changed the DLQ: %v", got)
 		}
+	})
+}
+
+// pin writes key's ledger entry as the worker leaves it after a dead
+// letter: the identity of request pinned, maybeCreated as given.
+func (e *env) pin(key, request string, maybeCreated bool) {
+	e.t.Helper()
+	r, err := submit.DecodeRunApplication([]byte(request), submit.DefaultLimits())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	id := submission.IdentityOf(r, time.Now())
+	l, err := ledger.Open(e.t.Context(), e.js, e.topo.LedgerBucket)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := l.Put(e.t.Context(), ledger.Entry{Key: key, State: ledger.StateDead, Calls: 1, MaybeCreated: maybeCreated, Identity: &id}, 0); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestDLQRedriveIdentity: a redrive must not turn a key that may have
+// created its run group into another request; the refusal comes at once and
+// nothing is published or deleted.
+func TestDLQRedriveIdentity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	const code = "InternalError"
+	reqA := req("id-a", `,"ProjectId":"prj-1"`)
+	e.deadLetter("id-a", "id-a/1", "retries_exhausted", code, "", reqA, "") // 1
+	e.pin("id-a", reqA, true)
+	reqB := req("id-b", "")
+	e.deadLetter("id-b", "id-b/1", "permanent_error", code, "", reqB, "") // 2
+	e.pin("id-b", reqB, false)
+	e.deadLetter("id-c", "id-c/1", "invalid_request", code, "", req("id-c", ""), "") // 3: no ledger entry
+	reqD := req("id-d", "")
+	e.deadLetter("id-d", "id-d/1", "retries_exhausted", code, "", reqD, "") // 4
+	e.pin("id-d", reqD, true)
+	// An identity_changed dead letter: the key's first request was another.
+	e.deadLetter("id-e", "id-e/1", "identity_changed", "", "", req("id-e-second", ""), "") // 5
+	e.pin("id-e", req("id-e-first", ""), true)
+
+	redrive := func(args ...string) result {
+		t.Helper()
+		return e.run("", append([]string{"dlq", "redrive"}, args...)...)
+	}
+	requests := func() int { return len(e.messages(e.topo.RequestsStream)) }
+	unchanged := func(t *testing.T, r result, wantRequests int, wantDLQ ...uint64) {
+		t.Helper()
+		if n := requests(); n != wantRequests {
+			t.Errorf("%d requests published, want %d\n%s%s", n, wantRequests, r.stdout, r.stderr)
+		}
+		if got := e.dlqSeqs(); !slices.Equal(got, wantDLQ) {
+			t.Errorf("DLQ holds %v, want %v", got, wantDLQ)
+		}
+	}
+	refusal := func(seq int, key, field string) string {
+		return fmt.Sprintf("skipped seq=%d key=%s: "+refusalHead+"an edited %s would not be the same request and could create "+
+			"a second run group. Redrive it without --set, which looks the run group up first.", seq, key, field)
+	}
+
+	t.Run("edited Name refused", func(t *testing.T) {
+		r := redrive("--key", "id-a", "--set", "Name=other")
+		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
+			!strings.Contains(r.stderr, "0 redriven, 1 skipped (1 refused)") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+	t.Run("edited ProjectId refused", func(t *testing.T) {
+		r := redrive("--key", "id-a", "--set", "ProjectId=prj-x")
+		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "ProjectId") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+	t.Run("other edit refused", func(t *testing.T) {
+		r := redrive("--key", "id-a", "--set", `Description="changed"`)
+		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "request") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+	t.Run("dry run shows the refusal", func(t *testing.T) {
+		r := redrive("--key", "id-a", "--set", "Name=other", "--dry-run")
+		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
+			!strings.Contains(r.stderr, "0 would redrive, 1 skipped (1 refused)") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+	t.Run("unedited dead letter of another request refused", func(t *testing.T) {
+		r := redrive("--key", "id-e")
+		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=5 key=id-e: "+refusalHead+"this dead letter's Name differs") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+	t.Run("unreadable ledger refuses edits only", func(t *testing.T) {
+		r := redrive("--key", "id-c", "--set", `Description="fixed"`, "--ledger-bucket", "NO_SUCH_LEDGER")
+		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=3 key=id-c: refused: the ledger (bucket NO_SUCH_LEDGER) could not be read") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+		r = redrive("--key", "id-c", "--ledger-bucket", "NO_SUCH_LEDGER", "--dry-run")
+		if r.code != exitOK || strings.TrimSpace(r.stdout) != "would redrive seq=3 key=id-c" ||
+			!strings.Contains(r.stderr, "without the ledger check") {
+			t.Fatalf("unedited: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 0, 1, 2, 3, 4, 5)
+	})
+
+	t.Run("unedited redrive published", func(t *testing.T) {
+		r := redrive("--key", "id-a")
+		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=1 key=id-a" {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 1, 2, 3, 4, 5)
+	})
+	t.Run("identity-preserving edit published", func(t *testing.T) {
+		r := redrive("--key", "id-d", "--set", `Name="id-d"`)
+		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=4 key=id-d" {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 2, 2, 3, 5)
+	})
+	t.Run("edit of a definitely rejected key published", func(t *testing.T) {
+		r := redrive("--key", "id-b", "--set", "Name=other")
+		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=2 key=id-b" {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 3, 3, 5)
+		msgs := e.messages(e.topo.RequestsStream)
+		if m := msgs[len(msgs)-1]; m.Header.Get(queue.HeaderKey) != "id-b" || !strings.Contains(string(m.Data), `"Name":"other"`) {
+			t.Errorf("published %v %s", m.Header, m.Data)
+		}
+	})
+	t.Run("edit of a key without ledger entry published", func(t *testing.T) {
+		r := redrive("--key", "id-c", "--set", `Description="fixed"`)
+		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=3 key=id-c" {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		unchanged(t, r, 4, 5)
 	})
 }
