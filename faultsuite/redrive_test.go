@@ -110,7 +110,8 @@ func TestRedriveDLQTwice(t *testing.T) {
 		invalid, bodies[k] = append(invalid, k), []byte(b)
 	}
 	e.publishBodies(slices.Concat(control, missing, invalid), bodies)
-	args := []string{"--max-attempts", "3", "--retry-initial", "20ms", "--retry-max-interval", "50ms"}
+	// A short horizon: the sandbox here shows new groups at once.
+	args := []string{"--max-attempts", "3", "--retry-initial", "20ms", "--retry-max-interval", "50ms", "--lookup-horizon", "3s"}
 	e.startWorker("w1", args...)
 	e.startWorker("w2", args...)
 	e.waitSettled(len(control)+len(missing)+len(invalid), 60*time.Second)

@@ -255,6 +255,15 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	owner := p.leaseOwner()
 	now := p.now()
 	if until, live := entry.LiveLease(owner, now); live {
+		// Counted as a deliberate hand-back (best effort: a holder's write
+		// in between wins, and it re-reads on its next write), so waiting
+		// out a lease never spends the delivery budget of a crash loop.
+		if entry.Driver == d.StreamSeq {
+			entry.Released()
+			if _, err := p.Ledger.Put(ctx, entry, rev); err != nil && !errors.Is(err, ledger.ErrConflict) {
+				p.Metrics.LedgerError()
+			}
+		}
 		return Decision{Action: ActionNak, Delay: until.Sub(now) + 500*time.Millisecond, Outcome: metrics.OutcomeReleased}
 	}
 	h := &hold{led: p.Ledger, key: key, entry: entry, rev: rev, owner: owner}
