@@ -739,9 +739,14 @@ func TestFindRunGroupsByNamePagesAndMatchesExactly(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, endpointOf(srv), 5*time.Second)
 
-	groups, err := c.FindRunGroupsByName(t.Context(), new("prj-1"), "target", nil)
+	// Every page is one call and takes its own rate-limit token.
+	tokens := 0
+	groups, err := c.FindRunGroupsByName(t.Context(), new("prj-1"), "target", func(context.Context) error { tokens++; return nil })
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tokens != 3 {
+		t.Errorf("%d tokens taken for 3 pages", tokens)
 	}
 	var got []string
 	for _, g := range groups {
@@ -762,6 +767,13 @@ func TestFindRunGroupsByNamePagesAndMatchesExactly(t *testing.T) {
 	none, err := c.FindRunGroupsByName(t.Context(), nil, "absent", nil)
 	if err != nil || len(none) != 0 {
 		t.Errorf("absent name: got %v, %v", none, err)
+	}
+
+	// A token that cannot be had stops the lookup before the page is sent.
+	sent := len(fake.offsets)
+	_, err = c.FindRunGroupsByName(t.Context(), nil, "target", func(context.Context) error { return context.Canceled })
+	if ClassOf(err) != ClassTransient || len(fake.offsets) != sent {
+		t.Errorf("refused token: %v, %d pages sent", err, len(fake.offsets)-sent)
 	}
 }
 
