@@ -167,7 +167,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 
 	proc := &queue.Processor{
-		JS: js, Topology: cfg.Topology, Ledger: led, API: api,
+		Ledger: led, Outbox: &queue.JetStreamOutbox{JS: js, Topology: cfg.Topology}, API: api,
 		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
 		Policy: submission.Policy{
 			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,

@@ -44,7 +44,7 @@ func testProcessor(t *testing.T, topo Topology, api API, log *slog.Logger) (*Pro
 	policy := submission.DefaultPolicy()
 	policy.MaxDeliveries = topo.MaxDeliver
 	return &Processor{
-		JS: js, Topology: topo, Ledger: led, API: api,
+		Ledger: led, Outbox: &JetStreamOutbox{JS: js, Topology: topo}, API: api,
 		RunLimiter: noLimit{}, DescribeLimiter: noLimit{},
 		Pause:  pause.New(controlKV, pause.Config{Worker: "w1", Logger: log}),
 		Policy: policy, Limits: submit.DefaultLimits(), CallTimeout: 5 * time.Second, LeaseTTL: 3 * time.Second,

@@ -18,7 +18,7 @@ var errLeaseLost = errors.New("the lease on the key was lost")
 // handler and its lease renewer both write through it, so their
 // compare-and-set writes never race each other.
 type hold struct {
-	led   *ledger.Ledger
+	led   LedgerStore
 	key   string
 	owner string
 

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
@@ -79,15 +78,14 @@ type summary struct {
 // effect, a run group (published as a result) or a dead letter. It is safe
 // for concurrent use.
 type Processor struct {
-	JS       jetstream.JetStream
-	Topology Topology
-	Ledger   *ledger.Ledger
-	API      API
+	Ledger LedgerStore
+	Outbox Outbox
+	API    API
 	// RunLimiter paces RunApplication, DescribeLimiter DescribeRunGroups:
 	// each action has its own quota, and every lookup page takes a token.
 	RunLimiter      Limiter
 	DescribeLimiter Limiter
-	Pause           *pause.Controller
+	Pause           Pauser
 	Policy          submission.Policy
 	Limits          submit.Limits
 	// CallTimeout is the API client's per-call timeout: a call started is
@@ -111,9 +109,6 @@ type Processor struct {
 	handlerSeq sync.Mutex
 	handlers   uint64
 	inFlight   sync.Map // keys being handled in this process
-
-	streamOnce sync.Once
-	stream     jetstream.Stream
 }
 
 // leaseOwner names one handler of this process run: a restarted worker with
@@ -230,7 +225,7 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	j.entry = entry
 	sit := p.situation(j)
 	if entry.State == ledger.StatePending && entry.Driver != 0 && entry.Driver != d.StreamSeq {
-		alive, err := p.messageExists(ctx, entry.Driver)
+		alive, err := p.Outbox.Queued(ctx, entry.Driver)
 		if err != nil {
 			return p.ledgerFailure(j, err)
 		}
@@ -290,23 +285,6 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 
 func (p *Processor) situation(j *job) submission.Situation {
 	return submission.Situation{Now: p.now(), Seq: j.d.StreamSeq, Deliveries: j.d.NumDelivered, Identity: j.id}
-}
-
-// messageExists reports whether seq is still in the requests stream (a work
-// queue: an acked or dead-lettered message is gone).
-func (p *Processor) messageExists(ctx context.Context, seq uint64) (bool, error) {
-	p.streamOnce.Do(func() {
-		p.stream, _ = p.JS.Stream(context.WithoutCancel(ctx), p.Topology.RequestsStream)
-	})
-	if p.stream == nil {
-		p.streamOnce = sync.Once{}
-		return false, fmt.Errorf("bind stream %s", p.Topology.RequestsStream)
-	}
-	_, err := p.stream.GetMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil
-	}
-	return err == nil, err
 }
 
 // renewLease keeps h's lease alive until the returned stop is called, which
@@ -635,7 +613,7 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) D
 		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
 		Reconciled: e.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: e.SubmittedAt, Worker: p.Worker,
 	}
-	dup, err := PublishResult(context.WithoutCancel(ctx), p.JS, p.Topology, r)
+	dup, err := p.Outbox.PublishResult(context.WithoutCancel(ctx), r)
 	if err != nil {
 		j.log.Error("could not publish the result", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
@@ -695,7 +673,7 @@ func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reaso
 	dl.Attempts = e.Calls
 	dl.History = e.History
 	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, e.Calls)
-	return PublishDeadLetter(ctx, p.JS, p.Topology, dl, msgID)
+	return p.Outbox.PublishDeadLetter(ctx, dl, msgID)
 }
 
 // deadLetterUnrecorded dead-letters a message without changing its key's
@@ -708,7 +686,7 @@ func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, ta
 		dl.Attempts, dl.History = e.Calls, e.History
 	}
 	msgID := fmt.Sprintf("%s/%d/%s", j.key, j.d.StreamSeq, tag)
-	if err := PublishDeadLetter(context.WithoutCancel(ctx), p.JS, p.Topology, dl, msgID); err != nil {
+	if err := p.Outbox.PublishDeadLetter(context.WithoutCancel(ctx), dl, msgID); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
 	}

@@ -1,0 +1,304 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/submission"
+	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/metrics"
+)
+
+// The executor driven through its seams, without a NATS server: an
+// in-memory ledger and outbox, a scripted API on a fake clock that can
+// create a run group and then fail, and hide new groups from lookups.
+
+type memLedger struct {
+	mu      sync.Mutex
+	entries map[string][]byte
+	revs    map[string]uint64
+}
+
+func (l *memLedger) Get(_ context.Context, key string) (ledger.Entry, uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.entries[key]
+	if !ok {
+		return ledger.Entry{Key: key, State: ledger.StatePending}, 0, nil
+	}
+	var e ledger.Entry
+	err := json.Unmarshal(b, &e)
+	return e, l.revs[key], err
+}
+
+func (l *memLedger) Put(_ context.Context, e ledger.Entry, rev uint64) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.revs[e.Key] != rev {
+		return 0, ledger.ErrConflict
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return 0, err
+	}
+	l.entries[e.Key] = b
+	l.revs[e.Key]++
+	return l.revs[e.Key], nil
+}
+
+type memOutbox struct {
+	mu      sync.Mutex
+	results map[string]Result
+	dead    []DeadLetter
+	msgIDs  map[string]bool
+}
+
+func (o *memOutbox) PublishResult(_ context.Context, r Result) (bool, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.results[r.Key]; ok {
+		return true, nil
+	}
+	o.results[r.Key] = r
+	return false, nil
+}
+
+func (o *memOutbox) PublishDeadLetter(_ context.Context, d DeadLetter, msgID string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.msgIDs[msgID] {
+		o.msgIDs[msgID] = true
+		o.dead = append(o.dead, d)
+	}
+	return nil
+}
+
+func (o *memOutbox) Queued(context.Context, uint64) (bool, error) { return false, nil }
+
+type neverPaused struct{}
+
+func (neverPaused) WaitResumed(ctx context.Context) error       { return ctx.Err() }
+func (neverPaused) Pause(context.Context, string, string) error { return nil }
+func (neverPaused) ObserveSuccess()                             {}
+func (neverPaused) ObserveTransportFailure(context.Context)     {}
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// answer scripts one RunApplication call: create the group or not, and
+// what to answer.
+type answer struct {
+	create bool
+	err    *submit.Error // nil: success (with create)
+}
+
+type scriptedAPI struct {
+	clk    *clock
+	lag    time.Duration
+	script []answer // then: create and succeed
+	mu     sync.Mutex
+	calls  int
+	groups []submit.RunGroup
+	shown  []time.Time // when each group becomes visible
+}
+
+func (a *scriptedAPI) RunApplication(_ context.Context, req *submit.RunApplicationRequest) (*submit.RunApplicationResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ans := answer{create: true}
+	if a.calls < len(a.script) {
+		ans = a.script[a.calls]
+	}
+	a.calls++
+	if !ans.create && ans.err != nil {
+		// Answered before the Name is checked, as an API may validate
+		// other rules first.
+		return nil, ans.err
+	}
+	for _, g := range a.groups {
+		if g.Name == req.Name {
+			return nil, &submit.Error{Class: submit.ClassPermanent, Code: "InvalidParameterValue.DuplicateName", DuplicateName: true, RequestID: "r"}
+		}
+	}
+	id := ""
+	if ans.create {
+		id = fmt.Sprintf("run-%d", len(a.groups)+1)
+		a.add(groupOf(req, id, a.clk.Now()))
+	}
+	if ans.err != nil {
+		return nil, ans.err
+	}
+	return &submit.RunApplicationResponse{RunGroupId: id, RequestId: "r"}, nil
+}
+
+func (a *scriptedAPI) add(g submit.RunGroup) {
+	a.groups = append(a.groups, g)
+	a.shown = append(a.shown, a.clk.Now().Add(a.lag))
+}
+
+func (a *scriptedAPI) FindRunGroupsByName(ctx context.Context, _ *string, name string, beforePage func(context.Context) error) ([]submit.RunGroup, error) {
+	if err := beforePage(ctx); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []submit.RunGroup
+	for i, g := range a.groups {
+		if g.Name == name && !a.clk.Now().Before(a.shown[i]) {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+func groupOf(req *submit.RunApplicationRequest, id string, at time.Time) submit.RunGroup {
+	g := submit.RunGroup{RunGroupId: id, Name: req.Name, ApplicationId: req.ApplicationId, EnvironmentId: req.EnvironmentId,
+		AccessMode: "PRIVATE", TotalRun: 1, CreateTime: at.Format(time.RFC3339), Option: req.Option}
+	if req.Description != nil {
+		g.Description = *req.Description
+	}
+	return g
+}
+
+var (
+	errInternal    = &submit.Error{Class: submit.ClassAmbiguous, Code: "InternalError", RequestID: "r"}
+	errGateway     = &submit.Error{Class: submit.ClassAmbiguous, Code: "ClientError.ParseJsonError"}
+	errThrottled   = &submit.Error{Class: submit.ClassThrottled, Code: "RequestLimitExceeded", RequestID: "r"}
+	errUnavailable = &submit.Error{Class: submit.ClassTransient, Code: "ServiceUnavailable", RequestID: "r"}
+	errNoApp       = &submit.Error{Class: submit.ClassPermanent, Code: "ResourceNotFound.ApplicationNotExist", RequestID: "r"}
+)
+
+// drive delivers one message until the processor acks it, advancing the
+// fake clock by each hand-back's delay, and returns the deliveries made.
+func drive(t *testing.T, p *Processor, clk *clock, body []byte, seq uint64) int {
+	t.Helper()
+	d := Delivery{Data: body, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: seq, Timestamp: clk.Now()}
+	for n := 1; n <= 200; n++ {
+		d.NumDelivered = uint64(n)
+		dec := p.Handle(context.Background(), d)
+		if dec.Action == ActionAck {
+			return n
+		}
+		clk.advance(max(dec.Delay, 100*time.Millisecond))
+	}
+	t.Fatal("not settled after 200 deliveries")
+	return 0
+}
+
+func newMemProcessor(clk *clock, api API) (*Processor, *memLedger, *memOutbox) {
+	m, _ := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"})
+	led := &memLedger{entries: map[string][]byte{}, revs: map[string]uint64{}}
+	out := &memOutbox{results: map[string]Result{}, msgIDs: map[string]bool{}}
+	policy := submission.DefaultPolicy()
+	policy.Horizon = time.Minute
+	return &Processor{
+		Ledger: led, Outbox: out, API: api, RunLimiter: noLimit{}, DescribeLimiter: noLimit{}, Pause: neverPaused{},
+		Policy: policy, Limits: submit.DefaultLimits(), CallTimeout: 2 * time.Second, LeaseTTL: 3 * time.Second,
+		HoldLimit: time.Nanosecond, // every wait is a hand-back: the test's clock decides
+		Metrics:   m, Log: slog.New(slog.DiscardHandler), Worker: "w1", Now: clk.Now,
+	}, led, out
+}
+
+func TestExecutorWithoutNATS(t *testing.T) {
+	body := []byte(`{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S-1","InputBase64":"e30="}`)
+	for _, tc := range []struct {
+		name       string
+		script     []answer
+		lag        time.Duration
+		other      bool // another request's group holds the Name
+		wantResult bool
+		wantDead   string
+		wantGroups int
+		maxCalls   int
+		reconciled bool
+	}{
+		{name: "success", wantResult: true, wantGroups: 1, maxCalls: 1},
+		{name: "InternalError without creating, then success", script: []answer{{err: errInternal}},
+			wantResult: true, wantGroups: 1, maxCalls: 2},
+		{name: "commit then fail, lookups lag 20 s", script: []answer{{create: true, err: errGateway}}, lag: 20 * time.Second,
+			wantResult: true, wantGroups: 1, maxCalls: 2, reconciled: true},
+		{name: "ServiceUnavailable after creating", script: []answer{{create: true, err: errUnavailable}},
+			wantResult: true, wantGroups: 1, maxCalls: 1, reconciled: true},
+		{name: "throttled three times", script: []answer{{err: errThrottled}, {err: errThrottled}, {err: errThrottled}},
+			wantResult: true, wantGroups: 1, maxCalls: 4},
+		{name: "rejected", script: []answer{{err: errNoApp}}, wantDead: "permanent_error", maxCalls: 1},
+		{name: "rejected after an unknown outcome that created, lookups lag", lag: 10 * time.Second,
+			script:     []answer{{create: true, err: errInternal}, {err: errNoApp}},
+			wantResult: true, wantGroups: 1, maxCalls: 2, reconciled: true},
+		{name: "the Name is another request's", other: true, wantDead: "name_conflict", wantGroups: 1, maxCalls: 1},
+		{name: "commit then fail, lag beyond the horizon", script: []answer{{create: true, err: errGateway}}, lag: 10 * time.Minute,
+			wantDead: "reconcile_exhausted", wantGroups: 1, maxCalls: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &clock{now: time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)}
+			api := &scriptedAPI{clk: clk, lag: tc.lag, script: tc.script}
+			if tc.other {
+				desc := "another patient"
+				r := &submit.RunApplicationRequest{ApplicationId: "app-1", EnvironmentId: "env-1", Name: "S-1", Description: &desc}
+				api.add(groupOf(r, "run-theirs", clk.Now().Add(-time.Hour)))
+			}
+			p, _, out := newMemProcessor(clk, api)
+			drive(t, p, clk, body, 1)
+			r, got := out.results["key-1"]
+			if got != tc.wantResult {
+				t.Errorf("result %v (%+v), want %v", got, r, tc.wantResult)
+			}
+			if got && r.Reconciled != tc.reconciled {
+				t.Errorf("reconciled %v, want %v", r.Reconciled, tc.reconciled)
+			}
+			switch {
+			case tc.wantDead == "" && len(out.dead) > 0:
+				t.Errorf("dead letters %+v, want none", out.dead)
+			case tc.wantDead != "" && (len(out.dead) != 1 || out.dead[0].Reason != tc.wantDead):
+				t.Errorf("dead letters %+v, want one %s", out.dead, tc.wantDead)
+			}
+			if len(api.groups) != tc.wantGroups {
+				t.Errorf("%d run groups, want %d", len(api.groups), tc.wantGroups)
+			}
+			if api.calls > tc.maxCalls {
+				t.Errorf("%d RunApplication calls, want at most %d", api.calls, tc.maxCalls)
+			}
+		})
+	}
+}
+
+// A plain redrive of a reconcile_exhausted key whose group has become
+// visible publishes its result without calling; an edited one is refused.
+func TestExecutorRedriveOfAMaybeCreatedKey(t *testing.T) {
+	body := []byte(`{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S-1","InputBase64":"e30="}`)
+	clk := &clock{now: time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)}
+	api := &scriptedAPI{clk: clk, lag: 10 * time.Minute, script: []answer{{create: true, err: errGateway}}}
+	p, _, out := newMemProcessor(clk, api)
+	drive(t, p, clk, body, 1)
+	if len(out.dead) != 1 || out.dead[0].Reason != "reconcile_exhausted" {
+		t.Fatalf("dead letters %+v, want reconcile_exhausted", out.dead)
+	}
+	clk.advance(10 * time.Minute) // the group is visible now
+	calls := api.calls
+	edited := []byte(`{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S-1-renamed","InputBase64":"e30="}`)
+	drive(t, p, clk, edited, 2)
+	if len(out.dead) != 2 || out.dead[1].Reason != "identity_changed" || api.calls != calls {
+		t.Fatalf("edited redrive: dead letters %+v, %d calls; want identity_changed and no call", out.dead, api.calls-calls)
+	}
+	drive(t, p, clk, body, 3)
+	if r, ok := out.results["key-1"]; !ok || r.RunGroupID != "run-1" || !r.Reconciled || api.calls != calls {
+		t.Errorf("plain redrive: result %+v (%v), %d calls; want run-1 reconciled with no call", r, ok, api.calls-calls)
+	}
+}

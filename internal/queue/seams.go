@@ -1,0 +1,83 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/internal/ledger"
+)
+
+// The Processor's dependencies, each behind a small interface so that the
+// executor can be exercised without a NATS server (see processor_test.go).
+
+// LedgerStore reads and writes ledger entries with compare-and-set;
+// *ledger.Ledger is the JetStream KV one.
+type LedgerStore interface {
+	Get(ctx context.Context, key string) (ledger.Entry, uint64, error)
+	Put(ctx context.Context, e ledger.Entry, rev uint64) (uint64, error)
+}
+
+// Outbox publishes a request's outcome, and tells whether a request
+// message is still queued.
+type Outbox interface {
+	// PublishResult publishes r once per key; duplicate reports that the
+	// key's result was already stored.
+	PublishResult(ctx context.Context, r Result) (duplicate bool, err error)
+	// PublishDeadLetter publishes d; msgID makes a retried publish a no-op.
+	PublishDeadLetter(ctx context.Context, d DeadLetter, msgID string) error
+	// Queued reports whether the request message seq is still in the
+	// requests stream.
+	Queued(ctx context.Context, seq uint64) (bool, error)
+}
+
+// Pauser is the fleet-wide pause; *pause.Controller is the KV one.
+type Pauser interface {
+	WaitResumed(ctx context.Context) error
+	Pause(ctx context.Context, reason, code string) error
+	ObserveSuccess()
+	ObserveTransportFailure(ctx context.Context)
+}
+
+// JetStreamOutbox is the Outbox over the topology's streams.
+type JetStreamOutbox struct {
+	JS       jetstream.JetStream
+	Topology Topology
+
+	mu     sync.Mutex
+	stream jetstream.Stream
+}
+
+// PublishResult implements Outbox.
+func (o *JetStreamOutbox) PublishResult(ctx context.Context, r Result) (bool, error) {
+	return PublishResult(ctx, o.JS, o.Topology, r)
+}
+
+// PublishDeadLetter implements Outbox.
+func (o *JetStreamOutbox) PublishDeadLetter(ctx context.Context, d DeadLetter, msgID string) error {
+	return PublishDeadLetter(ctx, o.JS, o.Topology, d, msgID)
+}
+
+// Queued implements Outbox: the requests stream is a work queue, so an
+// acked or dead-lettered message is gone.
+func (o *JetStreamOutbox) Queued(ctx context.Context, seq uint64) (bool, error) {
+	o.mu.Lock()
+	if o.stream == nil {
+		s, err := o.JS.Stream(ctx, o.Topology.RequestsStream)
+		if err != nil {
+			o.mu.Unlock()
+			return false, fmt.Errorf("bind stream %s: %w", o.Topology.RequestsStream, err)
+		}
+		o.stream = s
+	}
+	s := o.stream
+	o.mu.Unlock()
+	_, err := s.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
