@@ -17,9 +17,9 @@ import (
 // runApplication validates and executes a RunApplication call. A non-empty
 // commitFail makes a successful call fail after its run group was created.
 func (s *Server) runApplication(c *call, body []byte, region string, commitFail CommitFailMode) {
-	req, err := submit.DecodeRunApplication(body, s.limits)
-	if err != nil {
-		c.fail(validationError(err))
+	req, e := decodeRunApplication(body)
+	if e != nil {
+		c.fail(e)
 		return
 	}
 	project := DefaultProjectID
@@ -45,20 +45,7 @@ func (s *Server) runApplication(c *call, body []byte, region string, commitFail 
 	c.respond(outcomeSuccess, submit.RunApplicationResponse{RunGroupId: group.RunGroupId, RequestId: c.requestID})
 }
 
-// validationError turns a submit validation error into the API's answer:
-// its Code, and a message naming the field and rule but never the value.
-func validationError(err error) *apiError {
-	ve, ok := errors.AsType[*submit.ValidationError](err)
-	if !ok {
-		return errorf(codeInvalidParameter, "the request is invalid")
-	}
-	if ve.Field == "" {
-		return errorf(ve.Code, "%s", ve.Reason)
-	}
-	return errorf(ve.Code, "%s: %s", ve.Field, ve.Reason)
-}
-
-func (s *Server) checkKnown(req *submit.RunApplicationRequest, project string) *apiError {
+func (s *Server) checkKnown(req *runApplicationRequest, project string) *apiError {
 	k := &s.known
 	switch {
 	case project != DefaultProjectID && k.projects != nil && !k.projects[project]:

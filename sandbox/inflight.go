@@ -76,7 +76,7 @@ func (s *Server) trackRunApplication(ctx context.Context, body []byte, region st
 // inflightKey reads Name and ProjectId from a RunApplication body. It is
 // lenient on purpose: tracking must not depend on the call being valid,
 // and validation proper comes later. Keys match as encoding/json matches
-// them (case-insensitively). A ProjectId that is absent, null or not a
+// them (case-insensitively). A ProjectId that is absent, null, "" or not a
 // string is the default project; a body that is not a JSON object, or
 // whose Name is absent, null or not a string, is not tracked.
 func inflightKey(body []byte, region string) (nameKey, bool) {
@@ -90,7 +90,7 @@ func inflightKey(body []byte, region string) (nameKey, bool) {
 		return nameKey{}, false
 	}
 	project, ok := probe.ProjectId.(string)
-	if !ok {
+	if !ok || project == "" { // a blank ProjectId is the default project, as in RunApplication
 		project = DefaultProjectID
 	}
 	return nameKey{projectKey{region, project}, name}, true

@@ -27,8 +27,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // Defaults for a zero-setup sandbox. DefaultSecretID and DefaultSecretKey
@@ -104,10 +102,6 @@ type Options struct {
 	// HangTimeout bounds how long a CommitFailHang call is held when the
 	// client does not give up. Default DefaultHangTimeout.
 	HangTimeout time.Duration
-	// Limits bounds RunApplication requests, as submit.DecodeRunApplication
-	// applies them. Zero fields take submit's defaults, except the request
-	// and decoded-input sizes, which default to the API's 10 MB body limit.
-	Limits submit.Limits
 	// Now is the server clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives one debug record per call (action, outcome, request
@@ -122,7 +116,6 @@ type Server struct {
 	epoch       time.Time // window timestamps are offsets from it (monotonic when Now is time.Now)
 	maxSkew     time.Duration
 	hangTimeout time.Duration
-	limits      submit.Limits
 	known       knownResources
 	log         *slog.Logger
 	store       *store
@@ -211,19 +204,11 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	lim := opts.Limits
-	if lim.MaxRequestBytes <= 0 {
-		lim.MaxRequestBytes = MaxBodyBytes
-	}
-	if lim.MaxInputBytes <= 0 {
-		lim.MaxInputBytes = MaxBodyBytes / 4 * 3 // what base64 fits in the body
-	}
 	s := &Server{
 		now:         opts.Now,
 		epoch:       opts.Now(),
 		maxSkew:     opts.MaxSkew,
 		hangTimeout: opts.HangTimeout,
-		limits:      lim,
 		known: knownResources{
 			applications: toSet(opts.KnownApplications),
 			environments: toSet(opts.KnownEnvironments),

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -93,7 +92,7 @@ func newStore(seed int64, vis Visibility) *store {
 
 // create stores a run group for a validated request, or reports that the
 // name is taken in the project.
-func (st *store) create(region, project string, req *submit.RunApplicationRequest, now time.Time) (submit.RunGroup, bool) {
+func (st *store) create(region, project string, req *runApplicationRequest, now time.Time) (submit.RunGroup, bool) {
 	pk := projectKey{region, project}
 	nk := nameKey{pk, req.Name}
 	g := newRunGroup(project, req, now)
@@ -117,12 +116,12 @@ func (st *store) create(region, project string, req *submit.RunApplicationReques
 	return g, false
 }
 
-func newRunGroup(project string, req *submit.RunApplicationRequest, now time.Time) submit.RunGroup {
+func newRunGroup(project string, req *runApplicationRequest, now time.Time) submit.RunGroup {
 	ts := now.In(chinaStandardTime).Format(time.RFC3339)
 	g := submit.RunGroup{
 		ProjectId:     project,
 		ApplicationId: req.ApplicationId,
-		AccessMode:    deref(req.AccessMode, "PRIVATE"),
+		AccessMode:    deref(req.AccessMode, defaultAccessMode),
 		EnvironmentId: req.EnvironmentId,
 		TableId:       deref(req.TableId, ""),
 		Name:          req.Name,
@@ -130,8 +129,8 @@ func newRunGroup(project string, req *submit.RunApplicationRequest, now time.Tim
 		Status:        StatusPending,
 		Type:          "WDL",
 		WorkDir:       deref(req.WorkDir, ""),
-		Option:        req.Option,
-		NFOption:      req.NFOption,
+		Option:        req.Option.toRunGroup(),
+		NFOption:      req.NFOption.toRunGroup(),
 		TotalRun:      1,
 		ExecutionTime: &submit.ExecutionTime{SubmitTime: ts},
 		CreateTime:    ts,
@@ -142,18 +141,43 @@ func newRunGroup(project string, req *submit.RunApplicationRequest, now time.Tim
 	}
 	if req.InputCosUri != nil {
 		g.InputType, g.InputCosUri = "COS", *req.InputCosUri
-	} else if req.InputBase64 != nil {
-		g.InputType = "JSON"
-		// Validated already: the decoded input is a JSON document.
-		if doc, err := base64.StdEncoding.DecodeString(*req.InputBase64); err == nil {
-			g.Input = string(doc)
-		}
+	} else {
+		g.InputType, g.Input = "JSON", string(req.input)
 	}
 	if n := len(req.TableRowUuids); n > 0 {
 		g.TotalRun = uint64(n)
 	}
 	g.RunStatusCounts = []submit.RunStatusCount{{Status: StatusPending, Count: g.TotalRun}}
 	return g
+}
+
+// toRunGroup copies the options into the shape DescribeRunGroups reports.
+func (o *runOption) toRunGroup() *submit.RunOption {
+	if o == nil {
+		return nil
+	}
+	return &submit.RunOption{
+		FailureMode:             o.FailureMode,
+		UseCallCache:            o.UseCallCache,
+		UseErrorOnHold:          o.UseErrorOnHold,
+		FinalWorkflowOutputsDir: o.FinalWorkflowOutputsDir,
+		UseRelativeOutputPaths:  o.UseRelativeOutputPaths,
+		AddRunInfoToOutputDir:   o.AddRunInfoToOutputDir,
+	}
+}
+
+func (o *nfOption) toRunGroup() *submit.NFOption {
+	if o == nil {
+		return nil
+	}
+	return &submit.NFOption{
+		Config:    o.Config,
+		Profile:   o.Profile,
+		Report:    o.Report,
+		Resume:    o.Resume,
+		NFVersion: o.NFVersion,
+		LaunchDir: o.LaunchDir,
+	}
 }
 
 func deref(p *string, def string) string {
