@@ -103,6 +103,10 @@ const (
 	// PendingExhausted: the retry budget is spent; a run group that may
 	// exist is looked for until the horizon before the request is given up.
 	PendingExhausted Pending = "exhausted"
+	// PendingGivingUp: the delivery budget is spent (a crash loop); a run
+	// group that may exist is looked for until the horizon, then the
+	// request is dead-lettered as max_deliveries.
+	PendingGivingUp Pending = "giving_up"
 )
 
 // InFlight is a RunApplication call that was started and whose answer has

@@ -51,14 +51,23 @@ func (e *Entry) LiveLease(owner string, now time.Time) (time.Time, bool) {
 	return until, !until.IsZero()
 }
 
-// Acquire takes the lease for owner until until. The caller has checked
-// LiveLease. An in-flight call left behind by a dead or cut-off holder has
-// an unknown outcome: from now on the run group may exist.
-func (e *Entry) Acquire(owner string, until time.Time, seq uint64) {
-	if e.InFlight != nil {
+// Acquire takes the lease for owner until until, for the message seq whose
+// request has identity id. The caller has checked LiveLease. An in-flight
+// call left behind by a dead or cut-off holder has an unknown outcome: from
+// now on the run group may exist, and it may take horizon after that call's
+// deadline to become visible.
+func (e *Entry) Acquire(owner string, until time.Time, seq uint64, id Identity, horizon time.Duration) {
+	if f := e.InFlight; f != nil {
 		e.InFlight = nil
 		e.MaybeCreated = true
 		e.Pending = PendingAmbiguous
+		e.extendHorizon(f.Deadline.Add(horizon))
+	}
+	if e.Identity == nil {
+		// Pinned as soon as a message holds the key, so that a resend with
+		// another request is told apart even before the first call.
+		id.PinnedAt = time.Time{}
+		e.Identity = &id
 	}
 	// A new holder looks before it calls whenever a run group may exist:
 	// what an earlier holder learned may be stale.
@@ -95,6 +104,7 @@ func (e *Entry) Pin(id Identity) bool {
 		return false
 	}
 	if e.Identity == nil || !e.Identity.Same(id) {
+		id.PinnedAt = time.Time{} // set by the next call
 		e.Identity = &id
 	}
 	return true
@@ -105,6 +115,9 @@ func (e *Entry) Pin(id Identity) bool {
 // the lease is extended to cover it.
 func (e *Entry) BeginCall(owner string, now, deadline time.Time) {
 	e.Calls++
+	if e.Identity != nil && e.Identity.PinnedAt.IsZero() {
+		e.Identity.PinnedAt = now
+	}
 	e.InFlight = &InFlight{Owner: owner, Since: now, Deadline: deadline}
 	e.NeedsLookup = false
 	e.Lookups = 0
@@ -177,6 +190,22 @@ func (e *Entry) Exhaust() {
 	}
 }
 
+// GiveUp records that the delivery budget is spent. If a run group may
+// exist, it is looked for until the horizon first.
+func (e *Entry) GiveUp() {
+	e.Pending = PendingGivingUp
+	if e.MaybeCreated {
+		e.NeedsLookup = true
+	}
+}
+
+// HoldUntil keeps the next step from starting before t.
+func (e *Entry) HoldUntil(t time.Time) {
+	if t.After(e.NotBefore) {
+		e.NotBefore = t
+	}
+}
+
 // LookupFound records that the lookup found this request's run group.
 func (e *Entry) LookupFound(runGroupID, requestID string, at time.Time, worker string) {
 	e.Record(Event{At: at, Kind: "lookup", Outcome: "found", RequestID: requestID, Worker: worker})
@@ -203,7 +232,7 @@ func (e *Entry) LookupNotFound(requestID string, at time.Time, worker string, re
 	switch e.Pending {
 	case PendingAmbiguous:
 		e.Pending = PendingNone
-	case PendingDuplicate, PendingPermanent, PendingExhausted:
+	case PendingDuplicate, PendingPermanent, PendingExhausted, PendingGivingUp:
 		if at.Before(e.HorizonUntil) {
 			e.NeedsLookup = true
 			e.NotBefore = at.Add(retryIn)

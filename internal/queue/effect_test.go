@@ -16,6 +16,10 @@ func TestEffectOf(t *testing.T) {
 	}{
 		{submit.Error{Class: submit.ClassThrottled, Code: "RequestLimitExceeded", RequestID: "r"}, ledger.EffectNotExecuted},
 		{submit.Error{Class: submit.ClassSystemic, Code: "AuthFailure.SecretIdNotFound", RequestID: "r"}, ledger.EffectNotExecuted},
+		{submit.Error{Class: submit.ClassSystemic, Code: "LimitExceeded", RequestID: "r"}, ledger.EffectNotExecuted},
+		{submit.Error{Class: submit.ClassSystemic, Code: "ClientError.CredentialError"}, ledger.EffectNotExecuted},
+		// A code nobody reviewed pauses the fleet but proves nothing.
+		{submit.Error{Class: submit.ClassSystemic, Code: "FailedToAnswer.Unknown", RequestID: "r"}, ledger.EffectMaybeExecuted},
 		{submit.Error{Class: submit.ClassTransient, Code: "ClientError.NetworkError"}, ledger.EffectNotExecuted}, // dial phase
 		{submit.Error{Class: submit.ClassTransient, Code: "ServiceUnavailable", RequestID: "r"}, ledger.EffectMaybeExecuted},
 		{submit.Error{Class: submit.ClassTransient, Code: "ResourceUnavailable", RequestID: "r"}, ledger.EffectMaybeExecuted},

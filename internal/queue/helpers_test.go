@@ -43,6 +43,7 @@ func testProcessor(t *testing.T, topo Topology, api API, log *slog.Logger) (*Pro
 	}
 	policy := submission.DefaultPolicy()
 	policy.MaxDeliveries = topo.MaxDeliver
+	policy.Horizon = 3 * time.Second // the sandbox here shows new groups at once
 	return &Processor{
 		Ledger: led, Outbox: &JetStreamOutbox{JS: js, Topology: topo}, API: api,
 		RunLimiter: noLimit{}, DescribeLimiter: noLimit{},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -272,15 +273,19 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		case submission.StepRepin:
 			e.Pin(j.id)
 		}
-		e.Acquire(owner, now.Add(p.leaseTTL()), d.StreamSeq)
+		e.Acquire(owner, now.Add(p.leaseTTL()), d.StreamSeq, j.id, p.Policy.Horizon)
 	})
 	if err != nil {
 		return p.ledgerFailure(j, err)
 	}
 	j.hold = h
-	stopRenew := p.renewLease(ctx, h)
+	// A handler that loses its lease (it stalled past it and another took
+	// the key) must stop: the renewer cancels it.
+	hctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	stopRenew := p.renewLease(hctx, h, lost)
 	defer stopRenew()
-	return p.run(ctx, j)
+	return p.run(hctx, j)
 }
 
 func (p *Processor) situation(j *job) submission.Situation {
@@ -289,7 +294,7 @@ func (p *Processor) situation(j *job) submission.Situation {
 
 // renewLease keeps h's lease alive until the returned stop is called, which
 // waits for the renewer to end.
-func (p *Processor) renewLease(ctx context.Context, h *hold) (stop func()) {
+func (p *Processor) renewLease(ctx context.Context, h *hold, lost context.CancelCauseFunc) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -305,6 +310,10 @@ func (p *Processor) renewLease(ctx context.Context, h *hold) (stop func()) {
 				until := p.now().Add(p.leaseTTL())
 				if err := h.renew(context.WithoutCancel(ctx), until); err != nil {
 					p.Log.Warn("could not renew the lease on a key", "key", h.key, "error", err)
+					if errors.Is(err, errLeaseLost) {
+						lost(err)
+						return
+					}
 				}
 			}
 		}
@@ -338,6 +347,10 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 			}
 		case submission.StepDeadLetter:
 			return p.deadLetter(ctx, j, string(dec.Reason), p.failureFor(e, dec))
+		case submission.StepGiveUp:
+			if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.GiveUp() }); err != nil {
+				return p.ledgerFailure(j, err)
+			}
 		default:
 			j.log.Error("the state machine chose a step that needs no lease; handing the message back", "step", dec.Step.String())
 			return p.release(ctx, j, 5*time.Second)
@@ -398,11 +411,12 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 	}
 	p.Metrics.RateLimitWait(waited)
 	callStart := p.now()
+	deadline := callStart.Add(p.CallTimeout + p.callMargin())
 	err = j.hold.update(ctx, func(e *ledger.Entry) {
 		if e.Identity == nil {
 			e.Pin(submission.IdentityOf(j.req, callStart))
 		}
-		e.BeginCall(j.hold.owner, callStart.UTC(), callStart.Add(p.CallTimeout+p.callMargin()).UTC())
+		e.BeginCall(j.hold.owner, callStart.UTC(), deadline.UTC())
 	})
 	if err != nil {
 		// Nothing was sent: another holder has the key, or the ledger is
@@ -410,7 +424,11 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		return p.ledgerFailure(j, err), true
 	}
 
-	resp, err := p.API.RunApplication(ctx, j.req)
+	// The call must end within the protection the ledger records for it,
+	// however long the intent write took.
+	callCtx, cancel := context.WithDeadline(ctx, deadline.Add(-p.callMargin()/2))
+	resp, err := p.API.RunApplication(callCtx, j.req)
+	cancel()
 	at := p.now()
 	elapsed := at.Sub(callStart)
 	if err == nil {
@@ -419,13 +437,26 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		p.Metrics.LastSuccess(at)
 		o := ledger.CallOutcome{Effect: ledger.EffectCreated, Class: "success", RequestID: resp.RequestId,
 			RunGroupID: resp.RunGroupId, At: at.UTC(), Worker: p.Worker}
-		return p.settle(ctx, j, o)
+		return p.settle(ctx, j, o, false)
 	}
 	apiErr := asAPIError(err)
 	p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
 	j.log.Warn("RunApplication failed", "class", apiErr.Class.String(), "code", apiErr.Code, "request_id", apiErr.RequestID, "attempt", j.current().Calls)
 	o := ledger.CallOutcome{Class: apiErr.Class.String(), Code: apiErr.Code, RequestID: apiErr.RequestID, At: at.UTC(), Worker: p.Worker}
 	o.Effect = effectOf(apiErr)
+	if ctx.Err() != nil && o.Effect == ledger.EffectNotExecuted {
+		// Shutdown stopped the call before it was sent: nothing happened,
+		// and no attempt is spent.
+		err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+			e.SettleCall(o, p.Policy.Horizon)
+			e.Released()
+			e.Release(j.hold.owner)
+		})
+		if err != nil {
+			p.Metrics.LedgerError()
+		}
+		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true
+	}
 	if ctx.Err() != nil && apiErr.RequestID == "" && o.Effect == ledger.EffectMaybeExecuted {
 		// Shutdown cut the call off before any answer: the server may still
 		// execute it. The in-flight record keeps the key protected until
@@ -458,44 +489,48 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 	case submit.ClassAmbiguous:
 		p.Metrics.Retry(metrics.RetryAmbiguous)
 	}
-	return p.settle(ctx, j, o)
+	return p.settle(ctx, j, o, o.Effect == ledger.EffectMaybeExecuted && apiErr.RequestID == "" && timedOut(apiErr))
 }
 
-// effectOf says what an error answer means for the run group. Only what
-// the API documents as "nothing was done" is taken as proof of it:
-// throttling, authentication and permission refusals (systemic), and a
-// request that never left this host (a dial failure, a context done before
-// sending). Other transient codes (ServiceUnavailable, Resource*) may
-// follow partial processing, so they count as unknown outcomes.
+// effectOf says what an error answer means for the run group: only a
+// failure that proves nothing was done (submit.Error.NothingDone) is taken
+// as "not executed".
 func effectOf(e *submit.Error) ledger.Effect {
-	switch e.Class {
-	case submit.ClassThrottled, submit.ClassSystemic:
-		return ledger.EffectNotExecuted
-	case submit.ClassTransient:
-		if e.RequestID == "" {
-			return ledger.EffectNotExecuted // dial phase or never sent
-		}
-		return ledger.EffectMaybeExecuted
-	case submit.ClassPermanent:
-		if e.DuplicateName {
-			return ledger.EffectDuplicateName
-		}
+	switch {
+	case e.Class == submit.ClassPermanent && e.DuplicateName:
+		return ledger.EffectDuplicateName
+	case e.Class == submit.ClassPermanent:
 		return ledger.EffectRejected
+	case e.NothingDone():
+		return ledger.EffectNotExecuted
 	default:
 		return ledger.EffectMaybeExecuted
 	}
 }
 
-// settle records a call's outcome; a created run group is published.
-func (p *Processor) settle(ctx context.Context, j *job, o ledger.CallOutcome) (Decision, bool) {
+// timedOut reports a call the client gave up waiting for: the server may
+// still be executing it.
+func timedOut(e *submit.Error) bool {
+	var ne net.Error
+	return errors.Is(e, context.DeadlineExceeded) || (errors.As(e, &ne) && ne.Timeout())
+}
+
+// settle records a call's outcome; a created run group is published. A
+// call the client gave up waiting for may still be executing on the server:
+// nothing more is sent for the key until its recorded deadline.
+func (p *Processor) settle(ctx context.Context, j *job, o ledger.CallOutcome, timeout bool) (Decision, bool) {
+	if o.Effect == ledger.EffectCreated {
+		return p.settleCreated(ctx, j, o), true
+	}
 	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
-		if e.State == ledger.StateDead && o.Effect == ledger.EffectCreated {
-			// Only a broken lease can get here; the run group is real, so
-			// it is reported too.
-			j.log.Error("a run group was created for a request already dead-lettered; publishing its result as well",
-				"run_group_id", o.RunGroupID)
+		var deadline time.Time
+		if e.InFlight != nil {
+			deadline = e.InFlight.Deadline
 		}
 		submission.AfterCall(e, o, p.Policy)
+		if timeout {
+			e.HoldUntil(deadline)
+		}
 	})
 	if err != nil {
 		p.Metrics.LedgerError()
@@ -504,10 +539,53 @@ func (p *Processor) settle(ctx context.Context, j *job, o ledger.CallOutcome) (D
 		// and looks the run group up.
 		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}, true
 	}
-	if o.Effect == ledger.EffectCreated {
-		return p.publishResult(ctx, j, metrics.OutcomeSuccess), true
-	}
 	return Decision{}, false
+}
+
+// settleCreated records a RunGroupId the API returned and publishes it. The
+// answer is authoritative: the write is retried, and if this handler's lease
+// was lost meanwhile, the entry is marked submitted whoever holds it, so the
+// run group is never left to a lagging lookup to rediscover.
+func (p *Processor) settleCreated(ctx context.Context, j *job, o ledger.CallOutcome) Decision {
+	ctx = context.WithoutCancel(ctx)
+	record := func(e *ledger.Entry) {
+		if e.State == ledger.StateDead {
+			j.log.Error("a run group was created for a request already dead-lettered; publishing its result as well",
+				"run_group_id", o.RunGroupID)
+		}
+		submission.AfterCall(e, o, p.Policy)
+	}
+	err := j.hold.update(ctx, record)
+	for attempt := 0; err != nil && attempt < 20; attempt++ {
+		p.Metrics.LedgerError()
+		j.log.Warn("could not record the created run group; retrying", "run_group_id", o.RunGroupID, "error", err)
+		_ = sleep(ctx, min(time.Duration(attempt+1)*250*time.Millisecond, 2*time.Second))
+		err = p.forceSubmitted(ctx, j, record)
+	}
+	if err != nil {
+		j.log.Error("could not record the created run group; the next holder will look it up", "run_group_id", o.RunGroupID, "error", err)
+		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
+	}
+	return p.publishResult(ctx, j, metrics.OutcomeSuccess)
+}
+
+// forceSubmitted applies record to the stored entry by compare-and-set,
+// whoever holds the lease now.
+func (p *Processor) forceSubmitted(ctx context.Context, j *job, record func(*ledger.Entry)) error {
+	cur, rev, err := p.Ledger.Get(ctx, j.key)
+	if err != nil {
+		return err
+	}
+	if cur.State != ledger.StateSubmitted {
+		record(&cur)
+	}
+	if _, err := p.Ledger.Put(ctx, cur, rev); err != nil {
+		return err
+	}
+	j.hold.mu.Lock()
+	j.hold.entry = cur
+	j.hold.mu.Unlock()
+	return nil
 }
 
 // lookup looks the run group up by Name, one Describe token per page.
@@ -572,8 +650,13 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 	return Decision{}, false
 }
 
-// lookupFailed schedules another lookup after a failed one; lookups are
-// safe to repeat, but a lookup that keeps failing spends the retry budget.
+// lookupFailed schedules another lookup after a failed one. Lookups are
+// safe to repeat, and a key that may have created its run group is never
+// dead-lettered because lookups failed: it is looked up again with growing
+// delays (handed back while it waits), and the reconcile error metric
+// tells the operator. Throttled lookups cost nothing. A key that cannot
+// have created anything (it only needed the holder of its Name) spends the
+// retry budget.
 func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Error, at time.Time, elapsed time.Duration) (Decision, bool) {
 	p.Metrics.APICall("DescribeRunGroups", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
 	p.Metrics.Reconciled(metrics.ReconcileError)
@@ -586,17 +669,20 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 		p.DescribeLimiter.Throttled(ctx)
 	}
 	e := j.hold.snapshot()
-	delay, ok := p.Policy.Retry.Next(e.RetryAttempts, e.RetryActive)
-	if apiErr.Class == submit.ClassSystemic {
-		delay, ok = 0, true // the pause waits; it spends no budget
-	}
-	if !ok {
-		return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
-			RequestID: apiErr.RequestID, Message: "the run group could not be looked up within the retry budget"}), true
+	charge := apiErr.Class != submit.ClassSystemic && apiErr.Class != submit.ClassThrottled
+	delay := min(p.Policy.LookupMax, p.Policy.LookupInitial<<min(e.Lookups, 5))
+	if charge && !e.MaybeCreated {
+		d, ok := p.Policy.Retry.Next(e.RetryAttempts, e.RetryActive)
+		if !ok {
+			return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
+				RequestID: apiErr.RequestID, Message: "the holder of the run group name could not be looked up within the retry budget"}), true
+		}
+		delay = d
 	}
 	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
 		e.LookupFailed(apiErr.Class.String(), apiErr.Code, apiErr.RequestID, at.UTC(), p.Worker, delay)
-		if apiErr.Class != submit.ClassSystemic {
+		e.Lookups++
+		if charge && !e.MaybeCreated {
 			e.RetryAttempts++
 			e.RetryActive += delay
 		}

@@ -302,3 +302,133 @@ func TestExecutorRedriveOfAMaybeCreatedKey(t *testing.T) {
 		t.Errorf("plain redrive: result %+v (%v), %d calls; want run-1 reconciled with no call", r, ok, api.calls-calls)
 	}
 }
+
+// Regressions from the hostile review of the rebuilt state machine.
+
+var reviewBody = []byte(`{"ApplicationId":"app-1","EnvironmentId":"env-1","Name":"S-1","InputBase64":"e30="}`)
+
+func t0c() *clock { return &clock{now: time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)} }
+
+// 1. Give-up path: one lagging lookup after an unknown outcome, then max_deliveries
+// beside the request's own run group, well inside the horizon.
+func TestExecutorGiveUpLooksUntilTheHorizon(t *testing.T) {
+	clk := t0c()
+	api := &scriptedAPI{clk: clk, lag: 20 * time.Second, script: []answer{{create: true, err: errGateway}}}
+	p, _, out := newMemProcessor(clk, api)
+	p.Policy.MaxDeliveries = 3
+	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, Timestamp: clk.Now()}
+	d.NumDelivered = 3
+	dec := p.Handle(context.Background(), d) // calls, ambiguous, hands back (counted)
+	clk.advance(max(dec.Delay, 100*time.Millisecond))
+	d.NumDelivered = 6 // two crashes in between
+	// Every later delivery is past the budget: the give-up path must keep
+	// looking until the group is visible instead of dead-lettering.
+	for n := 6; n < 200 && dec.Action != ActionAck; n++ {
+		d.NumDelivered = uint64(n)
+		dec = p.Handle(context.Background(), d)
+		clk.advance(max(dec.Delay, 100*time.Millisecond))
+	}
+	if len(out.dead) != 0 || len(out.results) != 1 || !out.results["key-1"].Reconciled {
+		t.Errorf("give-up path: dead %+v, results %+v; want the run group found", out.dead, out.results)
+	}
+}
+
+// 2. Lookup failures share the call retry budget and dead-letter a maybe-created key
+// without any successful lookup.
+type throttledLookups struct {
+	*scriptedAPI
+	mu sync.Mutex
+	n  int
+}
+
+func (a *throttledLookups) FindRunGroupsByName(ctx context.Context, pid *string, name string, bp func(context.Context) error) ([]submit.RunGroup, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n > 0 {
+		a.n--
+		return nil, errThrottled
+	}
+	return a.scriptedAPI.FindRunGroupsByName(ctx, pid, name, bp)
+}
+
+func TestExecutorFailedLookupsNeverDeadLetterAMaybeCreatedKey(t *testing.T) {
+	clk := t0c()
+	inner := &scriptedAPI{clk: clk, script: []answer{{create: true, err: errGateway}}}
+	api := &throttledLookups{scriptedAPI: inner, n: 10}
+	p, _, out := newMemProcessor(clk, api)
+	drive(t, p, clk, reviewBody, 1)
+	if len(out.dead) != 0 || len(out.results) != 1 {
+		t.Errorf("after 10 throttled lookups: dead %+v, %d results; want the run group found", out.dead, len(out.results))
+	}
+}
+
+// 3. After a client-side timeout the same handler calls again before the first
+// call's recorded deadline (CallTimeout + margin).
+type timedAPI struct {
+	*scriptedAPI
+	timeout time.Duration
+	starts  []time.Time
+}
+
+func (a *timedAPI) RunApplication(ctx context.Context, req *submit.RunApplicationRequest) (*submit.RunApplicationResponse, error) {
+	a.starts = append(a.starts, a.clk.Now())
+	if len(a.starts) == 1 {
+		a.clk.advance(a.timeout) // the client gives up; the server keeps going
+		return nil, &submit.Error{Class: submit.ClassAmbiguous, Code: "ClientError.NetworkError", Err: context.DeadlineExceeded}
+	}
+	return a.scriptedAPI.RunApplication(ctx, req)
+}
+
+func TestExecutorWaitsOutATimedOutCall(t *testing.T) {
+	clk := t0c()
+	api := &timedAPI{scriptedAPI: &scriptedAPI{clk: clk}, timeout: 2 * time.Second}
+	p, _, _ := newMemProcessor(clk, api)
+	drive(t, p, clk, reviewBody, 1)
+	deadline := api.starts[0].Add(p.CallTimeout + p.callMargin())
+	if len(api.starts) < 2 {
+		t.Fatalf("%d calls, want a resubmission", len(api.starts))
+	}
+	if api.starts[1].Before(deadline) {
+		t.Errorf("second RunApplication %v before the first call's deadline", deadline.Sub(api.starts[1]))
+	}
+}
+
+// 4. An unknown server code (systemic, taken as "not executed") after commit:
+// the resend's DuplicateName is judged as somebody else's Name.
+func TestExecutorUnknownCodeIsNotProofOfNothingDone(t *testing.T) {
+	clk := t0c()
+	unknown := &submit.Error{Class: submit.ClassSystemic, Code: "FailedToAnswer.Unknown", RequestID: "r"}
+	api := &scriptedAPI{clk: clk, script: []answer{{create: true, err: unknown}}}
+	p, _, out := newMemProcessor(clk, api)
+	drive(t, p, clk, reviewBody, 1)
+	if len(out.dead) != 0 || len(out.results) != 1 || len(api.groups) != 1 {
+		t.Errorf("dead %+v, %d results, %d groups; want the run group claimed", out.dead, len(out.results), len(api.groups))
+	}
+}
+
+// 5. A shutdown that cuts a call off in its dial phase spends the last attempt.
+type cancelAPI struct {
+	*scriptedAPI
+	cancel func()
+}
+
+func (a *cancelAPI) RunApplication(ctx context.Context, req *submit.RunApplicationRequest) (*submit.RunApplicationResponse, error) {
+	a.cancel()
+	return nil, &submit.Error{Class: submit.ClassTransient, Code: "ClientError.NetworkError", Message: "dial: context canceled"}
+}
+
+func TestExecutorShutdownBeforeSendingSpendsNoAttempt(t *testing.T) {
+	clk := t0c()
+	ctx, cancel := context.WithCancel(context.Background())
+	api := &cancelAPI{scriptedAPI: &scriptedAPI{clk: clk}, cancel: cancel}
+	p, _, out := newMemProcessor(clk, api)
+	p.Policy.Retry.MaxAttempts = 1
+	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
+	dec := p.Handle(ctx, d)
+	if dec.Action != ActionNak || len(out.dead) > 0 {
+		t.Errorf("decision %+v, dead %+v; want the message handed back", dec, out.dead)
+	}
+	if len(out.dead) > 0 {
+		t.Errorf("shutdown dead-lettered the request: %s", out.dead[0].Reason)
+	}
+}

@@ -49,12 +49,15 @@ const (
 	StepCall
 	// StepDeadLetter: dead-letter the request for Reason.
 	StepDeadLetter
+	// StepGiveUp: the delivery budget is spent; record it (the entry then
+	// looks up whatever may exist before the dead letter).
+	StepGiveUp
 )
 
 var stepNames = map[Step]string{
 	StepPublishResult: "publish_result", StepRepublishDeadLetter: "republish_dead_letter", StepDefer: "defer",
 	StepRefuse: "refuse", StepRedrive: "redrive", StepRepin: "repin", StepWait: "wait", StepLookup: "lookup",
-	StepCall: "call", StepDeadLetter: "dead_letter",
+	StepCall: "call", StepDeadLetter: "dead_letter", StepGiveUp: "give_up",
 }
 
 func (s Step) String() string {
@@ -193,11 +196,13 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 		}
 		return Decision{Step: StepLookup}
 	}
-	if givingUp {
-		return Decision{Step: StepDeadLetter, Reason: ReasonMaxDeliveries,
-			Detail: "the message was delivered more often than the worker's delivery budget allows (a crash loop?)"}
+	if givingUp && e.Pending != ledger.PendingGivingUp {
+		return Decision{Step: StepGiveUp}
 	}
 	switch e.Pending {
+	case ledger.PendingGivingUp:
+		return Decision{Step: StepDeadLetter, Reason: ReasonMaxDeliveries,
+			Detail: "the message was delivered more often than the worker's delivery budget allows (a crash loop?)"}
 	case ledger.PendingDuplicate:
 		if e.MaybeCreated {
 			return Decision{Step: StepDeadLetter, Reason: ReasonReconcileExhaust,

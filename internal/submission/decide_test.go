@@ -83,7 +83,8 @@ func TestNext(t *testing.T) {
 		// Giving up still looks first: a run group that may exist is
 		// reported, not dead-lettered beside.
 		{"over the delivery budget, lookup pending", ledger.Entry{NeedsLookup: true, MaybeCreated: true}, Situation{Now: now, Deliveries: 6}, StepLookup, "", 0},
-		{"over the delivery budget", ledger.Entry{MaybeCreated: true}, Situation{Now: now, Deliveries: 6}, StepDeadLetter, ReasonMaxDeliveries, 0},
+		{"over the delivery budget", ledger.Entry{MaybeCreated: true}, Situation{Now: now, Deliveries: 6}, StepGiveUp, "", 0},
+		{"given up, nothing left to look for", ledger.Entry{MaybeCreated: true, Pending: ledger.PendingGivingUp}, Situation{Now: now, Deliveries: 7}, StepDeadLetter, ReasonMaxDeliveries, 0},
 		{"deliveries handed back on purpose do not count", ledger.Entry{Releases: 4}, Situation{Now: now, Deliveries: 6}, StepCall, "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,7 +209,7 @@ func TestMaybeExecutedAlwaysLooksBeforeTheNextCall(t *testing.T) {
 	s.lookupNotFound()
 	s.call(ledger.EffectNotExecuted) // throttled
 	// A new holder (redelivery, restart) must look again before calling.
-	s.e.Acquire("h2", s.now.Add(time.Minute), 1)
+	s.e.Acquire("h2", s.now.Add(time.Minute), 1, identity("S-1"), s.p.Horizon)
 	s.expect(StepLookup)
 }
 
@@ -244,11 +245,17 @@ func TestRetryBudgetCountsActiveTime(t *testing.T) {
 // backoff (no call open) is protected too.
 func TestLiveLeases(t *testing.T) {
 	e := ledger.Entry{}
-	e.Acquire("p/1", t0.Add(15*time.Second), 1)
+	e.Acquire("p/1", t0.Add(15*time.Second), 1, identity("S-1"), time.Minute)
+	if e.Identity == nil || !e.Identity.PinnedAt.IsZero() {
+		t.Errorf("identity after taking the key: %+v, want pinned without a first-call time", e.Identity)
+	}
 	if _, live := e.LiveLease("p/2", t0); !live {
 		t.Error("a holder's lease (no call open) is not live for another handler")
 	}
 	e.BeginCall("p/1", t0, t0.Add(40*time.Second))
+	if !e.Identity.PinnedAt.Equal(t0) {
+		t.Errorf("first call at %v did not pin its time (%v)", t0, e.Identity.PinnedAt)
+	}
 	e.CutOff(t0.Add(time.Second), "w")
 	e.Release("p/1")
 	until, live := e.LiveLease("p/3", t0.Add(20*time.Second))
@@ -258,9 +265,12 @@ func TestLiveLeases(t *testing.T) {
 	if _, live := e.LiveLease("p/3", t0.Add(41*time.Second)); live {
 		t.Error("still live after the call's deadline")
 	}
-	e.Acquire("p/3", t0.Add(time.Minute), 1)
+	e.Acquire("p/3", t0.Add(time.Minute), 1, identity("S-1"), time.Minute)
 	if !e.MaybeCreated || !e.NeedsLookup || e.InFlight != nil {
 		t.Errorf("after taking over a cut-off call: %+v, want maybe-created, lookup first", e)
+	}
+	if want := t0.Add(40*time.Second + time.Minute); !e.HorizonUntil.Equal(want) {
+		t.Errorf("horizon %v after taking over a cut-off call, want the call's deadline plus the horizon (%v)", e.HorizonUntil, want)
 	}
 }
 

@@ -104,6 +104,37 @@ func (e *Error) Error() string {
 // Unwrap returns Err.
 func (e *Error) Unwrap() error { return e.Err }
 
+// NothingDone reports whether the failure proves that the call did nothing:
+// the API documents the answer as a refusal before execution (throttling,
+// authentication, permissions, quota, an unknown action, version or
+// region), or the request never left this host (a dial failure, a context
+// done before sending, a credential or client-side error). Any other
+// failure — InternalError, a timeout or reset after sending, an unreadable
+// answer, ServiceUnavailable, Resource*, and every code nobody reviewed —
+// may follow a call that created its run group.
+func (e *Error) NothingDone() bool {
+	switch e.Class {
+	case ClassThrottled:
+		return true
+	case ClassTransient:
+		return e.RequestID == "" // dial phase or never sent; an answered transient code is not proof
+	case ClassPermanent:
+		return false // a rejection; whether an earlier call created is the caller's question
+	case ClassSystemic:
+		return e.RequestID == "" || inFamily(e.Code, refusedBeforeExecution...)
+	}
+	return false
+}
+
+// refusedBeforeExecution are the systemic codes the API answers before
+// executing anything (Tencent Cloud API 3.0 common errors: the gateway checks
+// identity, permission, quota, action and version first).
+var refusedBeforeExecution = []string{
+	"AuthFailure", "UnauthorizedOperation", "OperationDenied", "LimitExceeded", "IpInBlacklist", "IpNotInWhitelist",
+	"InvalidAction", "NoSuchProduct", "NoSuchVersion", "ActionOffline", "UnsupportedRegion", "UnsupportedProtocol",
+	"UnsupportedOperation",
+}
+
 // ClassOf returns the Class of the first *Error in err's chain. Any other
 // non-nil error is ClassAmbiguous: without knowing where it came from, the
 // safe assumption is that the call may have executed. ClassOf(nil) is the
