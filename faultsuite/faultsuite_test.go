@@ -303,7 +303,9 @@ func TestMaxDeliveriesCrashLoop(t *testing.T) {
 	e := newEnv(t, envOptions{Topology: func(tp *queue.Topology) { tp.AckWait = 2 * time.Second; tp.MaxDeliver = 3 }})
 	e.sb.ForceError("RequestLimitExceeded")
 	e.publishBodies([]string{"crashloop"}, map[string][]byte{"crashloop": requestBody("crashloop-sample", appID)})
-	w := e.startWorker("w1", "--api-timeout", "1s", "--max-attempts", "1000", "--max-retry-elapsed", "10m")
+	// A short horizon: a killed call's outcome is unknown, so the give-up
+	// path looks for its run group until then (the sandbox shows it at once).
+	w := e.startWorker("w1", "--api-timeout", "1s", "--max-attempts", "1000", "--max-retry-elapsed", "10m", "--lookup-horizon", "3s")
 	const crashes = 3 // = --max-deliver: the next delivery is past the budget
 	for n := 1; n <= crashes; n++ {
 		if n > 1 {
