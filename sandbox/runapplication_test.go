@@ -180,3 +180,28 @@ func TestValidationCodes(t *testing.T) {
 		t.Errorf("logs lack the per-call record:\n%s", logs)
 	}
 }
+
+// TestBlankProjectIsDefault: a ProjectId given as "" is the default
+// project (the page: "If you leave it blank, the default item in the
+// specified region will be used"), for the run group, for Name uniqueness
+// and for the overlap tracking.
+func TestBlankProjectIsDefault(t *testing.T) {
+	t.Parallel()
+	s, l := startSandbox(t, Options{KnownProjects: []string{"prj-1"}})
+	url := "http://" + l.Addr() + "/"
+	first := `{"ApplicationId":"app-1","Name":"blank-project","EnvironmentId":"env-1","InputBase64":"e30K","ProjectId":""}`
+	if a := send(t, rawRequest{body: []byte(first)}.build(t, url)); answerCode(a) != "" {
+		t.Fatalf("blank ProjectId: code %q: %s", answerCode(a), a.Response.Error.Message)
+	}
+	if g := s.RunGroups()[0]; g.ProjectId != DefaultProjectID {
+		t.Errorf("ProjectId %q, want %q", g.ProjectId, DefaultProjectID)
+	}
+	second := `{"ApplicationId":"app-1","Name":"blank-project","EnvironmentId":"env-1","InputBase64":"e30K"}`
+	if code := answerCode(send(t, rawRequest{body: []byte(second)}.build(t, url))); code != codeDuplicateName {
+		t.Errorf("same Name without ProjectId: code %q, want %q", code, codeDuplicateName)
+	}
+	k, ok := inflightKey([]byte(first), testRegion)
+	if !ok || k.project != DefaultProjectID {
+		t.Errorf("inflightKey = %+v, %v; want the default project", k, ok)
+	}
+}

@@ -29,7 +29,7 @@ const (
 
 // Enumerations and bounds the sources document.
 var (
-	accessModes  = []string{"PRIVATE", "PUBLIC"}                 // page: AccessMode
+	accessModes  = []string{"PRIVATE", "PUBLIC"}                   // page: AccessMode
 	failureModes = []string{"ContinueWhilePossible", "NoNewCalls"} // omics-api.md §1.2
 )
 

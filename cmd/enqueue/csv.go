@@ -260,10 +260,12 @@ func (p *parser) inputJSON(dir, path string) (string, string) {
 		}
 		return "", "cannot read the file"
 	}
-	maxInput := p.lim.MaxInputBytes
+	// What base64 of the file can occupy in a message of the size limit.
+	maxInput := p.lim.MaxRequestBytes
 	if maxInput <= 0 {
-		maxInput = submit.DefaultLimits().MaxInputBytes
+		maxInput = submit.DefaultLimits().MaxRequestBytes
 	}
+	maxInput = maxInput / 4 * 3
 	if len(data) > maxInput {
 		return "", fmt.Sprintf("the file exceeds %d bytes", maxInput)
 	}

@@ -162,8 +162,8 @@ func TestInvalidExamples(t *testing.T) {
 		{submit.CodeUnknownParameter, "Priority"},
 		{submit.CodeInvalidParameter, "CacheClearDelay"},
 		{submit.CodeInvalidTimeoutMinutes, "TimeoutNotificationMinutes"},
-		{submit.CodeInvalidName, "Name"}, // control character
-		{submit.CodeInvalidName, "Name"}, // too long
+		{submit.CodeInvalidParameter, "Name"},               // a duplicated key
+		{submit.CodeMissingParameter, "NFOption.LaunchDir"}, // a COS WorkDir needs a launch dir
 	}
 	if len(errs) != len(want) {
 		t.Fatalf("%d errors, want %d: %v", len(errs), len(want), errs)
@@ -178,5 +178,45 @@ func TestInvalidExamples(t *testing.T) {
 			t.Errorf("lines %d and %d fail for the same reason: %s", prev, i+1, e)
 		}
 		seen[k] = i + 1
+	}
+}
+
+// TestDryRunAcceptsTheAllowedCorpus: every body the RunApplication page
+// allows (testdata/runapplication/allowed, the corpus the sandbox is tested
+// against too) passes enqueue's checks, and every forbidden one is refused
+// naming its field.
+func TestDryRunAcceptsTheAllowedCorpus(t *testing.T) {
+	t.Parallel()
+	allowed, err := filepath.Glob("../../testdata/runapplication/allowed/*.json")
+	if err != nil || len(allowed) < 45 {
+		t.Fatalf("%d allowed corpus bodies (%v)", len(allowed), err)
+	}
+	// One file per run: the page's two examples share a Name, which enqueue
+	// refuses within one run (run-group names must be unique).
+	for _, f := range allowed {
+		if r := runWith(t, nil, "", "--dry-run", f); r.code != 0 {
+			t.Errorf("enqueue --dry-run %s: exit %d\n%s", filepath.Base(f), r.code, r.stderr)
+		}
+	}
+	forbidden, _ := filepath.Glob("../../testdata/runapplication/forbidden/*.json")
+	for _, f := range forbidden {
+		want, err := os.ReadFile(strings.TrimSuffix(f, ".json") + ".want")
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, field, _ := strings.Cut(strings.TrimSpace(string(want)), " ")
+		if strings.HasPrefix(filepath.Base(f), "body_") {
+			// What a message body may not be, as a whole: for enqueue a file
+			// is a document of requests (an array is a list of them), and
+			// its syntax errors are reported as InvalidSyntax.
+			continue
+		}
+		if code == submit.CodeRequestSizeLimitExceeded {
+			continue // the API's 10 MB body limit; enqueue's own bound is --max-message-bytes
+		}
+		r := runWith(t, nil, "", "--dry-run", f)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, code) || (field != "-" && !strings.Contains(r.stdout+r.stderr, field)) {
+			t.Errorf("%s: exit %d, want a refusal naming %s %s\n%s%s", filepath.Base(f), r.code, code, field, r.stdout, r.stderr)
+		}
 	}
 }

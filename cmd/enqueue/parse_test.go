@@ -375,17 +375,16 @@ func TestDetectFormat(t *testing.T) {
 
 func TestLimitsApply(t *testing.T) {
 	t.Parallel()
-	p := newTestParser(map[string]string{"big.json": `{"a":"` + strings.Repeat("x", 100) + `"}`, "small.json": `{}`})
-	p.lim.MaxNameBytes = 4
-	p.lim.MaxInputBytes = 50
-	_, errs := p.parse("s.csv", ".", []byte("Name,ApplicationId,EnvironmentId,input_json\nn1,a,e,big.json\nlonger,a,e,small.json\n"), formatAuto)
+	p := newTestParser(map[string]string{"big.json": `{"a":"` + strings.Repeat("x", 300) + `"}`, "small.json": `{}`})
+	p.lim.MaxRequestBytes = 400     // base64 of a file must fit: at most 300 bytes of file
+	long := strings.Repeat("长", 50) // a Name the page sets no limit for
+	_, errs := p.parse("s.csv", ".", []byte("Name,ApplicationId,EnvironmentId,input_json\nn1,a,e,big.json\n"+long+",a,e,small.json\n"), formatAuto)
 	var got []string
 	for _, e := range errs {
 		got = append(got, e.Error())
 	}
 	want := []string{
-		"s.csv:row2: input_json: InputJsonFile: the file exceeds 50 bytes",
-		"s.csv:row3: Name: InvalidParameterValue.InvalidName: must be at most 4 bytes",
+		"s.csv:row2: input_json: InputJsonFile: the file exceeds 300 bytes",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("errors\n got %q\nwant %q", got, want)

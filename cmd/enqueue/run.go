@@ -108,13 +108,7 @@ func topoFlags(c *config) []flagDef {
 func limitFlags(c *config) []flagDef {
 	l := submit.DefaultLimits()
 	return []flagDef{
-		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request body accepted", intFlag(&c.limits.MaxRequestBytes, l.MaxRequestBytes)},
-		{"max-input-bytes", "OMICSQ_MAX_INPUT_BYTES", "largest decoded InputBase64 (or input_json file) accepted", intFlag(&c.limits.MaxInputBytes, l.MaxInputBytes)},
-		{"max-name-bytes", "OMICSQ_MAX_NAME_BYTES", "longest Name accepted", intFlag(&c.limits.MaxNameBytes, l.MaxNameBytes)},
-		{"max-description-bytes", "OMICSQ_MAX_DESCRIPTION_BYTES", "longest Description accepted", intFlag(&c.limits.MaxDescriptionBytes, l.MaxDescriptionBytes)},
-		{"max-id-bytes", "OMICSQ_MAX_ID_BYTES", "longest resource ID accepted", intFlag(&c.limits.MaxIDBytes, l.MaxIDBytes)},
-		{"max-list-len", "OMICSQ_MAX_LIST_LEN", "most elements in TableRowUuids or VolumeIds", intFlag(&c.limits.MaxListLen, l.MaxListLen)},
-		{"max-emails", "OMICSQ_MAX_EMAILS", "most EmailForNotification addresses", intFlag(&c.limits.MaxEmails, l.MaxEmails)},
+		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request body accepted (the requests stream's message limit; the only local size rule)", intFlag(&c.limits.MaxRequestBytes, l.MaxRequestBytes)},
 		{"max-requests", "OMICSQ_MAX_REQUESTS", "most requests (JSON items, JSONL lines, CSV rows) read in one run, all files together; 0: no bound", intFlag(&c.maxRequests, 100000)},
 	}
 }
@@ -178,9 +172,7 @@ func (c *config) validateCommon() error {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"max-message-bytes", c.limits.MaxRequestBytes}, {"max-input-bytes", c.limits.MaxInputBytes},
-		{"max-name-bytes", c.limits.MaxNameBytes}, {"max-description-bytes", c.limits.MaxDescriptionBytes},
-		{"max-id-bytes", c.limits.MaxIDBytes}, {"max-list-len", c.limits.MaxListLen}, {"max-emails", c.limits.MaxEmails}} {
+	}{{"max-message-bytes", c.limits.MaxRequestBytes}} {
 		if v.n < 1 {
 			errs = append(errs, fmt.Errorf("--%s must be >= 1", v.name))
 		}

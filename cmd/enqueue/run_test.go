@@ -431,8 +431,8 @@ func TestUsageAndOfflineModes(t *testing.T) {
 
 func TestEnvironmentSecretsAreNotEchoed(t *testing.T) {
 	t.Parallel()
-	r := runWith(t, map[string]string{"NATS_URL": "nats://127.0.0.1:1", "OMICSQ_MAX_NAME_BYTES": "s3cret-value"}, "", "x.json")
-	if r.code != exitUsage || strings.Contains(r.stderr, "s3cret-value") || !strings.Contains(r.stderr, "OMICSQ_MAX_NAME_BYTES") {
+	r := runWith(t, map[string]string{"NATS_URL": "nats://127.0.0.1:1", "OMICSQ_MAX_MESSAGE_BYTES": "s3cret-value"}, "", "x.json")
+	if r.code != exitUsage || strings.Contains(r.stderr, "s3cret-value") || !strings.Contains(r.stderr, "OMICSQ_MAX_MESSAGE_BYTES") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
 	r = runWith(t, map[string]string{"NATS_URL": "nats://alice:pw-s3cret@127.0.0.1:1"}, "",

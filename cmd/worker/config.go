@@ -149,12 +149,7 @@ func settings(c *config) []setting {
 		{"lookup-horizon", "OMICSQ_LOOKUP_HORIZON", "how long a created run group may take to become visible to DescribeRunGroups: after a DuplicateName, lookups that find nothing are repeated until it", dur(&c.LookupHorizon, 5*time.Minute)},
 		{"lease-ttl", "OMICSQ_LEASE_TTL", "how long a worker's hold on a request lasts without renewal (a crashed worker's requests are free again after it)", dur(&c.LeaseTTL, 15*time.Second)},
 
-		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
-		{"max-input-bytes", "OMICSQ_MAX_INPUT_BYTES", "largest decoded InputBase64 accepted", integer(&c.Limits.MaxInputBytes, l.MaxInputBytes)},
-		{"max-name-bytes", "OMICSQ_MAX_NAME_BYTES", "longest Name accepted", integer(&c.Limits.MaxNameBytes, l.MaxNameBytes)},
-		{"max-description-bytes", "OMICSQ_MAX_DESCRIPTION_BYTES", "longest Description accepted", integer(&c.Limits.MaxDescriptionBytes, l.MaxDescriptionBytes)},
-		{"max-id-bytes", "OMICSQ_MAX_ID_BYTES", "longest resource ID accepted", integer(&c.Limits.MaxIDBytes, l.MaxIDBytes)},
-		{"max-list-len", "OMICSQ_MAX_LIST_LEN", "most elements in a list field (TableRowUuids, VolumeIds)", integer(&c.Limits.MaxListLen, l.MaxListLen)},
+		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted (the requests stream's message limit; the only local size rule)", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
 
 		{"pause-probe-interval", "OMICSQ_PAUSE_PROBE_INTERVAL", "while paused on a systemic failure, time between probes of the API", dur(&c.PauseProbeInterval, 30*time.Second)},
 		{"unreachable-after", "OMICSQ_UNREACHABLE_AFTER", "transport failures lasting this long pause the fleet", dur(&c.UnreachableAfter, 2*time.Minute)},
@@ -306,8 +301,7 @@ func (c *config) validate() error {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"max-message-bytes", c.Limits.MaxRequestBytes}, {"max-input-bytes", c.Limits.MaxInputBytes}, {"max-name-bytes", c.Limits.MaxNameBytes},
-		{"max-description-bytes", c.Limits.MaxDescriptionBytes}, {"max-id-bytes", c.Limits.MaxIDBytes}, {"max-list-len", c.Limits.MaxListLen}} {
+	}{{"max-message-bytes", c.Limits.MaxRequestBytes}} {
 		if v.n < 1 {
 			bad(v.name, "must be >= 1, got %d", v.n)
 		}

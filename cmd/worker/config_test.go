@@ -60,7 +60,6 @@ func TestConfigRejectsBadSettingsNamingThem(t *testing.T) {
 		{"no store dir", []string{"--store-dir="}, nil, []string{"--store-dir", "must not be empty"}},
 		{"no worker id", []string{"--worker-id="}, nil, []string{"--worker-id", "must not be empty"}},
 		{"zero message size", []string{"--max-message-bytes", "0"}, nil, []string{"--max-message-bytes", ">= 1"}},
-		{"negative list length", []string{"--max-list-len", "-1"}, nil, []string{"--max-list-len", ">= 1"}},
 		{"one delivery", []string{"--max-deliver", "1"}, nil, []string{"--max-deliver", "at least 2"}},
 		{"no ack pending", []string{"--max-ack-pending", "0"}, nil, []string{"--max-ack-pending", ">= 1"}},
 		{"ledger shorter than results", []string{"--ledger-ttl", "24h"}, nil, []string{"--ledger-ttl", "--results-max-age"}},

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -65,7 +68,7 @@ func TestInvalidRequestsDeadLetteredWithoutAPICalls(t *testing.T) {
 		"bad-failure":    {`{"ApplicationId":"app-1","Name":"n","EnvironmentId":"env-1","InputBase64":"e30K","Option":{"FailureMode":"Sometimes"}}`, "InvalidParameterValue.InvalidRunOption"},
 		"unknown-field":  {`{"ApplicationId":"app-1","Name":"n","EnvironmentId":"env-1","InputBase64":"e30K","Priority":1}`, "UnknownParameter"},
 		"wrong-type":     {`{"ApplicationId":"app-1","Name":"n","EnvironmentId":"env-1","InputBase64":"e30K","CacheClearDelay":"soon"}`, "InvalidParameter"},
-		"control-char":   {`{"ApplicationId":"app-1","Name":"a\u0007b","EnvironmentId":"env-1","InputBase64":"e30K"}`, "InvalidParameterValue.InvalidName"},
+		"cos-workdir":    {`{"ApplicationId":"app-1","Name":"a","EnvironmentId":"env-1","InputBase64":"e30K","WorkDir":"cos://b/w"}`, "MissingParameter"},
 	}
 	for key, c := range cases {
 		e.publish(key, []byte(c.body))
@@ -238,5 +241,47 @@ func assertExactlyOnce(t *testing.T, e *testEnv, n int, results map[string][]que
 	}
 	if len(byName) != len(results) {
 		t.Errorf("sandbox has %d run groups for %d results", len(byName), len(results))
+	}
+}
+
+// Every body the RunApplication page allows (testdata/runapplication/
+// allowed: blanks, CJK, newlines, long values, every optional struct) is
+// submitted by the worker and accepted by the sandbox, whose validator is
+// written apart from the client's. The page's two examples share a Name, so
+// repeated Names get a suffix here (one project holds each Name once).
+func TestWorkerSubmitsTheAllowedCorpus(t *testing.T) {
+	files, err := filepath.Glob("../../testdata/runapplication/allowed/*.json")
+	if err != nil || len(files) < 45 {
+		t.Fatalf("%d allowed corpus bodies (%v)", len(files), err)
+	}
+	e := newTestEnv(t, sandbox.Options{})
+	names := map[string]bool{}
+	for i, f := range files {
+		body, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(body, &m); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		_ = json.Unmarshal(m["Name"], &name)
+		if names[name] {
+			m["Name"], _ = json.Marshal(fmt.Sprintf("%s-%d", name, i))
+			body, _ = json.Marshal(m)
+		}
+		names[name] = true
+		if _, err := queue.PublishRequest(context.Background(), e.js, e.topo, fmt.Sprintf("corpus-%03d", i), body, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startWorker("w1")
+	results, dead := e.waitSettled(len(files), 60*time.Second)
+	for k, ds := range dead {
+		t.Errorf("%s dead-lettered: %s %s %s", k, ds[0].Reason, ds[0].Error.Code, ds[0].Error.Field)
+	}
+	if len(results) != len(files) || len(e.sb.RunGroups()) != len(files) {
+		t.Errorf("%d results and %d run groups for %d allowed bodies", len(results), len(e.sb.RunGroups()), len(files))
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/mail"
+	"math/big"
 	"reflect"
 	"strings"
 	"unicode"
@@ -33,80 +33,35 @@ const (
 	CodeRequestSizeLimitExceeded = "RequestSizeLimitExceeded"
 )
 
-// Bounds the API documents; not configurable because the server enforces them.
+// Bounds the API documents (omics-api.md §1.1); not configurable because the
+// server enforces them.
 const (
 	minTimeoutNotificationMinutes = 5
 	maxTimeoutNotificationMinutes = 2880
 )
 
-// Length caps for free-form fields the API documents no limit for. They are
-// generous; their job is to stop absurd payloads before they reach the API.
-const (
-	maxPathBytes     = 1024      // WorkDir, InputCosUri, LaunchDir, FinalWorkflowOutputsDir
-	maxNFConfigBytes = 64 << 10  // NFOption.Config (configuration text)
-	maxShortBytes    = 256       // NFOption.Profile, NFOption.NFVersion
-	maxEmailBytes    = 254       // RFC 5321 path limit
-	maxFieldNameLen  = 64        // longest unknown key echoed in ValidationError.Field
-	defaultMaxInput  = 768 << 10 // keeps base64 of the input (4/3 larger) under 1 MiB
-)
+// maxFieldNameLen bounds an unknown key echoed in ValidationError.Field.
+const maxFieldNameLen = 64
 
-// Limits bounds what DecodeRunApplication and Validate accept. A zero or
-// negative field means its default (see DefaultLimits).
+// Limits bounds what DecodeRunApplication accepts. Only the size of the
+// whole message is bounded locally: it is the transport's limit (a NATS
+// message), not an API rule. Everything the RunApplication page does not
+// forbid is left to the API. A zero or negative field means its default.
 type Limits struct {
 	// MaxRequestBytes bounds the whole JSON request body, in bytes.
-	// Default 1 MiB.
+	// Default 1 MiB (the requests stream's message limit).
 	MaxRequestBytes int
-	// MaxInputBytes bounds the decoded InputBase64 document, in bytes.
-	// Default 768 KiB, so its base64 form still fits a 1 MiB request.
-	MaxInputBytes int
-	// MaxNameBytes bounds Name, in bytes of UTF-8. Default 128.
-	MaxNameBytes int
-	// MaxDescriptionBytes bounds Description, in bytes of UTF-8. Default 1024.
-	MaxDescriptionBytes int
-	// MaxIDBytes bounds each identifier (ApplicationId, EnvironmentId,
-	// ProjectId, TableId, ApplicationVersionId, each VolumeIds and
-	// TableRowUuids element), in bytes. Default 128.
-	MaxIDBytes int
-	// MaxListLen bounds the number of elements of TableRowUuids and of
-	// VolumeIds. Default 1000.
-	MaxListLen int
-	// MaxEmails bounds the number of EmailForNotification addresses.
-	// Default 10.
-	MaxEmails int
 }
 
-// DefaultLimits returns the limits used when none are configured: request
-// 1 MiB, decoded input 768 KiB, Name 128 bytes, Description 1024 bytes, IDs
-// 128 bytes, lists 1000 elements, 10 e-mail addresses.
-func DefaultLimits() Limits {
-	return Limits{
-		MaxRequestBytes:     1 << 20,
-		MaxInputBytes:       defaultMaxInput,
-		MaxNameBytes:        128,
-		MaxDescriptionBytes: 1024,
-		MaxIDBytes:          128,
-		MaxListLen:          1000,
-		MaxEmails:           10,
-	}
-}
+// DefaultLimits returns the limits used when none are configured: a 1 MiB
+// request.
+func DefaultLimits() Limits { return Limits{MaxRequestBytes: 1 << 20} }
 
 func (l Limits) withDefaults() Limits {
-	d := DefaultLimits()
-	pick := func(v, def int) int {
-		if v <= 0 {
-			return def
-		}
-		return v
+	if l.MaxRequestBytes <= 0 {
+		l.MaxRequestBytes = DefaultLimits().MaxRequestBytes
 	}
-	return Limits{
-		MaxRequestBytes:     pick(l.MaxRequestBytes, d.MaxRequestBytes),
-		MaxInputBytes:       pick(l.MaxInputBytes, d.MaxInputBytes),
-		MaxNameBytes:        pick(l.MaxNameBytes, d.MaxNameBytes),
-		MaxDescriptionBytes: pick(l.MaxDescriptionBytes, d.MaxDescriptionBytes),
-		MaxIDBytes:          pick(l.MaxIDBytes, d.MaxIDBytes),
-		MaxListLen:          pick(l.MaxListLen, d.MaxListLen),
-		MaxEmails:           pick(l.MaxEmails, d.MaxEmails),
-	}
+	return l
 }
 
 // ValidationError reports a request the API would reject. It never holds
@@ -152,12 +107,18 @@ func jsonKeys(t reflect.Type) map[string]bool {
 }
 
 // DecodeRunApplication decodes a RunApplication JSON body strictly and
-// validates it. Every rejection is a *ValidationError: a body larger than
-// lim.MaxRequestBytes (RequestSizeLimitExceeded); invalid UTF-8, malformed
-// JSON, a body that is not one JSON object, a duplicated key or a value of
-// the wrong JSON type (InvalidParameter); a key the API does not define,
-// matched case-sensitively (UnknownParameter); then everything Validate
-// checks. JSON null is treated as an absent field.
+// validates it against the rules the RunApplication page (and JSON itself)
+// states; docs/design.md lists each rule with its source. Every rejection is
+// a *ValidationError: a body larger than lim.MaxRequestBytes
+// (RequestSizeLimitExceeded); invalid UTF-8, malformed JSON, a body that is
+// not one JSON object, a duplicated key or a value of the wrong JSON type
+// (InvalidParameter); a key the API does not define, matched
+// case-sensitively (UnknownParameter); then everything Validate checks.
+//
+// What has one meaning is normalised first: JSON null and a blank string
+// for an optional field mean "not given" (the page: "if you leave it
+// blank, the default ... will be used"), an integer field may be written
+// 24.0, and wrapped base64 (line breaks, spaces) is unwrapped.
 func DecodeRunApplication(data []byte, lim Limits) (*RunApplicationRequest, error) {
 	lim = lim.withDefaults()
 	if len(data) > lim.MaxRequestBytes {
@@ -169,10 +130,11 @@ func DecodeRunApplication(data []byte, lim Limits) (*RunApplicationRequest, erro
 	}
 	// encoding/json matches keys case-insensitively and keeps the last of
 	// duplicated keys; the API does neither, so keys are checked first.
-	if err := checkKeys(data, "", requestKeys, map[string]map[string]bool{
+	data, err := checkKeys(data, "", requestKeys, map[string]map[string]bool{
 		"Option":   runOptionKeys,
 		"NFOption": nfOptionKeys,
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -191,8 +153,9 @@ func DecodeRunApplication(data []byte, lim Limits) (*RunApplicationRequest, erro
 	return &req, nil
 }
 
-// normalize maps an empty JSON list to an absent one: both mean "not
-// given" to the API, and omitempty would drop the empty list on re-encoding.
+// normalize maps what means "not given" to absent, so the request is sent
+// (and its key derived) the same way however a producer spelled it: an
+// empty list, a blank optional string, an empty option object.
 func (r *RunApplicationRequest) normalize() {
 	if len(r.TableRowUuids) == 0 {
 		r.TableRowUuids = nil
@@ -203,53 +166,126 @@ func (r *RunApplicationRequest) normalize() {
 	if len(r.EmailForNotification) == 0 {
 		r.EmailForNotification = nil
 	}
+	for _, p := range []**string{&r.ProjectId, &r.Description, &r.InputCosUri, &r.InputBase64, &r.TableId,
+		&r.ApplicationVersionId, &r.WorkDir, &r.AccessMode} {
+		blankToNil(p)
+	}
+	if r.InputBase64 != nil {
+		unwrapped := strings.Map(func(c rune) rune {
+			if unicode.IsSpace(c) {
+				return -1
+			}
+			return c
+		}, *r.InputBase64)
+		r.InputBase64 = &unwrapped
+	}
+	if o := r.Option; o != nil {
+		blankToNil(&o.FailureMode)
+		blankToNil(&o.FinalWorkflowOutputsDir)
+	}
+	if o := r.NFOption; o != nil {
+		for _, p := range []**string{&o.Config, &o.Profile, &o.NFVersion, &o.LaunchDir} {
+			blankToNil(p)
+		}
+	}
 }
+
+func blankToNil(p **string) {
+	if *p != nil && **p == "" {
+		*p = nil
+	}
+}
+
+// integerKeys are the integer fields whose value may be written as a JSON
+// number with a zero fraction (24.0, 2.4e1): one meaning, one value.
+var integerKeys = map[string]bool{"CacheClearDelay": true, "TimeoutNotificationMinutes": true}
 
 // checkKeys verifies that data is one JSON object whose keys are all in
 // allowed, each at most once; nested lists the keys whose values, when
-// objects, are checked the same way.
-func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[string]map[string]bool) error {
+// objects, are checked the same way. It returns the body with integral
+// numbers of integer fields written as integers.
+func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[string]map[string]bool) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
 	tok, err := dec.Token()
 	if err != nil {
-		return invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
+		return nil, invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		if prefix != "" {
 			// The typed decode reports the wrong type with the field name.
-			return nil
+			return data, nil
 		}
-		return invalid(CodeInvalidParameter, "", "request body must be a JSON object")
+		return nil, invalid(CodeInvalidParameter, "", "request body must be a JSON object")
 	}
 	seen := make(map[string]bool)
+	changed := false
+	var out bytes.Buffer
+	out.WriteByte('{')
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
+			return nil, invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
 		}
 		key, _ := tok.(string)
 		field := prefix + SafeFieldName(key)
 		if !allowed[key] {
-			return invalid(CodeUnknownParameter, field, "the API defines no such parameter")
+			return nil, invalid(CodeUnknownParameter, field, "the API defines no such parameter")
 		}
 		if seen[key] {
-			return invalid(CodeInvalidParameter, field, "parameter is given more than once")
+			return nil, invalid(CodeInvalidParameter, field, "parameter is given more than once")
 		}
 		seen[key] = true
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return invalid(CodeInvalidParameter, field, "body is not valid JSON")
+			return nil, invalid(CodeInvalidParameter, field, "body is not valid JSON")
 		}
 		if sub, ok := nested[key]; ok {
-			if err := checkKeys(raw, field+".", sub, nil); err != nil {
-				return err
+			fixed, err := checkKeys(raw, field+".", sub, nil)
+			if err != nil {
+				return nil, err
+			}
+			changed = changed || !bytes.Equal(fixed, raw)
+			raw = fixed
+		}
+		if integerKeys[key] && prefix == "" {
+			if whole, ok := integralNumber(raw); ok {
+				changed = true
+				raw = whole
 			}
 		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		k, _ := json.Marshal(key)
+		out.Write(k)
+		out.WriteByte(':')
+		out.Write(raw)
 	}
 	if _, err := dec.Token(); err != nil { // the closing brace
-		return invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
+		return nil, invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
 	}
-	return nil
+	if !changed {
+		return data, nil
+	}
+	out.WriteByte('}')
+	return out.Bytes(), nil
+}
+
+// integralNumber returns raw as an integer literal when it is a JSON number
+// written with a fraction or exponent whose value is a whole non-negative
+// number; ok is false when there is nothing to rewrite.
+func integralNumber(raw json.RawMessage) (json.RawMessage, bool) {
+	s := string(bytes.TrimSpace(raw))
+	if s == "" || !strings.ContainsAny(s, ".eE") || !json.Valid(raw) || s[0] == '"' {
+		return nil, false
+	}
+	f, ok := new(big.Float).SetString(s)
+	if !ok || f.Sign() < 0 || !f.IsInt() {
+		return nil, false
+	}
+	i, _ := f.Int(nil)
+	return json.RawMessage(i.String()), true
 }
 
 func fieldName(prefix string) string { return strings.TrimSuffix(prefix, ".") }
@@ -303,14 +339,15 @@ func jsonTypeName(t reflect.Type) string {
 	}
 }
 
-// Validate checks r against the API's documented rules and the limits in
-// lim (zero fields mean defaults), returning the first violation as a
-// *ValidationError, or nil. It does not modify r.
+// Validate checks r against the rules the RunApplication page and the API
+// reference state (docs/design.md lists each with its source), returning
+// the first violation as a *ValidationError, or nil. It does not modify r.
+// A blank optional string is checked as given: DecodeRunApplication
+// normalises blanks away first.
 func (r *RunApplicationRequest) Validate(lim Limits) error {
 	if r == nil {
 		return invalid(CodeMissingParameter, "", "request is empty")
 	}
-	lim = lim.withDefaults()
 	required := []struct{ field, value string }{
 		{"ApplicationId", r.ApplicationId},
 		{"Name", r.Name},
@@ -321,59 +358,18 @@ func (r *RunApplicationRequest) Validate(lim Limits) error {
 			return invalid(CodeMissingParameter, f.field, "parameter is required")
 		}
 	}
-	if err := checkID("ApplicationId", r.ApplicationId, lim); err != nil {
-		return err
+	// JSON text is UTF-8; a request built in Go could hold anything.
+	if field := invalidUTF8(reflect.ValueOf(r).Elem(), ""); field != "" {
+		return invalid(CodeInvalidParameter, field, "must be valid UTF-8")
 	}
-	if err := checkName(r.Name, lim); err != nil {
-		return err
-	}
-	if err := checkID("EnvironmentId", r.EnvironmentId, lim); err != nil {
-		return err
-	}
-	for _, f := range []struct {
-		field string
-		value *string
-	}{
-		{"ProjectId", r.ProjectId},
-		{"TableId", r.TableId},
-		{"ApplicationVersionId", r.ApplicationVersionId},
-	} {
-		if f.value != nil {
-			if err := checkID(f.field, *f.value, lim); err != nil {
-				return err
-			}
-		}
-	}
-	if r.Description != nil {
-		if err := checkDescription(*r.Description, lim); err != nil {
-			return err
-		}
-	}
-	if err := checkInput(r.InputBase64, r.InputCosUri, lim); err != nil {
-		return err
-	}
-	if err := checkIDList("TableRowUuids", r.TableRowUuids, lim); err != nil {
-		return err
-	}
-	if r.TableRowUuids != nil && r.TableId == nil {
-		return invalid(CodeInvalidParameter, "TableRowUuids", "TableRowUuids requires TableId")
-	}
-	if err := checkIDList("VolumeIds", r.VolumeIds, lim); err != nil {
+	if err := checkInput(r.InputBase64, r.InputCosUri); err != nil {
 		return err
 	}
 	if err := r.Option.validate(); err != nil {
 		return err
 	}
-	if err := r.NFOption.validate(); err != nil {
-		return err
-	}
-	if r.WorkDir != nil {
-		if err := checkPath("WorkDir", *r.WorkDir, CodeInvalidParameterValue); err != nil {
-			return err
-		}
-		if strings.HasPrefix(*r.WorkDir, "cos://") && (r.NFOption == nil || r.NFOption.LaunchDir == nil) {
-			return invalid(CodeMissingParameter, "NFOption.LaunchDir", "a COS WorkDir requires NFOption.LaunchDir")
-		}
+	if r.WorkDir != nil && strings.HasPrefix(*r.WorkDir, "cos://") && (r.NFOption == nil || r.NFOption.LaunchDir == nil) {
+		return invalid(CodeMissingParameter, "NFOption.LaunchDir", "a COS WorkDir requires NFOption.LaunchDir")
 	}
 	if r.AccessMode != nil && *r.AccessMode != "PRIVATE" && *r.AccessMode != "PUBLIC" {
 		return invalid(CodeInvalidParameterValue, "AccessMode", "must be PRIVATE or PUBLIC")
@@ -382,7 +378,7 @@ func (r *RunApplicationRequest) Validate(lim Limits) error {
 		return invalid(CodeInvalidTimeoutMinutes, "TimeoutNotificationMinutes",
 			fmt.Sprintf("must be %d to %d minutes", minTimeoutNotificationMinutes, maxTimeoutNotificationMinutes))
 	}
-	return checkEmails(r.EmailForNotification, lim)
+	return nil
 }
 
 func (o *RunOption) validate() error {
@@ -392,155 +388,30 @@ func (o *RunOption) validate() error {
 	if o.FailureMode != nil && *o.FailureMode != "ContinueWhilePossible" && *o.FailureMode != "NoNewCalls" {
 		return invalid(CodeInvalidRunOption, "Option.FailureMode", "must be ContinueWhilePossible or NoNewCalls")
 	}
-	if o.FinalWorkflowOutputsDir != nil {
-		return checkPath("Option.FinalWorkflowOutputsDir", *o.FinalWorkflowOutputsDir, CodeInvalidRunOption)
-	}
 	return nil
 }
 
-func (o *NFOption) validate() error {
-	if o == nil {
-		return nil
-	}
-	if o.Config != nil {
-		c := *o.Config
-		if len(c) > maxNFConfigBytes {
-			return invalid(CodeInvalidParameterValue, "NFOption.Config", fmt.Sprintf("must be at most %d bytes", maxNFConfigBytes))
-		}
-		// Configuration text legitimately holds line breaks and tabs.
-		if !utf8.ValidString(c) || strings.ContainsFunc(c, func(r rune) bool {
-			return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t'
-		}) {
-			return invalid(CodeInvalidParameterValue, "NFOption.Config", "must be UTF-8 text without control characters other than line breaks and tabs")
-		}
-	}
-	for _, f := range []struct {
-		field string
-		value *string
-	}{
-		{"NFOption.Profile", o.Profile},
-		{"NFOption.NFVersion", o.NFVersion},
-	} {
-		if f.value != nil {
-			if err := checkToken(f.field, *f.value, maxShortBytes, CodeInvalidParameterValue); err != nil {
-				return err
-			}
-		}
-	}
-	if o.LaunchDir != nil {
-		return checkPath("NFOption.LaunchDir", *o.LaunchDir, CodeInvalidParameterValue)
-	}
-	return nil
-}
-
-// checkID accepts identifiers of any script (the API's own example TableId
-// holds a combining dot, U+0307) but no whitespace or control characters.
-func checkID(field, v string, lim Limits) error {
-	return checkToken(field, v, lim.MaxIDBytes, CodeInvalidParameterValue)
-}
-
-func checkToken(field, v string, maxBytes int, code string) error {
-	if problem := tokenProblem(v, maxBytes); problem != "" {
-		return invalid(code, field, problem)
-	}
-	return nil
-}
-
-// tokenProblem returns the rule v breaks as an identifier-like token, or "".
-func tokenProblem(v string, maxBytes int) string {
-	switch {
-	case v == "":
-		return "must not be empty"
-	case len(v) > maxBytes:
-		return fmt.Sprintf("must be at most %d bytes", maxBytes)
-	case !utf8.ValidString(v):
-		return "must be valid UTF-8"
-	case strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
-		return "must not contain whitespace or control characters"
-	}
-	return ""
-}
-
-func checkIDList(field string, ids []string, lim Limits) error {
-	if len(ids) > lim.MaxListLen {
-		return invalid(CodeInvalidParameterValue, field, fmt.Sprintf("must have at most %d elements", lim.MaxListLen))
-	}
-	for _, id := range ids {
-		if problem := tokenProblem(id, lim.MaxIDBytes); problem != "" {
-			return invalid(CodeInvalidParameterValue, field, "each element "+problem)
-		}
-	}
-	return nil
-}
-
-func checkName(v string, lim Limits) error {
-	switch {
-	case len(v) > lim.MaxNameBytes:
-		return invalid(CodeInvalidName, "Name", fmt.Sprintf("must be at most %d bytes", lim.MaxNameBytes))
-	case !utf8.ValidString(v):
-		return invalid(CodeInvalidName, "Name", "must be valid UTF-8")
-	case strings.ContainsFunc(v, unicode.IsControl):
-		return invalid(CodeInvalidName, "Name", "must not contain control characters")
-	}
-	return nil
-}
-
-func checkDescription(v string, lim Limits) error {
-	switch {
-	case len(v) > lim.MaxDescriptionBytes:
-		return invalid(CodeInvalidDescription, "Description", fmt.Sprintf("must be at most %d bytes", lim.MaxDescriptionBytes))
-	case !utf8.ValidString(v):
-		return invalid(CodeInvalidDescription, "Description", "must be valid UTF-8")
-	case strings.ContainsFunc(v, unicode.IsControl):
-		return invalid(CodeInvalidDescription, "Description", "must not contain control characters")
-	}
-	return nil
-}
-
-// checkPath accepts an absolute volume path or a COS path: non-empty, at
-// most maxPathBytes, no control characters (spaces are legal in COS keys).
-func checkPath(field, v, code string) error {
-	switch {
-	case v == "":
-		return invalid(code, field, "must not be empty")
-	case len(v) > maxPathBytes:
-		return invalid(code, field, fmt.Sprintf("must be at most %d bytes", maxPathBytes))
-	case !utf8.ValidString(v):
-		return invalid(code, field, "must be valid UTF-8")
-	case strings.ContainsFunc(v, unicode.IsControl):
-		return invalid(code, field, "must not contain control characters")
-	}
-	return nil
-}
-
-func checkInput(b64, cosURI *string, lim Limits) error {
+// checkInput applies the one-of rule (omics-api.md §1.1: exactly one of
+// InputCosUri and InputBase64) and checks that an inline input is base64
+// of a JSON document (the page: "Base64 encoding is required"; the API's
+// InvalidBase64Encode and InvalidInputJsonFormat codes).
+func checkInput(b64, cosURI *string) error {
 	switch {
 	case b64 == nil && cosURI == nil:
 		return invalid(CodeMissingParameter, "InputBase64", "one of InputBase64 and InputCosUri is required")
 	case b64 != nil && cosURI != nil:
 		return invalid(CodeInvalidParameter, "InputCosUri", "InputBase64 and InputCosUri are mutually exclusive")
 	case cosURI != nil:
-		if err := checkPath("InputCosUri", *cosURI, CodeInvalidParameterValue); err != nil {
-			return err
-		}
-		if !strings.HasPrefix(*cosURI, "cos://") || len(*cosURI) == len("cos://") {
-			return invalid(CodeInvalidParameterValue, "InputCosUri", "must be a cos:// URI")
-		}
 		return nil
 	}
-	enc := base64.StdEncoding.Strict()
-	// Check the size before decoding so a huge input is not decoded at all.
-	if enc.DecodedLen(len(*b64)) > lim.MaxInputBytes+2 {
-		return invalid(CodeRequestSizeLimitExceeded, "InputBase64",
-			fmt.Sprintf("decoded input exceeds %d bytes", lim.MaxInputBytes))
-	}
-	doc, err := enc.DecodeString(*b64)
+	// Padding is not insisted on: the page asks for base64, not for a
+	// particular spelling of it.
+	doc, err := base64.StdEncoding.DecodeString(*b64)
 	if err != nil {
-		return invalid(CodeInvalidBase64Encode, "InputBase64", "must be standard padded base64")
+		doc, err = base64.RawStdEncoding.DecodeString(*b64)
 	}
-	if len(doc) > lim.MaxInputBytes {
-		return invalid(CodeRequestSizeLimitExceeded, "InputBase64",
-			fmt.Sprintf("decoded input exceeds %d bytes", lim.MaxInputBytes))
+	if err != nil {
+		return invalid(CodeInvalidBase64Encode, "InputBase64", "must be standard base64")
 	}
 	if !utf8.Valid(doc) || !json.Valid(doc) {
 		return invalid(CodeInvalidInputJSONFormat, "InputBase64", "decoded input must be a JSON document")
@@ -548,43 +419,35 @@ func checkInput(b64, cosURI *string, lim Limits) error {
 	return nil
 }
 
-func checkEmails(emails []string, lim Limits) error {
-	if len(emails) > lim.MaxEmails {
-		return invalid(CodeEmailCountLimitExceeded, "EmailForNotification",
-			fmt.Sprintf("must have at most %d addresses", lim.MaxEmails))
-	}
-	for _, e := range emails {
-		if !looksLikeEmail(e) {
-			return invalid(CodeInvalidEmailFormat, "EmailForNotification", "each element must be a bare e-mail address")
+// invalidUTF8 returns the JSON name of the first string field (nested, or a
+// list element) of v that is not valid UTF-8, or "".
+func invalidUTF8(v reflect.Value, prefix string) string {
+	t := v.Type()
+	for i := range v.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		f := v.Field(i)
+		if f.Kind() == reflect.Pointer {
+			if f.IsNil() {
+				continue
+			}
+			f = f.Elem()
+		}
+		switch f.Kind() {
+		case reflect.String:
+			if !utf8.ValidString(f.String()) {
+				return prefix + name
+			}
+		case reflect.Slice:
+			for j := range f.Len() {
+				if e := f.Index(j); e.Kind() == reflect.String && !utf8.ValidString(e.String()) {
+					return prefix + name
+				}
+			}
+		case reflect.Struct:
+			if field := invalidUTF8(f, prefix+name+"."); field != "" {
+				return field
+			}
 		}
 	}
-	return nil
-}
-
-// looksLikeEmail accepts a bare addr-spec (local@domain, no display name,
-// no angle brackets) with a dotted domain.
-func looksLikeEmail(s string) bool {
-	if s == "" || len(s) > maxEmailBytes || strings.ContainsFunc(s, func(r rune) bool {
-		return unicode.IsSpace(r) || unicode.IsControl(r)
-	}) {
-		return false
-	}
-	a, err := mail.ParseAddress(s)
-	if err != nil || a.Name != "" || a.Address != s {
-		return false
-	}
-	local, domain, ok := strings.Cut(s, "@")
-	if !ok || local == "" || strings.ContainsRune(domain, '@') {
-		return false
-	}
-	labels := strings.Split(domain, ".")
-	if len(labels) < 2 {
-		return false
-	}
-	for _, l := range labels {
-		if l == "" {
-			return false
-		}
-	}
-	return true
+	return ""
 }
