@@ -49,6 +49,9 @@ const (
 	// DLQDuplicateInFlight: another message of the key, with a different
 	// request, is being submitted.
 	DLQDuplicateInFlight = "duplicate_in_flight"
+	// DLQPauseLimit: the request's own calls paused the fleet repeatedly
+	// while other requests went through; it is parked.
+	DLQPauseLimit = "pause_limit"
 )
 
 // Retry reasons (label reason of omicsq_retries_total).
@@ -90,13 +93,13 @@ const other = "other"
 // Label value sets. Each also accepts "other", added by newSet.
 var (
 	outcomes         = []string{OutcomeSuccess, OutcomeDeduplicated, OutcomeDeadLettered, OutcomeReleased, OutcomeError}
-	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight}
+	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight, DLQPauseLimit}
 	retryReasons     = []string{RetryThrottled, RetryTransient, RetryAmbiguous, RetrySystemic}
 	reconcileResults = []string{ReconcileFound, ReconcileNotFound, ReconcileConflict, ReconcileError}
 	apiActions       = []string{ActionRunApplication, ActionDescribeRunGroups}
 	apiClasses       = []string{ClassSuccess, ClassThrottled, ClassTransient, ClassAmbiguous, ClassPermanent, ClassSystemic}
 	// pauseReasons mirrors the reasons of internal/pause.
-	pauseReasons = []string{"auth", "permission", "quota", "unreachable", "config"}
+	pauseReasons = []string{"auth", "permission", "quota", "unreachable", "config", "environment"}
 
 	// apiErrorCodes is the allow-list of the code label: the codes
 	// RunApplication documents (omics-api.md §1.5) and the common codes an

@@ -57,6 +57,12 @@ func (s *Server) checkKnown(req *runApplicationRequest, project string) *apiErro
 	case req.TableId != nil && k.tables != nil && !k.tables[*req.TableId]:
 		return errorf(codeTableNotExist, "the table (TableId) does not exist")
 	}
+	s.mu.Lock()
+	down := s.unavailable[req.EnvironmentId]
+	s.mu.Unlock()
+	if down {
+		return errorf(codeEnvironmentNotAvailable, "the environment (EnvironmentId) is not available")
+	}
 	return nil
 }
 

@@ -23,6 +23,7 @@ const (
 	codeDuplicateName            = "InvalidParameterValue.DuplicateName"
 	codeApplicationNotExist      = "ResourceNotFound.ApplicationNotExist"
 	codeEnvironmentNotExist      = "ResourceNotFound.EnvironmentNotExist"
+	codeEnvironmentNotAvailable  = "InvalidParameterValue.EnvironmentNotAvailable"
 	codeProjectNotExist          = "ResourceNotFound.ProjectNotExist"
 	codeTableNotExist            = "ResourceNotFound.TableNotExist"
 	codeRunGroupNotExist         = "ResourceNotFound.RunGroupNotExist"

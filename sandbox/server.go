@@ -130,6 +130,9 @@ type Server struct {
 	actions  map[string]*actionState
 	counts   counters
 	inflight inflightTracker
+	// unavailable lists environments whose RunApplication calls are
+	// answered EnvironmentNotAvailable (after validation): an outage.
+	unavailable map[string]bool
 }
 
 // actionState is the rate limiter and statistics of one action.
@@ -290,6 +293,23 @@ func (s *Server) ForceError(code string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.forced = code
+}
+
+// SetEnvironmentAvailable makes RunApplication calls for environment id
+// answer InvalidParameterValue.EnvironmentNotAvailable (after validation,
+// so a parameter error still comes first), or stop doing so: an outage of
+// one delivery environment. Other actions are not affected.
+func (s *Server) SetEnvironmentAvailable(id string, available bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unavailable == nil {
+		s.unavailable = make(map[string]bool)
+	}
+	if available {
+		delete(s.unavailable, id)
+	} else {
+		s.unavailable[id] = true
+	}
 }
 
 // SetRunGroupStatus sets the Status (and UpdateTime) of a created run

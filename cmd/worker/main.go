@@ -162,7 +162,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	pauser := pause.New(controlKV, pause.Config{
 		Worker: cfg.WorkerID, ProbeInterval: cfg.PauseProbeInterval, UnreachableAfter: cfg.UnreachableAfter, Logger: log,
-		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, describeLimiter) },
+		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, runLimiter) },
 		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
 	})
 
@@ -348,22 +348,15 @@ func (c *config) accountHint() string {
 	return "default"
 }
 
-// probeAPI asks the API whether it accepts calls again: any answer that is
-// not systemic (or a transport failure) means it does.
+// probeAPI asks whether RunApplication itself is allowed again, without
+// creating anything: a deliberately invalid call answered with a parameter
+// error proves the credentials and permissions work (submit's
+// ProbeRunApplication). It takes a RunApplication token like any call.
 func probeAPI(ctx context.Context, api *submit.Client, lim limiter) error {
 	if _, err := lim.Wait(ctx); err != nil {
 		return err
 	}
-	limit := uint64(1)
-	_, err := api.DescribeRunGroups(ctx, &submit.DescribeRunGroupsRequest{Limit: &limit})
-	if err == nil {
-		return nil
-	}
-	switch submit.ClassOf(err) {
-	case submit.ClassSystemic, submit.ClassTransient, submit.ClassThrottled:
-		return err
-	}
-	return nil
+	return api.ProbeRunApplication(ctx)
 }
 
 func readiness(nc *nats.Conn, c *queue.Consumer, p *pause.Controller) error {

@@ -285,3 +285,62 @@ func TestWorkerSubmitsTheAllowedCorpus(t *testing.T) {
 		t.Errorf("%d results and %d run groups for %d allowed bodies", len(results), len(e.sb.RunGroups()), len(files))
 	}
 }
+
+// An environment outage is not the samples' fault: with the sandbox
+// answering EnvironmentNotAvailable for 2 minutes while 1,000 requests
+// wait, the fleet pauses (reason environment) instead of dead-lettering.
+// The probe proves RunApplication is authorised (an invalid call answered
+// with a parameter error), which does not prove the environment is back,
+// so one trial call is let through per probe; once the environment
+// recovers the trial succeeds, the fleet resumes, and all 1,000 are
+// submitted, none twice.
+func TestEnvironmentOutagePausesInsteadOfDeadLettering(t *testing.T) {
+	outage := 2 * time.Minute
+	if testing.Short() {
+		outage = 10 * time.Second
+	}
+	e := newTestEnv(t, sandbox.Options{Rate: 0})
+	e.sb.SetEnvironmentAvailable("env-05d0g0w2", false)
+	start := time.Now()
+	const n = 1000
+	for i := 0; i < n; i++ {
+		e.publish(fmt.Sprintf("env-%04d", i), request(fmt.Sprintf("env-sample-%04d", i)))
+	}
+	w := e.startWorker("w1", "--rate", "0", "--pause-probe-interval", "1s")
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(scrape(t, w.st.MetricsAddr), `omicsq_paused{reason="environment"} 1`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the worker did not pause on EnvironmentNotAvailable")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Until(start.Add(outage)))
+	ds, _ := e.js.Stream(context.Background(), e.topo.DLQStream)
+	if info, _ := ds.Info(context.Background()); info.State.Msgs != 0 {
+		t.Fatalf("%d dead letters during the outage, want 0", info.State.Msgs)
+	}
+	refused := e.sb.Stats().Actions["RunApplication"].Calls["InvalidParameterValue.EnvironmentNotAvailable"]
+	e.sb.SetEnvironmentAvailable("env-05d0g0w2", true)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("stats %+v\nlogs:\n%s", e.sb.Stats().Actions["RunApplication"].Calls, tailLines(w.logs.String(), 40))
+		}
+	})
+	results, dead := e.waitSettled(n, 90*time.Second)
+	assertExactlyOnce(t, e, n, results, dead)
+	if len(dead) != 0 {
+		t.Fatalf("%d dead letters, want 0", len(dead))
+	}
+	// The calls spent on the outage: the first burst before the pause was
+	// seen, then one trial per probe.
+	if limit := int64(64 + 2*outage/time.Second); refused > limit {
+		t.Errorf("%d RunApplication calls refused during a %v outage, want at most %d", refused, outage, limit)
+	}
+	t.Logf("outage %v: %d calls refused with EnvironmentNotAvailable, then %d submitted in %v", outage, refused, n,
+		time.Since(start.Add(outage)).Round(100*time.Millisecond))
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -164,6 +164,13 @@ type Entry struct {
 	// or queued is not counted: the budget is for active retrying.
 	RetryAttempts int           `json:"retry_attempts"`
 	RetryActive   time.Duration `json:"retry_active_ns,omitempty"`
+	// Throttles counts throttled calls; they are retried without a budget
+	// (the limiter adapts), only their delays grow.
+	Throttles int `json:"throttles,omitempty"`
+	// PauseStrikes counts the fleet pauses this request's own calls caused
+	// outside a trial: a request that keeps pausing the fleet while others
+	// go through is parked in the DLQ instead of pausing it forever.
+	PauseStrikes int `json:"pause_strikes,omitempty"`
 	// Releases counts deliveries the worker handed back on purpose (a
 	// wait, a lease held elsewhere, a shutdown); deliveries beyond them are
 	// crashes or losses, which the delivery budget bounds.

@@ -32,8 +32,11 @@ type CallOutcome struct {
 	At         time.Time
 	Worker     string
 	// Systemic marks an answer that pauses the fleet rather than the
-	// request (credentials, permissions, quota).
-	Systemic bool
+	// request (credentials, permissions, quota, outages); Strike that the
+	// request itself caused the pause (it was not a trial call).
+	Systemic, Strike bool
+	// Throttled marks a RequestLimitExceeded answer.
+	Throttled bool
 }
 
 // LiveLease reports whether a holder other than owner may act on the key at
@@ -133,6 +136,9 @@ func (e *Entry) SettleCall(o CallOutcome, horizon time.Duration) {
 	e.InFlight = nil
 	e.Record(Event{At: o.At, Kind: "call", Outcome: o.Class, Code: o.Code, RequestID: o.RequestID, Worker: o.Worker})
 	e.PendingCode, e.PendingRequestID = o.Code, o.RequestID
+	if o.Strike {
+		e.PauseStrikes++
+	}
 	switch o.Effect {
 	case EffectCreated:
 		e.markSubmitted(o.RunGroupID, o.RequestID, false, o.At)

@@ -28,7 +28,16 @@ const (
 	ReasonQuota       = "quota"
 	ReasonUnreachable = "unreachable"
 	ReasonConfig      = "config"
+	// ReasonEnvironment: the delivery environment (or the API behind it) is
+	// unavailable; nothing about the account proves it back, so a resume
+	// is tried with one real call (a trial) before the fleet goes on.
+	ReasonEnvironment = "environment"
 )
+
+// needsTrial reports whether a pause for reason can only be lifted by a real
+// call succeeding: the probe proves authorisation, not that the environment
+// (or whatever an unknown code meant) works again.
+func needsTrial(reason string) bool { return reason == ReasonEnvironment || reason == ReasonConfig }
 
 // stateKey is the KV key of the flag.
 const stateKey = "pause"
@@ -40,6 +49,13 @@ type State struct {
 	Code   string    `json:"code,omitempty"`
 	Since  time.Time `json:"since,omitempty"`
 	By     string    `json:"by,omitempty"`
+	// Trial is set while paused when the probe passed but only a real call
+	// can prove the cause gone: one caller fleet-wide (TrialOwner, until
+	// TrialUntil) may make that call; its outcome resumes the fleet or
+	// keeps it paused.
+	Trial      bool      `json:"trial,omitempty"`
+	TrialOwner string    `json:"trial_owner,omitempty"`
+	TrialUntil time.Time `json:"trial_until,omitempty"`
 }
 
 // Config configures a Controller.
@@ -54,6 +70,9 @@ type Config struct {
 	// UnreachableAfter is how long the endpoint may fail at the transport
 	// level, with no success in between, before the fleet pauses. Default 2m.
 	UnreachableAfter time.Duration
+	// TrialTimeout bounds a trial call: past it another caller may take the
+	// trial. Default 2m.
+	TrialTimeout time.Duration
 	// OnChange is called (from the controller's goroutine) whenever the
 	// observed state changes, e.g. to update metrics.
 	OnChange func(State)
@@ -83,6 +102,9 @@ func New(kv jetstream.KeyValue, cfg Config) *Controller {
 	}
 	if cfg.UnreachableAfter <= 0 {
 		cfg.UnreachableAfter = 2 * time.Minute
+	}
+	if cfg.TrialTimeout <= 0 {
+		cfg.TrialTimeout = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -116,6 +138,155 @@ func (c *Controller) WaitResumed(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// WaitLookup returns when lookups (DescribeRunGroups) may go out: at once
+// unless the fleet is paused for a reason that would refuse them too
+// (credentials, permissions, quota, an unreachable endpoint). An
+// environment outage does not stop lookups, which may be what resolves a
+// request.
+func (c *Controller) WaitLookup(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		st, ch := c.state, c.changed
+		c.mu.Unlock()
+		if !st.Paused || needsTrial(st.Reason) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// WaitTurn is WaitResumed for a caller about to make the call that a trial
+// needs: it also returns when the fleet is paused in a trial and this caller
+// won it (trial true, with its owner name). The caller must report the
+// call's outcome with EndTrial.
+func (c *Controller) WaitTurn(ctx context.Context, owner string) (trial bool, err error) {
+	for {
+		c.mu.Lock()
+		st, ch := c.state, c.changed
+		c.mu.Unlock()
+		if !st.Paused {
+			return false, nil
+		}
+		if st.Trial && (st.TrialOwner == "" || c.cfg.Now().After(st.TrialUntil)) {
+			won, err := c.claimTrial(ctx, owner)
+			if err == nil && won {
+				return true, nil
+			}
+		}
+		wait := time.Until(st.TrialUntil)
+		if !st.Trial || wait <= 0 {
+			wait = c.cfg.ProbeInterval
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// claimTrial takes the trial by compare-and-set, so one caller fleet-wide
+// makes the trial call.
+func (c *Controller) claimTrial(ctx context.Context, owner string) (bool, error) {
+	cur, err := c.kv.Get(ctx, stateKey)
+	if err != nil {
+		return false, err
+	}
+	var st State
+	if err := json.Unmarshal(cur.Value(), &st); err != nil {
+		return false, err
+	}
+	now := c.cfg.Now()
+	if !st.Paused || !st.Trial || (st.TrialOwner != "" && now.Before(st.TrialUntil)) {
+		return false, nil
+	}
+	st.TrialOwner, st.TrialUntil = owner, now.Add(c.cfg.TrialTimeout).UTC()
+	b, err := json.Marshal(st)
+	if err != nil {
+		return false, err
+	}
+	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil {
+		return false, nil // somebody else won
+	}
+	c.observe(st)
+	return true, nil
+}
+
+// Outcome of a trial call.
+type Outcome int
+
+// Trial outcomes.
+const (
+	// TrialSucceeded: the call worked; the fleet resumes.
+	TrialSucceeded Outcome = iota + 1
+	// TrialFailed: the cause persists (a systemic answer); the fleet stays
+	// paused and the probe offers another trial later.
+	TrialFailed
+	// TrialInconclusive: the call proved nothing either way (an unknown
+	// outcome, a rejection of that one request); another caller may try.
+	TrialInconclusive
+)
+
+// EndTrial reports the outcome of owner's trial call.
+func (c *Controller) EndTrial(ctx context.Context, owner string, o Outcome) error {
+	if o == TrialSucceeded {
+		return c.Resume(ctx)
+	}
+	cur, err := c.kv.Get(ctx, stateKey)
+	if err != nil {
+		return fmt.Errorf("pause: read flag: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(cur.Value(), &st); err != nil || !st.Paused || st.TrialOwner != owner {
+		return err
+	}
+	st.TrialOwner, st.TrialUntil = "", time.Time{}
+	if o == TrialFailed {
+		st.Trial = false
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil &&
+		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("pause: end trial: %w", err)
+	}
+	c.observe(st)
+	return nil
+}
+
+// offerTrial turns a paused fleet whose probe passed into a trial.
+func (c *Controller) offerTrial(ctx context.Context) error {
+	cur, err := c.kv.Get(ctx, stateKey)
+	if err != nil {
+		return fmt.Errorf("pause: read flag: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(cur.Value(), &st); err != nil || !st.Paused || st.Trial {
+		return err
+	}
+	st.Trial = true
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil &&
+		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("pause: offer trial: %w", err)
+	}
+	c.observe(st)
+	return nil
 }
 
 // Pause sets the fleet-wide flag (idempotent: an already paused fleet keeps
@@ -180,7 +351,7 @@ func (c *Controller) ObserveSuccess() { c.unreachableSince.Store(0) }
 func (c *Controller) observe(st State) {
 	c.mu.Lock()
 	prev := c.state
-	if prev.Paused == st.Paused && prev.Reason == st.Reason {
+	if prev == st {
 		c.mu.Unlock()
 		return
 	}
@@ -188,6 +359,9 @@ func (c *Controller) observe(st State) {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+	if prev.Paused == st.Paused && prev.Reason == st.Reason {
+		return // a trial changed hands: nothing to report
+	}
 	if st.Paused {
 		c.cfg.Logger.Error("submissions paused fleet-wide", "reason", st.Reason, "code", st.Code, "by", st.By)
 	} else {
@@ -237,6 +411,12 @@ func (c *Controller) Run(ctx context.Context) error {
 				continue
 			}
 			c.ObserveSuccess()
+			if needsTrial(c.State().Reason) {
+				if err := c.offerTrial(ctx); err != nil {
+					c.cfg.Logger.Warn("could not offer a trial call", "error", err)
+				}
+				continue
+			}
 			if err := c.Resume(ctx); err != nil {
 				c.cfg.Logger.Warn("could not resume the fleet", "error", err)
 			}

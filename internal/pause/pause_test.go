@@ -100,3 +100,82 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// An environment outage is lifted only by a real call: when the probe
+// passes, exactly one caller fleet-wide gets the trial; a failed trial
+// keeps the fleet paused (and turns the trial off until the next probe),
+// a successful one resumes everybody. Lookups are not held by it.
+func TestEnvironmentPauseIsLiftedByOneTrialCall(t *testing.T) {
+	kv := newKV(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	probe := func(context.Context) error { return nil } // authorised all along
+	a := New(kv, Config{Worker: "a", Probe: probe, ProbeInterval: 50 * time.Millisecond})
+	b := New(kv, Config{Worker: "b", Probe: probe, ProbeInterval: 50 * time.Millisecond})
+	for _, c := range []*Controller{a, b} {
+		go func(c *Controller) { _ = c.Run(ctx) }(c)
+	}
+	if err := a.Pause(ctx, ReasonEnvironment, "InvalidParameterValue.EnvironmentNotAvailable"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return b.State().Paused })
+	if err := b.WaitLookup(ctx); err != nil {
+		t.Fatalf("lookups held by an environment pause: %v", err)
+	}
+
+	// Six callers on two replicas race for the trial: one wins.
+	type turn struct {
+		owner string
+		trial bool
+	}
+	turns := make(chan turn, 6)
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	for i := range 6 {
+		c := []*Controller{a, b}[i%2]
+		owner := string(rune('p' + i))
+		go func() {
+			trial, err := c.WaitTurn(wctx, owner)
+			if err == nil {
+				turns <- turn{owner, trial}
+			}
+		}()
+	}
+	first := <-turns
+	if !first.trial {
+		t.Fatalf("the first caller through a paused fleet was not a trial: %+v", first)
+	}
+	select {
+	case other := <-turns:
+		t.Fatalf("a second caller got through during the trial: %+v", other)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The trial failed: still paused; the next probe offers another trial.
+	c := a
+	if first.owner[0]%2 == 1 {
+		c = b
+	}
+	if err := c.EndTrial(ctx, first.owner, TrialFailed); err != nil {
+		t.Fatal(err)
+	}
+	second := <-turns
+	if !second.trial || second.owner == first.owner {
+		t.Fatalf("after a failed trial: %+v, want another caller's trial", second)
+	}
+	if !a.State().Paused || !b.State().Paused {
+		t.Fatal("the fleet resumed after a failed trial")
+	}
+	c = a
+	if second.owner[0]%2 == 1 {
+		c = b
+	}
+	if err := c.EndTrial(ctx, second.owner, TrialSucceeded); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if rest := <-turns; rest.trial {
+			t.Fatalf("a caller after the resume was given a trial: %+v", rest)
+		}
+	}
+	waitFor(t, func() bool { return !a.State().Paused && !b.State().Paused })
+}

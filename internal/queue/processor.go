@@ -402,12 +402,27 @@ func lastCallClass(e ledger.Entry) string {
 // write the intent (re-checking that this handler still holds the key, so a
 // grant that came late cannot race another holder), call, and record.
 func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
-	if err := p.Pause.WaitResumed(ctx); err != nil {
-		return p.release(ctx, j, 0), true
-	}
-	waited, err := p.RunLimiter.Wait(ctx)
+	trial, err := p.Pause.WaitTurn(ctx, j.hold.owner)
 	if err != nil {
 		return p.release(ctx, j, 0), true
+	}
+	if trial {
+		j.log.Info("making the trial call of a paused fleet")
+	}
+	d, done, outcome := p.callOnce(ctx, j, trial)
+	if trial {
+		if err := p.Pause.EndTrial(context.WithoutCancel(ctx), j.hold.owner, outcome); err != nil {
+			j.log.Warn("could not report the trial call", "error", err)
+		}
+	}
+	return d, done
+}
+
+// callOnce makes the call and reports, for a trial, what it proved.
+func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision, bool, pause.Outcome) {
+	waited, err := p.RunLimiter.Wait(ctx)
+	if err != nil {
+		return p.release(ctx, j, 0), true, pause.TrialInconclusive
 	}
 	p.Metrics.RateLimitWait(waited)
 	callStart := p.now()
@@ -421,7 +436,7 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 	if err != nil {
 		// Nothing was sent: another holder has the key, or the ledger is
 		// unreachable. The token is lost; the call is not made.
-		return p.ledgerFailure(j, err), true
+		return p.ledgerFailure(j, err), true, pause.TrialInconclusive
 	}
 
 	// The call must end within the protection the ledger records for it,
@@ -437,7 +452,8 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		p.Metrics.LastSuccess(at)
 		o := ledger.CallOutcome{Effect: ledger.EffectCreated, Class: "success", RequestID: resp.RequestId,
 			RunGroupID: resp.RunGroupId, At: at.UTC(), Worker: p.Worker}
-		return p.settle(ctx, j, o, false)
+		d, done := p.settle(ctx, j, o, false)
+		return d, done, pause.TrialSucceeded
 	}
 	apiErr := asAPIError(err)
 	p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
@@ -455,7 +471,7 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		if err != nil {
 			p.Metrics.LedgerError()
 		}
-		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true
+		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true, pause.TrialInconclusive
 	}
 	if ctx.Err() != nil && apiErr.RequestID == "" && o.Effect == ledger.EffectMaybeExecuted {
 		// Shutdown cut the call off before any answer: the server may still
@@ -469,10 +485,12 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		if err != nil {
 			p.Metrics.LedgerError()
 		}
-		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true
+		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true, pause.TrialInconclusive
 	}
+	outcome := pause.TrialInconclusive
 	switch apiErr.Class {
 	case submit.ClassThrottled:
+		o.Throttled = true
 		p.RunLimiter.Throttled(ctx)
 		p.Metrics.Retry(metrics.RetryThrottled)
 	case submit.ClassTransient:
@@ -481,7 +499,8 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 		}
 		p.Metrics.Retry(metrics.RetryTransient)
 	case submit.ClassSystemic:
-		o.Systemic = true
+		o.Systemic, o.Strike = true, !trial
+		outcome = pause.TrialFailed
 		p.Metrics.Retry(metrics.RetrySystemic)
 		if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
 			j.log.Warn("could not set the fleet pause", "error", err)
@@ -489,7 +508,8 @@ func (p *Processor) call(ctx context.Context, j *job) (Decision, bool) {
 	case submit.ClassAmbiguous:
 		p.Metrics.Retry(metrics.RetryAmbiguous)
 	}
-	return p.settle(ctx, j, o, o.Effect == ledger.EffectMaybeExecuted && apiErr.RequestID == "" && timedOut(apiErr))
+	d, done := p.settle(ctx, j, o, o.Effect == ledger.EffectMaybeExecuted && apiErr.RequestID == "" && timedOut(apiErr))
+	return d, done, outcome
 }
 
 // effectOf says what an error answer means for the run group: only a
@@ -590,7 +610,7 @@ func (p *Processor) forceSubmitted(ctx context.Context, j *job, record func(*led
 
 // lookup looks the run group up by Name, one Describe token per page.
 func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
-	if err := p.Pause.WaitResumed(ctx); err != nil {
+	if err := p.Pause.WaitLookup(ctx); err != nil {
 		return p.release(ctx, j, 0), true
 	}
 	start := p.now()
@@ -865,6 +885,8 @@ func pauseReason(code string) string {
 		return pause.ReasonQuota
 	case code == "ClientError.NetworkError":
 		return pause.ReasonUnreachable
+	case code == "InvalidParameterValue.EnvironmentNotAvailable", code == "ResourceNotFound.EnvironmentNotExist":
+		return pause.ReasonEnvironment
 	default:
 		return pause.ReasonConfig
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/metrics"
@@ -86,9 +87,14 @@ func (o *memOutbox) Queued(context.Context, uint64) (bool, error) { return false
 type neverPaused struct{}
 
 func (neverPaused) WaitResumed(ctx context.Context) error       { return ctx.Err() }
+func (neverPaused) WaitLookup(ctx context.Context) error        { return ctx.Err() }
 func (neverPaused) Pause(context.Context, string, string) error { return nil }
 func (neverPaused) ObserveSuccess()                             {}
 func (neverPaused) ObserveTransportFailure(context.Context)     {}
+func (neverPaused) WaitTurn(ctx context.Context, _ string) (bool, error) {
+	return false, ctx.Err()
+}
+func (neverPaused) EndTrial(context.Context, string, pause.Outcome) error { return nil }
 
 type clock struct {
 	mu  sync.Mutex

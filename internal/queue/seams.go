@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/pause"
 )
 
 // The Processor's dependencies, each behind a small interface so that the
@@ -37,6 +38,14 @@ type Outbox interface {
 // Pauser is the fleet-wide pause; *pause.Controller is the KV one.
 type Pauser interface {
 	WaitResumed(ctx context.Context) error
+	// WaitLookup returns when lookups may go out (not paused, or paused for
+	// a reason that does not refuse them).
+	WaitLookup(ctx context.Context) error
+	// WaitTurn is WaitResumed for a caller about to call RunApplication; it
+	// also returns (trial true) when the fleet is paused in a trial and this
+	// caller won it, and must then be told the outcome with EndTrial.
+	WaitTurn(ctx context.Context, owner string) (trial bool, err error)
+	EndTrial(ctx context.Context, owner string, o pause.Outcome) error
 	Pause(ctx context.Context, reason, code string) error
 	ObserveSuccess()
 	ObserveTransportFailure(ctx context.Context)

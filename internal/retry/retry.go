@@ -151,3 +151,11 @@ func (p Policy) Next(attempts int, active time.Duration) (delay time.Duration, o
 	}
 	return d, true
 }
+
+// Delay returns the jittered delay before the attempt after attempts failed
+// ones, with no budget: for failures the limiter adapts to (throttling),
+// which are retried for as long as they last.
+func (p Policy) Delay(attempts int) time.Duration {
+	s := p.Resume(max(1, min(attempts, 64)), time.Time{}, nil)
+	return s.backoff.NextBackOff()
+}

@@ -81,6 +81,7 @@ const (
 	ReasonIdentityChanged   DeadReason = "identity_changed"
 	ReasonInvalidRequest    DeadReason = "invalid_request"
 	ReasonDuplicateInFlight DeadReason = "duplicate_in_flight"
+	ReasonPauseLimit        DeadReason = "pause_limit"
 )
 
 // Decision is the next step.
@@ -107,6 +108,10 @@ type Policy struct {
 	// MaxDeliveries bounds deliveries of one message that were not handed
 	// back on purpose: crashes and losses (a crash loop).
 	MaxDeliveries int
+	// MaxPauseStrikes parks a request in the DLQ once its own calls have
+	// paused the fleet this often outside trials (others went through
+	// meanwhile). 0: never.
+	MaxPauseStrikes int
 	// CreateSkew is the clock difference allowed between this fleet and
 	// the API when deciding whether a run group was created after the
 	// request's first call.
@@ -116,12 +121,13 @@ type Policy struct {
 // DefaultPolicy returns the documented defaults.
 func DefaultPolicy() Policy {
 	return Policy{
-		Retry:         retry.DefaultPolicy(),
-		Horizon:       5 * time.Minute,
-		LookupInitial: time.Second,
-		LookupMax:     30 * time.Second,
-		MaxDeliveries: 20,
-		CreateSkew:    5 * time.Minute,
+		Retry:           retry.DefaultPolicy(),
+		Horizon:         5 * time.Minute,
+		LookupInitial:   time.Second,
+		LookupMax:       30 * time.Second,
+		MaxDeliveries:   20,
+		MaxPauseStrikes: 3,
+		CreateSkew:      5 * time.Minute,
 	}
 }
 
@@ -196,6 +202,10 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 		}
 		return Decision{Step: StepLookup}
 	}
+	if p.MaxPauseStrikes > 0 && e.PauseStrikes >= p.MaxPauseStrikes {
+		return Decision{Step: StepDeadLetter, Reason: ReasonPauseLimit,
+			Detail: "this request's calls paused the fleet repeatedly while other requests went through; it is parked"}
+	}
 	if givingUp && e.Pending != ledger.PendingGivingUp {
 		return Decision{Step: StepGiveUp}
 	}
@@ -228,6 +238,13 @@ func AfterCall(e *ledger.Entry, o ledger.CallOutcome, p Policy) {
 	e.SettleCall(o, p.Horizon)
 	if o.Systemic {
 		return // the fleet pauses; waiting for it is not a retry
+	}
+	if o.Throttled {
+		// The limiter adapts to throttling; it is retried as long as it
+		// lasts, with growing delays but no budget.
+		e.Throttles++
+		e.NotBefore = o.At.Add(p.Retry.Delay(e.Throttles))
+		return
 	}
 	switch o.Effect {
 	case ledger.EffectNotExecuted, ledger.EffectMaybeExecuted:

@@ -294,3 +294,37 @@ func TestLookupDelayGrowsAndStopsAtTheHorizon(t *testing.T) {
 		t.Errorf("delay %v runs past the horizon", d)
 	}
 }
+
+// Throttling is retried as long as it lasts (the limiter adapts): no count
+// or time budget, only growing delays.
+func TestThrottlingHasNoBudget(t *testing.T) {
+	p := DefaultPolicy()
+	s := &sim{t: t, p: p, now: t0}
+	for range 3 * p.Retry.MaxAttempts {
+		s.expect(StepCall)
+		s.e.BeginCall("h", s.now, s.now.Add(time.Minute))
+		AfterCall(&s.e, ledger.CallOutcome{Effect: ledger.EffectNotExecuted, Throttled: true, At: s.now}, p)
+	}
+	if s.e.Pending == ledger.PendingExhausted || s.e.RetryAttempts != 0 {
+		t.Fatalf("after %d throttles: pending %q, retry attempts %d", s.e.Throttles, s.e.Pending, s.e.RetryAttempts)
+	}
+	s.expect(StepCall)
+}
+
+// A request whose own calls keep pausing the fleet (outside trials, while
+// others go through) is parked; pauses caused by a trial call do not count.
+func TestPauseStrikesParkTheRequest(t *testing.T) {
+	p := DefaultPolicy()
+	s := &sim{t: t, p: p, now: t0}
+	for i := range p.MaxPauseStrikes + 2 {
+		s.expect(StepCall)
+		s.e.BeginCall("h", s.now, s.now.Add(time.Minute))
+		AfterCall(&s.e, ledger.CallOutcome{Effect: ledger.EffectNotExecuted, Systemic: true, Strike: i%2 == 0, At: s.now}, p)
+	}
+	if d := s.next(); d.Step != StepDeadLetter || d.Reason != ReasonPauseLimit {
+		t.Fatalf("after %d strikes: %s/%s, want pause_limit", s.e.PauseStrikes, d.Step, d.Reason)
+	}
+	if s.e.PauseStrikes != p.MaxPauseStrikes {
+		t.Errorf("%d strikes counted, want %d (trial failures do not count)", s.e.PauseStrikes, p.MaxPauseStrikes)
+	}
+}

@@ -171,6 +171,26 @@ func (c *Client) RunApplication(ctx context.Context, req *RunApplicationRequest)
 	return &out, nil
 }
 
+// ProbeRunApplication asks whether RunApplication itself is allowed again
+// without creating anything: it sends a deliberately invalid request (no
+// parameters), which an authorised caller gets refused with a parameter
+// error, while an unauthorised one gets the systemic code. It returns nil
+// when the answer proves authorisation, else the *Error.
+func (c *Client) ProbeRunApplication(ctx context.Context) error {
+	var out RunApplicationResponse
+	err := c.call(ctx, "RunApplication", struct{}{}, &out)
+	if err == nil {
+		// Only a server that ignores required parameters can get here.
+		return &Error{Action: "RunApplication", Class: ClassSystemic, Code: CodeInvalidResponse,
+			Message: "an empty RunApplication request was accepted"}
+	}
+	if e, ok := errors.AsType[*Error](err); ok && e.Class == ClassPermanent && !e.DuplicateName &&
+		inFamily(e.Code, "MissingParameter", "InvalidParameter", "InvalidParameterValue", "UnknownParameter") {
+		return nil
+	}
+	return err
+}
+
 // DescribeRunGroups lists run groups (one page). A nil req lists with the
 // API's defaults. Every error is an *Error.
 func (c *Client) DescribeRunGroups(ctx context.Context, req *DescribeRunGroupsRequest) (*DescribeRunGroupsResponse, error) {

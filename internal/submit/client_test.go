@@ -231,7 +231,7 @@ var wantServerClass = map[string]Class{
 	"InternalError": ClassAmbiguous,
 
 	"DryRunOperation":                                   ClassPermanent,
-	"FailedOperation":                                   ClassPermanent,
+	"FailedOperation":                                   ClassSystemic, // a generic failure is not the sample's fault
 	"FailedOperation.DuplicateTableHeader":              ClassPermanent,
 	"FailedOperation.EmailCountLimitExceeded":           ClassPermanent,
 	"FailedOperation.EmptyTableHeader":                  ClassPermanent,
@@ -245,7 +245,7 @@ var wantServerClass = map[string]Class{
 	"InvalidParameterValue":                             ClassPermanent,
 	"InvalidParameterValue.DuplicateName":               ClassPermanent,
 	"InvalidParameterValue.EntrypointNotSet":            ClassPermanent,
-	"InvalidParameterValue.EnvironmentNotAvailable":     ClassPermanent,
+	"InvalidParameterValue.EnvironmentNotAvailable":     ClassSystemic, // an outage: pause, never dead-letter
 	"InvalidParameterValue.InvalidBase64Encode":         ClassPermanent,
 	"InvalidParameterValue.InvalidCosKey":               ClassPermanent,
 	"InvalidParameterValue.InvalidCsvFormat":            ClassPermanent,
@@ -266,7 +266,7 @@ var wantServerClass = map[string]Class{
 	"ResourceNotFound.ApplicationVersionNotExist":       ClassPermanent,
 	"ResourceNotFound.CosBucketNotExist":                ClassPermanent,
 	"ResourceNotFound.CosObjectNotExist":                ClassPermanent,
-	"ResourceNotFound.EnvironmentNotExist":              ClassPermanent,
+	"ResourceNotFound.EnvironmentNotExist":              ClassSystemic,
 	"ResourceNotFound.ProjectNotExist":                  ClassPermanent,
 	"ResourceNotFound.RunGroupNotExist":                 ClassPermanent,
 	"ResourceNotFound.RunNotExist":                      ClassPermanent,
@@ -298,14 +298,16 @@ var wantServerClass = map[string]Class{
 	"UnsupportedRegion":                 ClassSystemic,
 }
 
-// Codes outside KnownCodes: sub-codes follow their family, anything else is
-// systemic.
+// Codes outside KnownCodes: sub-codes of throttling, transient and
+// ambiguous families follow their family (retrying is safe); sub-codes of a
+// permanent family nobody reviewed, and anything else, are systemic (pause,
+// never dead-letter on a guess).
 var wantUnlistedClass = map[string]Class{
 	"RequestLimitExceeded.SomethingNew":  ClassThrottled,
 	"ResourceUnavailable.Maintenance":    ClassTransient,
 	"InternalError.DbError":              ClassAmbiguous,
-	"ResourceNotFound.VolumeNotExist":    ClassPermanent,
-	"InvalidParameterValue.SomethingNew": ClassPermanent,
+	"ResourceNotFound.VolumeNotExist":    ClassSystemic, // unknown sub-codes pause rather than dead-letter
+	"InvalidParameterValue.SomethingNew": ClassSystemic,
 	"UnauthorizedOperation.CamNoAuth":    ClassSystemic,
 	"OperationDenied.AccountFrozen":      ClassSystemic,
 	"LimitExceeded.RunGroupQuota":        ClassSystemic,

@@ -121,7 +121,8 @@ func (e *Error) NothingDone() bool {
 	case ClassPermanent:
 		return false // a rejection; whether an earlier call created is the caller's question
 	case ClassSystemic:
-		return e.RequestID == "" || inFamily(e.Code, refusedBeforeExecution...)
+		return e.RequestID == "" || inFamily(e.Code, refusedBeforeExecution...) ||
+			e.Code == "InvalidParameterValue.EnvironmentNotAvailable" || e.Code == "ResourceNotFound.EnvironmentNotExist"
 	}
 	return false
 }
@@ -312,6 +313,16 @@ func inFamily(code string, families ...string) bool {
 // (transient) on a code nobody has reviewed could lose or duplicate runs.
 func classifyServerCode(code string) Class {
 	switch {
+	case code == "InvalidParameterValue.EnvironmentNotAvailable", code == "ResourceNotFound.EnvironmentNotExist",
+		code == "FailedOperation":
+		// An environment outage (or a generic failure) is not the sample's
+		// fault: dead-lettering would empty the backlog into the DLQ.
+		return ClassSystemic
+	case !knownCodes[code] && inFamily(code, "InvalidParameter", "InvalidParameterValue", "ResourceNotFound",
+		"FailedOperation", "MissingParameter", "UnknownParameter", "InvalidRequest"):
+		// A sub-code nobody reviewed: pause and alert rather than
+		// dead-letter on a guess.
+		return ClassSystemic
 	case inFamily(code, "RequestLimitExceeded"):
 		return ClassThrottled
 	case inFamily(code, "ServiceUnavailable", "ResourceInsufficient", "ResourceUnavailable", "ResourceInUse"):
