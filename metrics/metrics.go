@@ -52,6 +52,9 @@ const (
 	// DLQPauseLimit: the request's own calls paused the fleet repeatedly
 	// while other requests went through; it is parked.
 	DLQPauseLimit = "pause_limit"
+	// DLQBreaker: an operator chose to dead-letter the requests an open
+	// breaker held.
+	DLQBreaker = "breaker"
 )
 
 // Retry reasons (label reason of omicsq_retries_total).
@@ -93,12 +96,14 @@ const other = "other"
 // Label value sets. Each also accepts "other", added by newSet.
 var (
 	outcomes         = []string{OutcomeSuccess, OutcomeDeduplicated, OutcomeDeadLettered, OutcomeReleased, OutcomeError}
-	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight, DLQPauseLimit}
+	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight, DLQPauseLimit, DLQBreaker}
 	retryReasons     = []string{RetryThrottled, RetryTransient, RetryAmbiguous, RetrySystemic}
 	reconcileResults = []string{ReconcileFound, ReconcileNotFound, ReconcileConflict, ReconcileError}
 	apiActions       = []string{ActionRunApplication, ActionDescribeRunGroups}
 	apiClasses       = []string{ClassSuccess, ClassThrottled, ClassTransient, ClassAmbiguous, ClassPermanent, ClassSystemic}
 	// pauseReasons mirrors the reasons of internal/pause.
+	// breakerKinds mirrors the resource kinds of internal/breaker.
+	breakerKinds = []string{"ApplicationId", "ApplicationVersionId", "ProjectId", "TableId", "EnvironmentId"}
 	pauseReasons = []string{"auth", "permission", "quota", "unreachable", "config", "environment"}
 
 	// apiErrorCodes is the allow-list of the code label: the codes
@@ -178,6 +183,8 @@ type Metrics struct {
 	retries        series[prometheus.Counter]
 	deadLetters    series[prometheus.Counter]
 	reconciliation series[prometheus.Counter]
+	breakerOpened  series[prometheus.Counter]
+	breakerHeld    series[prometheus.Counter]
 
 	limiterWait      prometheus.Histogram
 	configuredRate   prometheus.Gauge
@@ -249,6 +256,10 @@ func New(reg prometheus.Registerer, info BuildInfo) (*Metrics, error) {
 		"Messages moved to the dead-letter stream, by reason.", "reason", deadLetterCauses)
 	m.reconciliation = newCounters(add, "omicsq_reconciliations_total",
 		"Look-ups of a possibly created run group after an ambiguous outcome, by result.", "result", reconcileResults)
+	m.breakerOpened = newCounters(add, "omicsq_breaker_opened_total",
+		"Breakers this worker opened: many requests rejected for the same resource, by the resource's field.", "kind", breakerKinds)
+	m.breakerHeld = newCounters(add, "omicsq_breaker_held_total",
+		"Times a request was held (handed back, no call) because the breaker of one of its resources is open, by field.", "kind", breakerKinds)
 
 	m.limiterWait = newHistogram(add, "omicsq_ratelimiter_wait_seconds",
 		"Time a call waited for the API rate limiter.", limiterWaitBuckets)
@@ -418,6 +429,12 @@ func (m *Metrics) DeadLettered(reason string) { m.deadLetters.get(reason).Inc() 
 
 // Reconciled records a run-group look-up, by result (a Reconcile* value).
 func (m *Metrics) Reconciled(result string) { m.reconciliation.get(result).Inc() }
+
+// BreakerOpened records a breaker this worker opened, by resource field.
+func (m *Metrics) BreakerOpened(kind string) { m.breakerOpened.get(kind).Inc() }
+
+// BreakerHeld records a request held by an open breaker, by resource field.
+func (m *Metrics) BreakerHeld(kind string) { m.breakerHeld.get(kind).Inc() }
 
 // RateLimitWait records how long a call waited for the rate limiter.
 func (m *Metrics) RateLimitWait(d time.Duration) { m.limiterWait.Observe(seconds(d)) }

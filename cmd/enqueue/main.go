@@ -1,7 +1,9 @@
 // Command enqueue validates run requests (JSON, JSON Lines or a CSV sample
 // sheet) and publishes them to omicsq's requests stream; with --wait it
 // reports each request's RunGroupId or dead letter. "enqueue dlq" lists,
-// shows and redrives dead letters. See docs/enqueue.md.
+// shows and redrives dead letters; "enqueue breaker" lists the resource
+// breakers' trips and releases or dead-letters the requests they hold. See
+// docs/enqueue.md.
 package main
 
 import (

@@ -185,6 +185,7 @@ func (c *config) validateCommon() error {
 
 const enqueueUsage = `Usage: enqueue [flags] FILE...      (FILE "-" reads standard input)
        enqueue dlq list|show|redrive [flags] ...
+       enqueue breaker list|release|dead-letter|reset [flags] ...
 
 Validates every run request in the files (JSON object or array, JSON Lines, or a CSV
 sample sheet), then publishes them to the omicsq requests stream. Nothing is published
@@ -201,6 +202,9 @@ Every flag can also be set by the environment variable named in its description.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	if len(args) > 0 && args[0] == "dlq" {
 		return runDLQ(ctx, args[1:], stdout, stderr, getenv)
+	}
+	if len(args) > 0 && args[0] == "breaker" {
+		return runBreaker(ctx, args[1:], stdout, stderr, getenv)
 	}
 	c := newConfig()
 	fs := flag.NewFlagSet("enqueue", flag.ContinueOnError)

@@ -55,6 +55,10 @@ type config struct {
 	LeaseTTL      time.Duration
 	Limits        submit.Limits
 
+	BreakerWindow    time.Duration
+	BreakerThreshold int
+	BreakerHold      time.Duration
+
 	PauseProbeInterval time.Duration
 	UnreachableAfter   time.Duration
 	DrainTimeout       time.Duration
@@ -132,6 +136,7 @@ func settings(c *config) []setting {
 		{"advisory-stream", "OMICSQ_ADVISORY_STREAM", "stream capturing max-deliveries advisories", str(&c.Topology.AdvisoryStream, t.AdvisoryStream)},
 		{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger", str(&c.Topology.LedgerBucket, t.LedgerBucket)},
 		{"control-bucket", "OMICSQ_CONTROL_BUCKET", "KV bucket of the fleet-wide pause flag", str(&c.Topology.ControlBucket, t.ControlBucket)},
+		{"breaker-bucket", "OMICSQ_BREAKER_BUCKET", "KV bucket of the resource breakers", str(&c.Topology.BreakerBucket, t.BreakerBucket)},
 		{"stream-replicas", "OMICSQ_STREAM_REPLICAS", "replicas of every stream and bucket (1, 3 or 5)", integer(&c.Topology.Replicas, t.Replicas)},
 		{"requests-max-age", "OMICSQ_REQUESTS_MAX_AGE", "must be 0: a request is kept until it has an outcome, however long the fleet is paused", dur(&c.Topology.RequestsMaxAge, t.RequestsMaxAge)},
 		{"results-max-age", "OMICSQ_RESULTS_MAX_AGE", "how long results are kept", dur(&c.Topology.ResultsMaxAge, t.ResultsMaxAge)},
@@ -151,6 +156,9 @@ func settings(c *config) []setting {
 
 		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted (the requests stream's message limit; the only local size rule)", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
 
+		{"breaker-threshold", "OMICSQ_BREAKER_THRESHOLD", "distinct requests rejected with the same code for the same resource within --breaker-window that open its breaker (0: off)", integer(&c.BreakerThreshold, 5)},
+		{"breaker-window", "OMICSQ_BREAKER_WINDOW", "window of the breaker count; a rejected request waits this long before it is dead-lettered, in case its resource's breaker opens", dur(&c.BreakerWindow, time.Minute)},
+		{"breaker-hold", "OMICSQ_BREAKER_HOLD", "how often a request held by an open breaker is looked at again (no call is made)", dur(&c.BreakerHold, 30*time.Second)},
 		{"pause-probe-interval", "OMICSQ_PAUSE_PROBE_INTERVAL", "while paused on a systemic failure, time between probes of the API", dur(&c.PauseProbeInterval, 30*time.Second)},
 		{"unreachable-after", "OMICSQ_UNREACHABLE_AFTER", "transport failures lasting this long pause the fleet", dur(&c.UnreachableAfter, 2*time.Minute)},
 		{"drain-timeout", "OMICSQ_DRAIN_TIMEOUT", "on SIGTERM, time in-flight messages get to finish before they are released", dur(&c.DrainTimeout, 25*time.Second)},
@@ -276,6 +284,12 @@ func (c *config) validate() error {
 	if c.LookupHorizon < time.Second {
 		bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
 	}
+	if c.BreakerThreshold < 0 {
+		bad("breaker-threshold", "must be >= 0 (0: off), got %d", c.BreakerThreshold)
+	}
+	if c.BreakerWindow < time.Second || c.BreakerHold < 100*time.Millisecond {
+		bad("breaker-window", "must be at least 1s (and --breaker-hold at least 100ms)")
+	}
 	if c.LeaseTTL < 3*time.Second {
 		bad("lease-ttl", "must be at least 3s, got %v", c.LeaseTTL)
 	}
@@ -319,7 +333,8 @@ func (c *config) validate() error {
 		name, value string
 	}{{"requests-stream", t.RequestsStream}, {"requests-subject", t.RequestsSubject}, {"consumer", t.Consumer},
 		{"results-stream", t.ResultsStream}, {"results-prefix", t.ResultsPrefix}, {"dlq-stream", t.DLQStream}, {"dlq-prefix", t.DLQPrefix},
-		{"advisory-stream", t.AdvisoryStream}, {"ledger-bucket", t.LedgerBucket}, {"control-bucket", t.ControlBucket}} {
+		{"advisory-stream", t.AdvisoryStream}, {"ledger-bucket", t.LedgerBucket}, {"control-bucket", t.ControlBucket},
+		{"breaker-bucket", t.BreakerBucket}} {
 		if v.value == "" {
 			bad(v.name, "must not be empty")
 		}

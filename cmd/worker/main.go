@@ -29,6 +29,7 @@ import (
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/pause"
@@ -166,6 +167,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
 	})
 
+	var brk *breaker.Breaker
+	if cfg.BreakerThreshold > 0 {
+		breakerKV, err := js.KeyValue(ctx, cfg.Topology.BreakerBucket)
+		if err != nil {
+			return fmt.Errorf("bind bucket %s: %w", cfg.Topology.BreakerBucket, err)
+		}
+		brk = breaker.New(breakerKV, breaker.Config{
+			Window: cfg.BreakerWindow, Threshold: cfg.BreakerThreshold, Actor: cfg.WorkerID, Logger: log,
+			OnOpen: func(t breaker.Trip) { m.BreakerOpened(t.Resource.Kind) },
+		})
+	}
+
 	proc := &queue.Processor{
 		Ledger: led, Outbox: &queue.JetStreamOutbox{JS: js, Topology: cfg.Topology}, API: api,
 		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
@@ -174,12 +187,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			MaxDeliveries: cfg.Topology.MaxDeliver, CreateSkew: 5 * time.Minute,
 		},
 		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
+		BreakerWindow: cfg.BreakerWindow, BreakerHold: cfg.BreakerHold,
 		Metrics: m, Log: log, Worker: cfg.WorkerID,
 	}
 	consumer := &queue.Consumer{
 		JS: js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
 		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, time.Second) },
 		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
+	}
+	if brk != nil {
+		proc.Breaker = brk // a nil *Breaker in the interface would not read as off
 	}
 	if cfg.Rate > 0 {
 		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
@@ -214,6 +231,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	g.Go(func() error { return consumer.RunAdvisories(gctx) })
 	g.Go(func() error { consumer.RunStats(gctx, 10*time.Second); return nil })
 	g.Go(func() error { return pauser.Run(gctx) })
+	if brk != nil {
+		g.Go(func() error { return brk.Run(gctx) })
+	}
 	g.Go(func() error { reportRates(gctx, runLimiter, m); return nil })
 	log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
 		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/sandbox"
 )
@@ -343,4 +344,80 @@ func TestEnvironmentOutagePausesInsteadOfDeadLettering(t *testing.T) {
 func tailLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// A sample sheet of 200 rows with a wrong ApplicationId mixed with 200 good
+// rows: after a bounded number of rejected calls (--breaker-threshold 5,
+// plus what was already in flight: at most 5 + --concurrency) the breaker
+// opens and holds the bad rows without calling; the 200 good rows are all
+// submitted meanwhile; none is dead-lettered; the breaker metric (which the
+// OmicsqBreakerOpen alert reads) counts the trip; and one release with the
+// corrected ApplicationId — what `enqueue breaker release ID --set
+// ApplicationId=...` does — submits the 200 held rows exactly once.
+func TestBreakerHoldsAPoisonedSampleSheet(t *testing.T) {
+	const good, typo = "app-sweet-cerulean-frog-569111", "app-sweet-cerulean-frog-56911"
+	e := newTestEnv(t, sandbox.Options{Rate: 0, KnownApplications: []string{good}})
+	const n = 200
+	for i := 0; i < n; i++ {
+		e.publish(fmt.Sprintf("good-%03d", i), request(fmt.Sprintf("good-sample-%03d", i)))
+		bad := request(fmt.Sprintf("bad-sample-%03d", i))
+		bad = []byte(strings.Replace(string(bad), good, typo, 1))
+		e.publish(fmt.Sprintf("bad-%03d", i), bad)
+	}
+	const concurrency = 16
+	w := e.startWorker("w1", "--rate", "0", "--concurrency", fmt.Sprint(concurrency),
+		"--breaker-threshold", "5", "--breaker-window", "20s", "--breaker-hold", "1s")
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rs, _ := e.outcomes()
+		count := 0
+		for k := range rs {
+			if strings.HasPrefix(k, "good-") {
+				count++
+			}
+		}
+		if count == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the %d good rows submitted within 60s", count, n)
+		}
+	}
+	rejected := e.sb.Stats().Actions["RunApplication"].Calls["ResourceNotFound.ApplicationNotExist"]
+	if limit := int64(5 + concurrency); rejected > limit {
+		t.Errorf("%d calls for the wrong ApplicationId, want at most %d (threshold + in flight)", rejected, limit)
+	}
+	if _, dead := e.outcomes(); len(dead) != 0 {
+		t.Fatalf("%d keys dead-lettered while the breaker holds them", len(dead))
+	}
+	if !strings.Contains(scrape(t, w.st.MetricsAddr), `omicsq_breaker_opened_total{kind="ApplicationId"} 1`) {
+		t.Error("the breaker metric the alert reads did not count the trip")
+	}
+	kv, err := e.js.KeyValue(context.Background(), e.topo.BreakerBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := breaker.New(kv, breaker.Config{Actor: "test-operator"})
+	trips, err := b.List(context.Background())
+	if err != nil || len(trips) != 1 || trips[0].State != breaker.Open || trips[0].Resource.ID != typo {
+		t.Fatalf("trips %+v (%v), want one open trip for the wrong ApplicationId", trips, err)
+	}
+	time.Sleep(2 * time.Second) // held rows keep cycling without calls
+	if again := e.sb.Stats().Actions["RunApplication"].Calls["ResourceNotFound.ApplicationNotExist"]; again != rejected {
+		t.Errorf("%d more calls for the wrong ApplicationId while the breaker was open", again-rejected)
+	}
+
+	if err := b.Release(context.Background(), trips[0].ID, map[string]string{"ApplicationId": good}); err != nil {
+		t.Fatal(err)
+	}
+	results, dead := e.waitSettled(2*n, 90*time.Second)
+	if len(dead) != 0 {
+		t.Fatalf("%d dead letters, want 0", len(dead))
+	}
+	assertExactlyOnce(t, e, 2*n, results, dead)
+	for _, g := range e.sb.RunGroups() {
+		if g.ApplicationId != good {
+			t.Errorf("run group %s runs %s", g.RunGroupId, g.ApplicationId)
+		}
+	}
+	t.Logf("%d calls for the wrong ApplicationId before the breaker held the rest; all %d rows submitted after the release", rejected, 2*n)
 }

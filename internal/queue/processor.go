@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/submission"
@@ -96,6 +97,13 @@ type Processor struct {
 	// (renewed every third of it). A crashed worker's keys are free again
 	// after it. Default 15s.
 	LeaseTTL time.Duration
+	// Breaker holds requests whose resource many requests were rejected
+	// for (nil: off); BreakerWindow is how long a rejection waits for it to
+	// open before the dead letter, BreakerHold how often a held request is
+	// looked at again.
+	Breaker       Breaker
+	BreakerWindow time.Duration
+	BreakerHold   time.Duration
 	// HoldLimit is the longest wait a handler sits through holding the
 	// message; longer waits hand the message back with that delay, so a
 	// slot is not held idle. Default 2s.
@@ -342,10 +350,26 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 				return d
 			}
 		case submission.StepCall:
+			if d, done := p.breakerGate(ctx, j); done {
+				return d
+			}
 			if d, done := p.call(ctx, j); done {
 				return d
 			}
+			if d, done := p.recordRejection(ctx, j); done {
+				return d
+			}
 		case submission.StepDeadLetter:
+			if _, eligible := breaker.KindOf(e.PendingCode); eligible && dec.Reason == submission.ReasonPermanentError {
+				// The breaker of this resource may have opened meanwhile:
+				// then the request is held, or released with an edit.
+				if d, done := p.breakerGate(ctx, j); done {
+					return d
+				}
+				if j.current().Pending == ledger.PendingNone {
+					continue // released with an edit: call again
+				}
+			}
 			return p.deadLetter(ctx, j, string(dec.Reason), p.failureFor(e, dec))
 		case submission.StepGiveUp:
 			if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.GiveUp() }); err != nil {
@@ -356,6 +380,120 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 			return p.release(ctx, j, 5*time.Second)
 		}
 	}
+}
+
+// resourcesOf lists the resources a request names, for the breaker.
+func resourcesOf(req *submit.RunApplicationRequest) []breaker.Resource {
+	rs := []breaker.Resource{{Kind: breaker.KindApplication, ID: req.ApplicationId}, {Kind: breaker.KindEnvironment, ID: req.EnvironmentId}}
+	for _, f := range []struct {
+		kind string
+		v    *string
+	}{{breaker.KindApplicationVersion, req.ApplicationVersionId}, {breaker.KindProject, req.ProjectId}, {breaker.KindTable, req.TableId}} {
+		if f.v != nil {
+			rs = append(rs, breaker.Resource{Kind: f.kind, ID: *f.v})
+		}
+	}
+	return rs
+}
+
+// breakerGate applies the breaker of the request's resources: open, the
+// request is held (handed back, no call); released, the operator's edits
+// are applied (only to a request no call of which can have created a run
+// group) and the request goes on; dead-lettered, it is dead-lettered.
+func (p *Processor) breakerGate(ctx context.Context, j *job) (Decision, bool) {
+	if p.Breaker == nil {
+		return Decision{}, false
+	}
+	trip, found, err := p.Breaker.Check(ctx, resourcesOf(j.req))
+	if err != nil || !found {
+		return Decision{}, false // the breaker fails open: the API decides
+	}
+	switch trip.State {
+	case breaker.Open:
+		p.Metrics.BreakerHeld(trip.Resource.Kind)
+		return p.release(ctx, j, p.BreakerHold), true
+	case breaker.DeadLettered:
+		return p.deadLetter(ctx, j, metrics.DLQBreaker, Failure{Class: "permanent", Code: trip.Code,
+			Message: "held by the breaker of " + trip.Resource.Kind + " and dead-lettered by an operator"}), true
+	case breaker.Released:
+		if len(trip.Edits) == 0 || j.current().MaybeCreated {
+			// Released as it is (the resource was fixed at the source).
+			if err := j.hold.update(context.WithoutCancel(ctx), clearRejection); err != nil {
+				return p.ledgerFailure(j, err), true
+			}
+			return Decision{}, false
+		}
+		edited := applyEdits(j.req, trip.Edits)
+		id := submission.IdentityOf(edited, p.now())
+		pinned := true
+		err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
+			if pinned = e.Pin(id); pinned {
+				clearRejection(e)
+			}
+		})
+		if err != nil {
+			return p.ledgerFailure(j, err), true
+		}
+		if pinned {
+			j.req, j.id = edited, id
+			j.log.Info("the breaker was released with an edit; submitting the edited request", "trip", trip.ID)
+		}
+	}
+	return Decision{}, false
+}
+
+func clearRejection(e *ledger.Entry) {
+	if e.Pending == ledger.PendingPermanent {
+		e.Pending, e.PendingCode, e.NotBefore = ledger.PendingNone, "", time.Time{}
+	}
+}
+
+// applyEdits returns a copy of req with the operator's edits of resource
+// fields (breaker.ValidateEdits admits only those).
+func applyEdits(req *submit.RunApplicationRequest, edits map[string]string) *submit.RunApplicationRequest {
+	r := *req
+	for field, v := range edits {
+		switch field {
+		case breaker.KindApplication:
+			r.ApplicationId = v
+		case breaker.KindEnvironment:
+			r.EnvironmentId = v
+		case breaker.KindApplicationVersion:
+			r.ApplicationVersionId = &v
+		case breaker.KindProject:
+			r.ProjectId = &v
+		case breaker.KindTable:
+			r.TableId = &v
+		}
+	}
+	return &r
+}
+
+// recordRejection counts a rejection for its resource's breaker. If the
+// breaker is not open (yet), the request waits one window before its dead
+// letter, so that a whole sample sheet with the same mistake ends held,
+// not partly dead-lettered.
+func (p *Processor) recordRejection(ctx context.Context, j *job) (Decision, bool) {
+	e := j.current()
+	kind, eligible := breaker.KindOf(e.PendingCode)
+	if p.Breaker == nil || !eligible || e.Pending != ledger.PendingPermanent || e.MaybeCreated || e.State != ledger.StatePending {
+		return Decision{}, false
+	}
+	var id string
+	for _, r := range resourcesOf(j.req) {
+		if r.Kind == kind {
+			id = r.ID
+		}
+	}
+	open, err := p.Breaker.Failed(ctx, breaker.Resource{Kind: kind, ID: id}, e.PendingCode, j.key)
+	if err != nil || open {
+		return Decision{}, false // open: the dead-letter step finds it and holds the request
+	}
+	until := p.now().Add(p.BreakerWindow)
+	if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.HoldUntil(until) }); err != nil {
+		return p.ledgerFailure(j, err), true
+	}
+	return Decision{}, false
 }
 
 // successOutcome says whether this handler created the result or found it.

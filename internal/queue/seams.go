@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
 )
@@ -49,6 +50,16 @@ type Pauser interface {
 	Pause(ctx context.Context, reason, code string) error
 	ObserveSuccess()
 	ObserveTransportFailure(ctx context.Context)
+}
+
+// Breaker is the fleet-wide resource breaker; *breaker.Breaker is the KV
+// one. Nil turns it off.
+type Breaker interface {
+	// Failed records that key was rejected with code for r, and reports
+	// whether r's breaker is open now.
+	Failed(ctx context.Context, r breaker.Resource, code, key string) (open bool, err error)
+	// Check returns the first trip among rs that is not closed.
+	Check(ctx context.Context, rs []breaker.Resource) (breaker.Trip, bool, error)
 }
 
 // JetStreamOutbox is the Outbox over the topology's streams.

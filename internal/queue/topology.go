@@ -41,6 +41,11 @@ type Topology struct {
 	// ControlBucket is the KV bucket of fleet-wide state (the pause flag).
 	// Default OMICSQ_CONTROL.
 	ControlBucket string
+	// BreakerBucket is the KV bucket of the resource breakers
+	// (internal/breaker): one entry per resource with recent permanent
+	// failures, trips that hold requests until an operator releases them.
+	// Default OMICSQ_BREAKERS.
+	BreakerBucket string
 
 	// Replicas of every stream and bucket (1, 3 or 5). Default 1.
 	Replicas int
@@ -88,6 +93,7 @@ func DefaultTopology() Topology {
 		AdvisoryStream:  "OMICSQ_ADVISORIES",
 		LedgerBucket:    "OMICSQ_LEDGER",
 		ControlBucket:   "OMICSQ_CONTROL",
+		BreakerBucket:   "OMICSQ_BREAKERS",
 		Replicas:        1,
 		RequestsMaxAge:  0,
 		ResultsMaxAge:   30 * 24 * time.Hour,
@@ -108,6 +114,7 @@ func (t Topology) Validate() error {
 		"requests stream": t.RequestsStream, "requests subject": t.RequestsSubject, "consumer": t.Consumer,
 		"results stream": t.ResultsStream, "results prefix": t.ResultsPrefix, "dlq stream": t.DLQStream,
 		"dlq prefix": t.DLQPrefix, "advisory stream": t.AdvisoryStream, "ledger bucket": t.LedgerBucket, "control bucket": t.ControlBucket,
+		"breaker bucket": t.BreakerBucket,
 	} {
 		if v == "" {
 			errs = append(errs, fmt.Errorf("%s must not be empty", name))
@@ -238,6 +245,11 @@ func (t Topology) buckets() []jetstream.KeyValueConfig {
 			Storage: jetstream.FileStorage, Replicas: t.Replicas},
 		{Bucket: t.ControlBucket, Description: "omicsq fleet control (pause)", History: 1,
 			Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		// No TTL: an open trip holds requests until an operator acts;
+		// released and dead-lettered trips carry their own expiry, and
+		// the workers delete them (internal/breaker).
+		{Bucket: t.BreakerBucket, Description: "omicsq resource breakers (held requests)", History: 1,
+			Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}
 }
 
@@ -282,7 +294,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if info.Config.MaxDeliver > 0 {
 		return fmt.Errorf("bind consumer %s: max deliver must be unlimited (-1): the worker enforces its own delivery budget, and a consumer limit strands messages", t.Consumer)
 	}
-	for _, b := range []string{t.LedgerBucket, t.ControlBucket} {
+	for _, b := range []string{t.LedgerBucket, t.ControlBucket, t.BreakerBucket} {
 		if _, err := js.KeyValue(ctx, b); err != nil {
 			return fmt.Errorf("bind bucket %s: %w", b, err)
 		}

@@ -209,6 +209,9 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 	if givingUp && e.Pending != ledger.PendingGivingUp {
 		return Decision{Step: StepGiveUp}
 	}
+	if wait := e.NotBefore.Sub(s.Now); wait > 0 {
+		return Decision{Step: StepWait, Delay: wait}
+	}
 	switch e.Pending {
 	case ledger.PendingGivingUp:
 		return Decision{Step: StepDeadLetter, Reason: ReasonMaxDeliveries,
@@ -226,9 +229,6 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 		return Decision{Step: StepDeadLetter, Reason: ReasonRetriesExhausted, Detail: "retries of throttled or failed calls were used up"}
 	case ledger.PendingAmbiguous:
 		return Decision{Step: StepLookup} // not reached: an unknown outcome always needs a lookup
-	}
-	if wait := e.NotBefore.Sub(s.Now); wait > 0 {
-		return Decision{Step: StepWait, Delay: wait}
 	}
 	return Decision{Step: StepCall}
 }

@@ -163,6 +163,7 @@ an override in config reaches them too.
   "OMICSQ_ADVISORY_STREAM" $v.jetstream.advisoryStream
   "OMICSQ_LEDGER_BUCKET" $v.jetstream.ledgerBucket
   "OMICSQ_CONTROL_BUCKET" $v.jetstream.controlBucket
+  "OMICSQ_BREAKER_BUCKET" $v.jetstream.breakerBucket
   "OMICSQ_REQUESTS_MAX_AGE" $v.jetstream.requestsMaxAge
   "OMICSQ_RESULTS_MAX_AGE" $v.jetstream.resultsMaxAge
   "OMICSQ_DLQ_MAX_AGE" $v.jetstream.dlqMaxAge
