@@ -110,24 +110,30 @@ func TestRedriveDLQTwice(t *testing.T) {
 		invalid, bodies[k] = append(invalid, k), []byte(b)
 	}
 	e.publishBodies(slices.Concat(control, missing, invalid), bodies)
-	// A short horizon: the sandbox here shows new groups at once.
-	args := []string{"--max-attempts", "3", "--retry-initial", "20ms", "--retry-max-interval", "50ms", "--lookup-horizon", "3s"}
+	// A short horizon: the sandbox here shows new groups at once. The
+	// breaker is off: the unknown-application requests must dead-letter.
+	args := []string{"--max-attempts", "3", "--retry-initial", "20ms", "--retry-max-interval", "50ms", "--lookup-horizon", "3s",
+		"--breaker-threshold", "0"}
 	e.startWorker("w1", args...)
 	e.startWorker("w2", args...)
 	e.waitSettled(len(control)+len(missing)+len(invalid), 60*time.Second)
 
-	e.sb.ForceError("RequestLimitExceeded")
-	throttled := group("throttled", 10, appID)
-	e.publishBodies(throttled, bodies)
-	e.waitSettled(len(control)+len(missing)+len(invalid)+len(throttled), 60*time.Second)
-	e.sb.ForceError("")
+	// Retries exhausted on unknown outcomes that created nothing (InternalError
+	// on every call; throttling is retried without a budget, so it never
+	// exhausts).
+	if err := e.sb.SetFaults(sandbox.Faults{InternalErrorP: 1, Actions: []string{"RunApplication"}}); err != nil {
+		t.Fatal(err)
+	}
+	internal := group("internal", 10, appID)
+	e.publishBodies(internal, bodies)
+	e.waitSettled(len(control)+len(missing)+len(invalid)+len(internal), 60*time.Second)
 
 	if err := e.sb.SetFaults(sandbox.Faults{InternalErrorP: 1, Actions: []string{"RunApplication"}}); err != nil {
 		t.Fatal(err)
 	}
 	ambiguous := group("ambiguous", 6, appID)
 	e.publishBodies(ambiguous, bodies)
-	e.waitSettled(len(control)+len(missing)+len(invalid)+len(throttled)+len(ambiguous), 60*time.Second)
+	e.waitSettled(len(control)+len(missing)+len(invalid)+len(internal)+len(ambiguous), 60*time.Second)
 	if err := e.sb.SetFaults(sandbox.Faults{}); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +146,7 @@ func TestRedriveDLQTwice(t *testing.T) {
 	for _, k := range missing {
 		want[k] = "permanent_error"
 	}
-	for _, k := range slices.Concat(throttled, ambiguous) {
+	for _, k := range slices.Concat(internal, ambiguous) {
 		want[k] = "retries_exhausted"
 	}
 	before := e.deadLetters()
@@ -154,7 +160,7 @@ func TestRedriveDLQTwice(t *testing.T) {
 	groupsBefore := len(e.sb.RunGroups())
 
 	// Fix: lifted faults; half the unknown applications corrected.
-	fixed := slices.Concat(throttled, ambiguous, missing[:5])
+	fixed := slices.Concat(internal, ambiguous, missing[:5])
 	stillFailing := map[string]string{}
 	for _, k := range missing[5:] {
 		stillFailing[k] = "permanent_error"
@@ -220,9 +226,9 @@ func TestRedriveDLQTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("FIGURES %s: requests=%d dlq_before=%d (invalid=%d permanent=%d throttled=%d ambiguous=%d) fixed=%d redrive1=%d racing_copies=%d handbacks_round1=%d redrive2=%d replays=%d "+
+	t.Logf("FIGURES %s: requests=%d dlq_before=%d (invalid=%d permanent=%d internal=%d ambiguous=%d) fixed=%d redrive1=%d racing_copies=%d handbacks_round1=%d redrive2=%d replays=%d "+
 		"run_groups_before=%d after_round1=%d after_round2=%d duplicates=0 RunApplication_round2=%d dlq_after=%d redeliveries=%d pending=%d duration=%s",
-		t.Name(), len(names)+len(invalid), len(before), len(invalid), len(missing), len(throttled), len(ambiguous), len(fixed), len(r1), racing, int(s1.delivered)-int(s1.requestsLastSeq), len(r2), len(fixed),
+		t.Name(), len(names)+len(invalid), len(before), len(invalid), len(missing), len(internal), len(ambiguous), len(fixed), len(r1), racing, int(s1.delivered)-int(s1.requestsLastSeq), len(r2), len(fixed),
 		groupsBefore, groupsAfter1, groupsAfter2, runsAfter2-runsAfter1, final.dlq, int(final.delivered)-int(final.requestsLastSeq),
 		final.requests+final.numPending+final.ackPending, time.Since(e.start).Round(100*time.Millisecond))
 }

@@ -224,7 +224,9 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 		KnownApplications: []string{"app-known-1"},
 		Logger:            slog.New(slog.NewJSONHandler(sbLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
-	w := e.startWorkerAs("sec-w1", leakSecretID, leakSecretKey, "--max-attempts", "3", "--rate", "200")
+	// A 1 s breaker window: a rejected request waits that long for its
+	// resource's breaker before its dead letter.
+	w := e.startWorkerAs("sec-w1", leakSecretID, leakSecretKey, "--max-attempts", "3", "--rate", "200", "--breaker-window", "1s")
 	l := newLeakRequests()
 	settled := 0
 	publish := func(key string, body []byte) {
