@@ -49,33 +49,17 @@ func TestSandboxFaults(t *testing.T) {
 	}
 }
 
-// killLoop SIGKILLs one running worker at random every 2-3 s and restarts
-// it at once (same id and flags), until stop is closed.
+// killLoop SIGKILLs one running worker at random every 2-3 s (the first
+// kill after 1 s) and restarts it at once (same id and flags), until stop
+// is closed.
 func (e *env) killLoop(workers []*workerProc, seed uint64, stop <-chan struct{}) <-chan error {
-	errc := make(chan error, 1)
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	go func() {
-		defer close(errc)
-		wait := time.Second // the first kill comes early, then every 2-3 s
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(wait):
-			}
-			wait = 2*time.Second + time.Duration(rng.Int64N(int64(time.Second)))
-			w := workers[rng.IntN(len(workers))]
-			w.kill()
-			e.mu.Lock()
-			e.kills++
-			e.mu.Unlock()
-			if err := w.restart(); err != nil {
-				errc <- fmt.Errorf("restart %s: %w", w.id, err)
-				return
-			}
-		}
-	}()
-	return errc
+	wait := time.Second
+	return e.killEvery(workers, func() time.Duration {
+		d := wait
+		wait = 2*time.Second + time.Duration(rng.Int64N(int64(time.Second)))
+		return d
+	}, seed, stop)
 }
 
 // 2. SIGKILL of worker processes every 2-3 s during a 2,000-request run:

@@ -14,9 +14,9 @@ import (
 	"github.com/omicsq/omicsq/sandbox"
 )
 
-// killEvery SIGKILLs one running worker at random every interval and
-// restarts it at once, until stop is closed.
-func (e *env) killEvery(workers []*workerProc, interval time.Duration, seed uint64, stop <-chan struct{}) <-chan error {
+// killEvery SIGKILLs one running worker at random, next() apart, and
+// restarts it at once (same id and flags), until stop is closed.
+func (e *env) killEvery(workers []*workerProc, next func() time.Duration, seed uint64, stop <-chan struct{}) <-chan error {
 	errc := make(chan error, 1)
 	rng := rand.New(rand.NewPCG(seed, 0x6b111))
 	go func() {
@@ -25,7 +25,7 @@ func (e *env) killEvery(workers []*workerProc, interval time.Duration, seed uint
 			select {
 			case <-stop:
 				return
-			case <-time.After(interval):
+			case <-time.After(next()):
 			}
 			w := workers[rng.IntN(len(workers))]
 			w.kill()
@@ -62,7 +62,7 @@ func blackBox(t *testing.T, prefix string, vis sandbox.Visibility) {
 		ws = append(ws, e.startWorker(fmt.Sprintf("w%d", i), "--concurrency", "64"))
 	}
 	stop := make(chan struct{})
-	errc := e.killEvery(ws, 5*time.Second, 11, stop)
+	errc := e.killEvery(ws, func() time.Duration { return 5 * time.Second }, 11, stop)
 	e.waitSettled(wl.size(), 300*time.Second)
 	close(stop)
 	if err := <-errc; err != nil {

@@ -242,48 +242,53 @@ func (c *Controller) EndTrial(ctx context.Context, owner string, o Outcome) erro
 	if o == TrialSucceeded {
 		return c.Resume(ctx)
 	}
-	cur, err := c.kv.Get(ctx, stateKey)
-	if err != nil {
-		return fmt.Errorf("pause: read flag: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(cur.Value(), &st); err != nil || !st.Paused || st.TrialOwner != owner {
-		return err
-	}
-	st.TrialOwner, st.TrialUntil = "", time.Time{}
-	if o == TrialFailed {
-		st.Trial = false
-	}
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil &&
-		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("pause: end trial: %w", err)
-	}
-	c.observe(st)
-	return nil
+	return c.updateState(ctx, "end trial", func(st *State) bool {
+		if !st.Paused || st.TrialOwner != owner {
+			return false
+		}
+		st.TrialOwner, st.TrialUntil = "", time.Time{}
+		if o == TrialFailed {
+			st.Trial = false
+		}
+		return true
+	})
 }
 
 // offerTrial turns a paused fleet whose probe passed into a trial.
 func (c *Controller) offerTrial(ctx context.Context) error {
+	return c.updateState(ctx, "offer trial", func(st *State) bool {
+		if !st.Paused || st.Trial {
+			return false
+		}
+		st.Trial = true
+		return true
+	})
+}
+
+// updateState applies change to the stored flag by compare-and-set (a lost
+// race is left to the winner) and observes the result; change reports
+// whether it changed anything.
+func (c *Controller) updateState(ctx context.Context, what string, change func(*State) bool) error {
 	cur, err := c.kv.Get(ctx, stateKey)
 	if err != nil {
 		return fmt.Errorf("pause: read flag: %w", err)
 	}
 	var st State
-	if err := json.Unmarshal(cur.Value(), &st); err != nil || !st.Paused || st.Trial {
-		return err
+	if err := json.Unmarshal(cur.Value(), &st); err != nil {
+		return fmt.Errorf("pause: decode flag: %w", err)
 	}
-	st.Trial = true
+	if !change(&st) {
+		return nil
+	}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil &&
-		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("pause: offer trial: %w", err)
+	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		return fmt.Errorf("pause: %s: %w", what, err)
 	}
 	c.observe(st)
 	return nil
