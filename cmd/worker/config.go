@@ -58,6 +58,7 @@ type config struct {
 	BreakerWindow    time.Duration
 	BreakerThreshold int
 	BreakerHold      time.Duration
+	MaxPauseStrikes  int
 
 	PauseProbeInterval time.Duration
 	UnreachableAfter   time.Duration
@@ -156,6 +157,7 @@ func settings(c *config) []setting {
 
 		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted (the requests stream's message limit; the only local size rule)", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
 
+		{"max-pause-strikes", "OMICSQ_MAX_PAUSE_STRIKES", "a request whose own calls paused a running fleet this often is parked in the DLQ (pause_limit; 0: never)", integer(&c.MaxPauseStrikes, 3)},
 		{"breaker-threshold", "OMICSQ_BREAKER_THRESHOLD", "distinct requests rejected with the same code for the same resource within --breaker-window that open its breaker (0: off)", integer(&c.BreakerThreshold, 5)},
 		{"breaker-window", "OMICSQ_BREAKER_WINDOW", "window of the breaker count; a rejected request waits this long before it is dead-lettered, in case its resource's breaker opens", dur(&c.BreakerWindow, time.Minute)},
 		{"breaker-hold", "OMICSQ_BREAKER_HOLD", "how often a request held by an open breaker is looked at again (no call is made)", dur(&c.BreakerHold, 30*time.Second)},
@@ -283,6 +285,9 @@ func (c *config) validate() error {
 	}
 	if c.LookupHorizon < time.Second {
 		bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
+	}
+	if c.MaxPauseStrikes < 0 {
+		bad("max-pause-strikes", "must be >= 0 (0: never), got %d", c.MaxPauseStrikes)
 	}
 	if c.BreakerThreshold < 0 {
 		bad("breaker-threshold", "must be >= 0 (0: off), got %d", c.BreakerThreshold)

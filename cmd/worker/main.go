@@ -184,7 +184,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
 		Policy: submission.Policy{
 			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,
-			MaxDeliveries: cfg.Topology.MaxDeliver, CreateSkew: 5 * time.Minute,
+			MaxDeliveries: cfg.Topology.MaxDeliver, MaxPauseStrikes: cfg.MaxPauseStrikes, CreateSkew: 5 * time.Minute,
 		},
 		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
 		BreakerWindow: cfg.BreakerWindow, BreakerHold: cfg.BreakerHold,

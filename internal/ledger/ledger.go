@@ -171,6 +171,13 @@ type Entry struct {
 	// outside a trial: a request that keeps pausing the fleet while others
 	// go through is parked in the DLQ instead of pausing it forever.
 	PauseStrikes int `json:"pause_strikes,omitempty"`
+	// Edits are an operator's edits of resource fields (a breaker release)
+	// that the key's request is submitted with: every delivery applies them
+	// again, so the pinned identity is the edited request's.
+	Edits map[string]string `json:"edits,omitempty"`
+	// BreakerRelease names the breaker trip whose release was applied; a
+	// rejection after it is dead-lettered, not held again.
+	BreakerRelease string `json:"breaker_release,omitempty"`
 	// Releases counts deliveries the worker handed back on purpose (a
 	// wait, a lease held elsewhere, a shutdown); deliveries beyond them are
 	// crashes or losses, which the delivery budget bounds.

@@ -295,30 +295,58 @@ func (c *Controller) updateState(ctx context.Context, what string, change func(*
 }
 
 // Pause sets the fleet-wide flag (idempotent: an already paused fleet keeps
-// its first reason) and applies it locally at once, without waiting for the
-// watch to echo it.
-func (c *Controller) Pause(ctx context.Context, reason, code string) error {
+// its first reason, and its trial) and applies it locally at once, without
+// waiting for the watch to echo it. first reports that this call paused a
+// fleet that was not paused.
+func (c *Controller) Pause(ctx context.Context, reason, code string) (first bool, err error) {
 	st := State{Paused: true, Reason: reason, Code: code, Since: c.cfg.Now().UTC(), By: c.cfg.Worker}
+	if c.State().Paused {
+		return false, nil // the watch keeps the local copy in step with the flag
+	}
 	c.observe(st)
 	b, err := json.Marshal(st)
 	if err != nil {
-		return err
+		return false, err
 	}
 	_, err = c.kv.Create(ctx, stateKey, b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		cur, gerr := c.kv.Get(ctx, stateKey)
 		if gerr != nil {
-			return fmt.Errorf("pause: read flag: %w", gerr)
+			return false, fmt.Errorf("pause: read flag: %w", gerr)
 		}
 		var prev State
 		if json.Unmarshal(cur.Value(), &prev) == nil && prev.Paused {
-			return nil
+			c.observe(prev) // somebody paused first: theirs is the flag (and its trial)
+			return false, nil
 		}
 		_, err = c.kv.Update(ctx, stateKey, b, cur.Revision())
 	}
-	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return fmt.Errorf("pause: set flag: %w", err)
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return false, c.resync(ctx)
 	}
+	if err != nil {
+		return false, fmt.Errorf("pause: set flag: %w", err)
+	}
+	return true, nil
+}
+
+// resync replaces the local copy with the stored flag (absent: not paused),
+// so a local pause whose write failed, or a lost compare-and-set, cannot
+// leave this replica paused (or unpaused) alone.
+func (c *Controller) resync(ctx context.Context) error {
+	cur, err := c.kv.Get(ctx, stateKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		c.observe(State{})
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pause: read flag: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(cur.Value(), &st); err != nil {
+		return fmt.Errorf("pause: decode flag: %w", err)
+	}
+	c.observe(st)
 	return nil
 }
 
@@ -344,7 +372,7 @@ func (c *Controller) ObserveTransportFailure(ctx context.Context) {
 	c.unreachableSince.CompareAndSwap(0, now)
 	since := c.unreachableSince.Load()
 	if since != 0 && time.Duration(now-since) >= c.cfg.UnreachableAfter && !c.State().Paused {
-		if err := c.Pause(ctx, ReasonUnreachable, "ClientError.NetworkError"); err != nil {
+		if _, err := c.Pause(ctx, ReasonUnreachable, "ClientError.NetworkError"); err != nil {
 			c.cfg.Logger.Warn("could not pause the fleet", "error", err)
 		}
 	}
@@ -409,6 +437,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.observe(st)
 		case <-probe.C:
 			if !c.State().Paused || c.cfg.Probe == nil {
+				continue
+			}
+			if err := c.resync(ctx); err != nil || !c.State().Paused {
 				continue
 			}
 			if err := c.cfg.Probe(ctx); err != nil {

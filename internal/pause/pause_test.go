@@ -42,7 +42,7 @@ func TestPauseIsFleetWideAndResumesAfterProbe(t *testing.T) {
 	for _, c := range []*Controller{a, b} {
 		go func(c *Controller) { _ = c.Run(ctx); done <- struct{}{} }(c)
 	}
-	if err := a.Pause(ctx, ReasonAuth, "AuthFailure.SecretIdNotFound"); err != nil {
+	if _, err := a.Pause(ctx, ReasonAuth, "AuthFailure.SecretIdNotFound"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return b.State().Paused })
@@ -115,12 +115,21 @@ func TestEnvironmentPauseIsLiftedByOneTrialCall(t *testing.T) {
 	for _, c := range []*Controller{a, b} {
 		go func(c *Controller) { _ = c.Run(ctx) }(c)
 	}
-	if err := a.Pause(ctx, ReasonEnvironment, "InvalidParameterValue.EnvironmentNotAvailable"); err != nil {
+	if _, err := a.Pause(ctx, ReasonEnvironment, "InvalidParameterValue.EnvironmentNotAvailable"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return b.State().Paused })
 	if err := b.WaitLookup(ctx); err != nil {
 		t.Fatalf("lookups held by an environment pause: %v", err)
+	}
+	// Another failure reported while the trial is offered (a lookup, a
+	// call already in flight) must not hide the trial.
+	waitFor(t, func() bool { return b.State().Trial })
+	if first, err := b.Pause(ctx, ReasonEnvironment, "InvalidParameterValue.EnvironmentNotAvailable"); err != nil || first {
+		t.Fatalf("a second Pause: first %v, %v; want false", first, err)
+	}
+	if !b.State().Trial {
+		t.Fatal("a second Pause hid the offered trial")
 	}
 
 	// Six callers on two replicas race for the trial: one wins.

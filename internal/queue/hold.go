@@ -44,6 +44,13 @@ func copyEntry(e ledger.Entry) ledger.Entry {
 		f := *e.InFlight
 		e.InFlight = &f
 	}
+	if e.Edits != nil {
+		edits := make(map[string]string, len(e.Edits))
+		for k, v := range e.Edits {
+			edits[k] = v
+		}
+		e.Edits = edits
+	}
 	return e
 }
 

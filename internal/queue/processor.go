@@ -232,6 +232,12 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		return p.ledgerFailure(j, err)
 	}
 	j.entry = entry
+	if len(entry.Edits) > 0 {
+		// The key stands for the request as an operator edited it (a
+		// breaker release); every delivery submits that one.
+		j.req = applyEdits(req, entry.Edits)
+		j.id = submission.IdentityOf(j.req, p.now())
+	}
 	sit := p.situation(j)
 	if entry.State == ledger.StatePending && entry.Driver != 0 && entry.Driver != d.StreamSeq {
 		alive, err := p.Outbox.Queued(ctx, entry.Driver)
@@ -408,27 +414,37 @@ func (p *Processor) breakerGate(ctx context.Context, j *job) (Decision, bool) {
 	if err != nil || !found {
 		return Decision{}, false // the breaker fails open: the API decides
 	}
+	e := j.current()
 	switch trip.State {
 	case breaker.Open:
 		p.Metrics.BreakerHeld(trip.Resource.Kind)
 		return p.release(ctx, j, p.BreakerHold), true
 	case breaker.DeadLettered:
+		if e.MaybeCreated {
+			return Decision{}, false // a run group may exist: the normal path decides
+		}
 		return p.deadLetter(ctx, j, metrics.DLQBreaker, Failure{Class: "permanent", Code: trip.Code,
 			Message: "held by the breaker of " + trip.Resource.Kind + " and dead-lettered by an operator"}), true
 	case breaker.Released:
-		if len(trip.Edits) == 0 || j.current().MaybeCreated {
-			// Released as it is (the resource was fixed at the source).
-			if err := j.hold.update(context.WithoutCancel(ctx), clearRejection); err != nil {
-				return p.ledgerFailure(j, err), true
-			}
+		if e.BreakerRelease == trip.ID || e.MaybeCreated {
+			// Applied once already (a rejection after it is final), or a run
+			// group may exist (no edit may change what the key stands for).
 			return Decision{}, false
 		}
-		edited := applyEdits(j.req, trip.Edits)
-		id := submission.IdentityOf(edited, p.now())
+		edited, id := j.req, j.id
+		if len(trip.Edits) > 0 {
+			edited = applyEdits(j.req, trip.Edits)
+			id = submission.IdentityOf(edited, p.now())
+		}
 		pinned := true
 		err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
-			if pinned = e.Pin(id); pinned {
-				clearRejection(e)
+			if pinned = e.Pin(id); !pinned {
+				return
+			}
+			clearRejection(e)
+			e.BreakerRelease = trip.ID
+			if len(trip.Edits) > 0 {
+				e.Edits = trip.Edits
 			}
 		})
 		if err != nil {
@@ -436,7 +452,7 @@ func (p *Processor) breakerGate(ctx context.Context, j *job) (Decision, bool) {
 		}
 		if pinned {
 			j.req, j.id = edited, id
-			j.log.Info("the breaker was released with an edit; submitting the edited request", "trip", trip.ID)
+			j.log.Info("the breaker was released; submitting the request", "trip", trip.ID, "edited", len(trip.Edits) > 0)
 		}
 	}
 	return Decision{}, false
@@ -476,7 +492,8 @@ func applyEdits(req *submit.RunApplicationRequest, edits map[string]string) *sub
 func (p *Processor) recordRejection(ctx context.Context, j *job) (Decision, bool) {
 	e := j.current()
 	kind, eligible := breaker.KindOf(e.PendingCode)
-	if p.Breaker == nil || !eligible || e.Pending != ledger.PendingPermanent || e.MaybeCreated || e.State != ledger.StatePending {
+	if p.Breaker == nil || !eligible || e.Pending != ledger.PendingPermanent || e.MaybeCreated || e.State != ledger.StatePending ||
+		e.BreakerRelease != "" {
 		return Decision{}, false
 	}
 	var id string
@@ -637,12 +654,16 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		}
 		p.Metrics.Retry(metrics.RetryTransient)
 	case submit.ClassSystemic:
-		o.Systemic, o.Strike = true, !trial
 		outcome = pause.TrialFailed
 		p.Metrics.Retry(metrics.RetrySystemic)
-		if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
+		first, err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code)
+		if err != nil {
 			j.log.Warn("could not set the fleet pause", "error", err)
 		}
+		// A strike only for the call that paused a running fleet: not for a
+		// trial, and not for the calls already in flight when another one
+		// paused it (an outage would otherwise strike them all).
+		o.Systemic, o.Strike = true, !trial && first
 	case submit.ClassAmbiguous:
 		p.Metrics.Retry(metrics.RetryAmbiguous)
 	}
@@ -820,7 +841,7 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 	p.Metrics.Reconciled(metrics.ReconcileError)
 	switch apiErr.Class {
 	case submit.ClassSystemic:
-		if err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
+		if _, err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
 			j.log.Warn("could not set the fleet pause", "error", err)
 		}
 	case submit.ClassThrottled:

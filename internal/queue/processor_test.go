@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/submission"
@@ -86,11 +87,11 @@ func (o *memOutbox) Queued(context.Context, uint64) (bool, error) { return false
 
 type neverPaused struct{}
 
-func (neverPaused) WaitResumed(ctx context.Context) error       { return ctx.Err() }
-func (neverPaused) WaitLookup(ctx context.Context) error        { return ctx.Err() }
-func (neverPaused) Pause(context.Context, string, string) error { return nil }
-func (neverPaused) ObserveSuccess()                             {}
-func (neverPaused) ObserveTransportFailure(context.Context)     {}
+func (neverPaused) WaitResumed(ctx context.Context) error               { return ctx.Err() }
+func (neverPaused) WaitLookup(ctx context.Context) error                { return ctx.Err() }
+func (neverPaused) Pause(context.Context, string, string) (bool, error) { return true, nil }
+func (neverPaused) ObserveSuccess()                                     {}
+func (neverPaused) ObserveTransportFailure(context.Context)             {}
 func (neverPaused) WaitTurn(ctx context.Context, _ string) (bool, error) {
 	return false, ctx.Err()
 }
@@ -436,5 +437,53 @@ func TestExecutorShutdownBeforeSendingSpendsNoAttempt(t *testing.T) {
 	}
 	if len(out.dead) > 0 {
 		t.Errorf("shutdown dead-lettered the request: %s", out.dead[0].Reason)
+	}
+}
+
+// fixedBreaker answers every Check with one trip.
+type fixedBreaker struct{ trip breaker.Trip }
+
+func (b *fixedBreaker) Failed(context.Context, breaker.Resource, string, string) (bool, error) {
+	return b.trip.State == breaker.Open, nil
+}
+
+func (b *fixedBreaker) Check(context.Context, []breaker.Resource) (breaker.Trip, bool, error) {
+	return b.trip, b.trip.State != "", nil
+}
+
+// A breaker release with an edit, then an unknown outcome and a
+// redelivery (of the original body): the edit is kept in the ledger, so the
+// redelivery is the same request, and its run group is found.
+func TestExecutorBreakerEditSurvivesARedelivery(t *testing.T) {
+	clk := t0c()
+	api := &scriptedAPI{clk: clk, lag: 20 * time.Second, script: []answer{{create: true, err: errGateway}}}
+	p, _, out := newMemProcessor(clk, api)
+	p.Breaker = &fixedBreaker{trip: breaker.Trip{ID: "t1", State: breaker.Released, Code: "ResourceNotFound.ApplicationNotExist",
+		Resource: breaker.Resource{Kind: breaker.KindApplication, ID: "app-1"}, Edits: map[string]string{"ApplicationId": "app-2"}}}
+	p.BreakerHold, p.BreakerWindow = time.Second, time.Second
+	drive(t, p, clk, reviewBody, 1)
+	if len(out.dead) != 0 || len(out.results) != 1 || !out.results["key-1"].Reconciled {
+		t.Fatalf("dead %+v, results %+v; want the edited request's run group found", out.dead, out.results)
+	}
+	if len(api.groups) != 1 || api.groups[0].ApplicationId != "app-2" {
+		t.Errorf("run groups %+v, want one running the edited application", api.groups)
+	}
+}
+
+// A key that may have created its run group is never dead-lettered by an
+// operator's breaker decision, nor edited.
+func TestExecutorBreakerDecisionsSpareAMaybeCreatedKey(t *testing.T) {
+	clk := t0c()
+	api := &scriptedAPI{clk: clk, lag: 20 * time.Second, script: []answer{{create: true, err: errGateway}}}
+	p, _, out := newMemProcessor(clk, api)
+	brk := &fixedBreaker{}
+	p.Breaker, p.BreakerHold, p.BreakerWindow = brk, time.Second, time.Second
+	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
+	p.Handle(context.Background(), d) // the call commits, then fails: maybe created
+	brk.trip = breaker.Trip{ID: "t1", State: breaker.DeadLettered, Code: "ResourceNotFound.ApplicationNotExist",
+		Resource: breaker.Resource{Kind: breaker.KindApplication, ID: "app-1"}}
+	drive(t, p, clk, reviewBody, 1)
+	if len(out.dead) != 0 || len(out.results) != 1 {
+		t.Fatalf("dead %+v, results %+v; want the run group found", out.dead, out.results)
 	}
 }

@@ -47,7 +47,9 @@ type Pauser interface {
 	// caller won it, and must then be told the outcome with EndTrial.
 	WaitTurn(ctx context.Context, owner string) (trial bool, err error)
 	EndTrial(ctx context.Context, owner string, o pause.Outcome) error
-	Pause(ctx context.Context, reason, code string) error
+	// Pause sets the fleet-wide pause; first reports that this call paused
+	// a fleet that was not paused.
+	Pause(ctx context.Context, reason, code string) (first bool, err error)
 	ObserveSuccess()
 	ObserveTransportFailure(ctx context.Context)
 }

@@ -104,6 +104,9 @@ func sameInput(req *submit.RunApplicationRequest, g *submit.RunGroup) bool {
 	}
 	doc, err := base64.StdEncoding.DecodeString(*req.InputBase64)
 	if err != nil {
+		doc, err = base64.RawStdEncoding.DecodeString(*req.InputBase64)
+	}
+	if err != nil {
 		return false
 	}
 	var want, got any

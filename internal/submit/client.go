@@ -184,7 +184,9 @@ func (c *Client) ProbeRunApplication(ctx context.Context) error {
 		return &Error{Action: "RunApplication", Class: ClassSystemic, Code: CodeInvalidResponse,
 			Message: "an empty RunApplication request was accepted"}
 	}
-	if e, ok := errors.AsType[*Error](err); ok && e.Class == ClassPermanent && !e.DuplicateName &&
+	// Judged by family, not class: an unreviewed sub-code of a parameter
+	// family (classed systemic) still proves the call was authorised.
+	if e, ok := errors.AsType[*Error](err); ok && !e.DuplicateName &&
 		inFamily(e.Code, "MissingParameter", "InvalidParameter", "InvalidParameterValue", "UnknownParameter") {
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/big"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -171,12 +172,17 @@ func (r *RunApplicationRequest) normalize() {
 		blankToNil(p)
 	}
 	if r.InputBase64 != nil {
+		// Line breaks and spaces of wrapped base64 (ASCII white space only).
 		unwrapped := strings.Map(func(c rune) rune {
-			if unicode.IsSpace(c) {
+			if c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' {
 				return -1
 			}
 			return c
 		}, *r.InputBase64)
+		// Unpadded base64 is sent padded: one spelling of one input.
+		if doc, err := base64.RawStdEncoding.DecodeString(unwrapped); err == nil && !strings.HasSuffix(unwrapped, "=") {
+			unwrapped = base64.StdEncoding.EncodeToString(doc)
+		}
 		r.InputBase64 = &unwrapped
 	}
 	if o := r.Option; o != nil {
@@ -265,6 +271,12 @@ func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[s
 	if _, err := dec.Token(); err != nil { // the closing brace
 		return nil, invalid(CodeInvalidParameter, fieldName(prefix), "body is not valid JSON")
 	}
+	if prefix == "" {
+		// Checked here too, because a rewritten body drops what follows.
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return nil, invalid(CodeInvalidParameter, "", "request body has data after the JSON object")
+		}
+	}
 	if !changed {
 		return data, nil
 	}
@@ -273,19 +285,29 @@ func checkKeys(data []byte, prefix string, allowed map[string]bool, nested map[s
 }
 
 // integralNumber returns raw as an integer literal when it is a JSON number
-// written with a fraction or exponent whose value is a whole non-negative
-// number; ok is false when there is nothing to rewrite.
+// written with a fraction or exponent (or as -0) whose value is exactly a
+// whole non-negative number; ok is false when there is nothing to rewrite.
+// The literal is bounded first: a tiny message must not make the decoder
+// expand 1e100000000.
 func integralNumber(raw json.RawMessage) (json.RawMessage, bool) {
 	s := string(bytes.TrimSpace(raw))
-	if s == "" || !strings.ContainsAny(s, ".eE") || !json.Valid(raw) || s[0] == '"' {
+	if s == "" || len(s) > 40 || s[0] == '"' || !json.Valid(raw) {
 		return nil, false
 	}
-	f, ok := new(big.Float).SetString(s)
-	if !ok || f.Sign() < 0 || !f.IsInt() {
+	if !strings.ContainsAny(s, ".eE") && s != "-0" {
 		return nil, false
 	}
-	i, _ := f.Int(nil)
-	return json.RawMessage(i.String()), true
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		exp, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil || exp > 20 || exp < -40 {
+			return nil, false
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || r.Sign() < 0 || !r.IsInt() {
+		return nil, false
+	}
+	return json.RawMessage(r.Num().String()), true
 }
 
 func fieldName(prefix string) string { return strings.TrimSuffix(prefix, ".") }
@@ -413,7 +435,7 @@ func checkInput(b64, cosURI *string) error {
 	if err != nil {
 		return invalid(CodeInvalidBase64Encode, "InputBase64", "must be standard base64")
 	}
-	if !utf8.Valid(doc) || !json.Valid(doc) {
+	if !json.Valid(doc) {
 		return invalid(CodeInvalidInputJSONFormat, "InputBase64", "decoded input must be a JSON document")
 	}
 	return nil

@@ -94,6 +94,15 @@ func TestDecodeRunApplication(t *testing.T) {
 		{name: "rows without a table", body: edit(map[string]any{"TableRowUuids": []any{"row-1"}})},
 		{name: "cache clear delay 24.0", body: raw(strings.Replace(string(readSeed(t, "seed_singleton.json")), `"CacheClearDelay": 0`, `"CacheClearDelay": 24.0`, 1))},
 		{name: "https COS URL", body: edit(map[string]any{"InputBase64": nil, "InputCosUri": "https://bucket-1250000000.cos.ap-guangzhou.myqcloud.com/in.json"})},
+		{name: "minus zero", body: raw(strings.Replace(string(readSeed(t, "seed_singleton.json")), `"CacheClearDelay": 0`, `"CacheClearDelay": -0`, 1))},
+		{name: "rewritten integer, then trailing data", body: raw(strings.Replace(string(readSeed(t, "seed_singleton.json")), `"CacheClearDelay": 0`, `"CacheClearDelay": 24.0`, 1) + ` {"x":1}`),
+			wantCode: CodeInvalidParameter},
+		{name: "almost an integer", body: raw(strings.Replace(string(readSeed(t, "seed_singleton.json")), `"CacheClearDelay": 0`, `"CacheClearDelay": 24.000000000000000000001`, 1)),
+			wantCode: CodeInvalidParameter, wantField: "CacheClearDelay"},
+		{name: "a huge exponent is refused, not expanded", body: raw(strings.Replace(string(readSeed(t, "seed_singleton.json")), `"CacheClearDelay": 0`, `"CacheClearDelay": 1e100000000`, 1)),
+			wantCode: CodeInvalidParameter, wantField: "CacheClearDelay"},
+		{name: "non-ASCII space in base64", body: edit(map[string]any{"InputBase64": "e30\u00a0"}), wantCode: CodeInvalidBase64Encode, wantField: "InputBase64"},
+		{name: "input of another encoding", body: edit(map[string]any{"InputBase64": b64("\"\xff\"")})},
 		{name: "wrapped base64", body: edit(map[string]any{"InputBase64": "eyJzYW1wbGUi\nOiJTLTEifQ==\n"})},
 		{name: "long IDs with spaces", body: edit(map[string]any{"ApplicationId": "app " + strings.Repeat("a", 200), "VolumeIds": []any{""}})},
 		{name: "nextflow config of any size", body: edit(map[string]any{"NFOption.Config": strings.Repeat("c", 70<<10)})},
@@ -211,7 +220,6 @@ func TestValidateProgrammaticRequest(t *testing.T) {
 		{"invalid UTF-8 id", func(r *RunApplicationRequest) { r.ApplicationId = "\xff" + marker }, CodeInvalidParameter, "ApplicationId"},
 		{"invalid UTF-8 nested", func(r *RunApplicationRequest) { r.NFOption = &NFOption{Config: new("\xff")} }, CodeInvalidParameter, "NFOption.Config"},
 		{"invalid UTF-8 list element", func(r *RunApplicationRequest) { r.VolumeIds = []string{"v", "\xff"} }, CodeInvalidParameter, "VolumeIds"},
-		{"input decodes to invalid UTF-8", func(r *RunApplicationRequest) { r.InputBase64 = new(b64("\"\xff\"")) }, CodeInvalidInputJSONFormat, "InputBase64"},
 	}
 	for _, c := range cases {
 		r := valid()
@@ -256,6 +264,10 @@ func TestDecodeNormalises(t *testing.T) {
 	}
 	if *req.InputBase64 != "eyJzYW1wbGUiOiJTLTEifQ==" {
 		t.Errorf("base64 not unwrapped: %q", *req.InputBase64)
+	}
+	unpadded, err := DecodeRunApplication([]byte(`{"ApplicationId":"a","Name":"n","EnvironmentId":"e","InputBase64":"e30"}`), Limits{})
+	if err != nil || *unpadded.InputBase64 != "e30=" {
+		t.Errorf("unpadded base64: %v %v, want it sent padded", unpadded, err)
 	}
 	plain := []byte(`{"ApplicationId":"app-1","Name":"n","EnvironmentId":"env-1","InputBase64":"eyJzYW1wbGUiOiJTLTEifQ==","CacheClearDelay":24,"TimeoutNotificationMinutes":30,"Option":{}}`)
 	want, err := DecodeRunApplication(plain, Limits{})
