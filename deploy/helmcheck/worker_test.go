@@ -59,6 +59,9 @@ func sameValue(a, b string) bool {
 	if a == b {
 		return true
 	}
+	if (a == "" && b == "0s") || (a == "0s" && b == "") {
+		return true // a zero duration, as the worker's table and the chart spell it
+	}
 	if da, err := time.ParseDuration(a); err == nil {
 		db, err := time.ParseDuration(b)
 		return err == nil && da == db
