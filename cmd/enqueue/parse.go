@@ -401,7 +401,9 @@ func (p *parser) finish(loc location, body []byte, key string, keyGiven bool) (i
 			return item{}, &itemError{Loc: loc, Field: envelopeKeyField, Code: codeInvalidKey, Reason: err.Error()}
 		}
 	} else {
-		key = queue.DeriveKey(canonical)
+		// Derived from the body as spelled, so re-enqueueing a sheet keeps
+		// the keys earlier versions gave it.
+		key = queue.DeriveKey(submit.CanonicalForKey(body, req))
 	}
 	return item{Loc: loc, Key: key, KeyGiven: keyGiven, Body: canonical, Req: req}, nil
 }

@@ -1017,9 +1017,7 @@ func requestKey(h nats.Header, req *submit.RunApplicationRequest, raw []byte) (s
 		}
 	}
 	if req != nil {
-		if canonical, err := json.Marshal(req); err == nil {
-			return DeriveKey(canonical), nil
-		}
+		return DeriveKey(submit.CanonicalForKey(raw, req)), nil
 	}
 	return DeriveKey(raw), nil
 }
