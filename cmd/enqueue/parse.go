@@ -401,9 +401,7 @@ func (p *parser) finish(loc location, body []byte, key string, keyGiven bool) (i
 			return item{}, &itemError{Loc: loc, Field: envelopeKeyField, Code: codeInvalidKey, Reason: err.Error()}
 		}
 	} else {
-		// Derived from the body as spelled, so re-enqueueing a sheet keeps
-		// the keys earlier versions gave it.
-		key = queue.DeriveKey(submit.CanonicalForKey(body, req))
+		key = queue.DeriveKey(canonical)
 	}
 	return item{Loc: loc, Key: key, KeyGiven: keyGiven, Body: canonical, Req: req}, nil
 }

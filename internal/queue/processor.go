@@ -1017,7 +1017,9 @@ func requestKey(h nats.Header, req *submit.RunApplicationRequest, raw []byte) (s
 		}
 	}
 	if req != nil {
-		return DeriveKey(submit.CanonicalForKey(raw, req)), nil
+		if canonical, err := json.Marshal(req); err == nil {
+			return DeriveKey(canonical), nil
+		}
 	}
 	return DeriveKey(raw), nil
 }

@@ -473,29 +473,3 @@ func invalidUTF8(v reflect.Value, prefix string) string {
 	}
 	return ""
 }
-
-// CanonicalForKey returns the canonical JSON a key is derived from for a
-// body that came without one: the body decoded as it was spelled (only
-// empty lists dropped) and encoded again, as versions before normalisation
-// derived it, so a request in flight across an upgrade keeps its key. req is
-// the decoded request, used when the body only decodes after normalisation
-// (24.0 for an integer).
-func CanonicalForKey(body []byte, req *RunApplicationRequest) []byte {
-	var spelled RunApplicationRequest
-	if err := json.Unmarshal(body, &spelled); err == nil {
-		if len(spelled.TableRowUuids) == 0 {
-			spelled.TableRowUuids = nil
-		}
-		if len(spelled.VolumeIds) == 0 {
-			spelled.VolumeIds = nil
-		}
-		if len(spelled.EmailForNotification) == 0 {
-			spelled.EmailForNotification = nil
-		}
-		if b, err := json.Marshal(&spelled); err == nil {
-			return b
-		}
-	}
-	b, _ := json.Marshal(req)
-	return b
-}

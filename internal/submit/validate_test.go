@@ -340,30 +340,3 @@ func TestUnknownKeyIsBoundedInField(t *testing.T) {
 		t.Errorf("control character in key: got %#v", err)
 	}
 }
-
-// A body that spells a blank optional field keeps the key earlier versions
-// derived for it (the typed request as spelled, re-encoded), although it is
-// sent normalised.
-func TestCanonicalForKeyIsTheBodyAsSpelled(t *testing.T) {
-	t.Parallel()
-	body := []byte(`{"Name":"n","ApplicationId":"a","EnvironmentId":"e","Description":"","InputBase64":"e30=","VolumeIds":[]}`)
-	req, err := DecodeRunApplication(body, Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := `{"ApplicationId":"a","Name":"n","EnvironmentId":"e","Description":"","InputBase64":"e30="}`
-	if got := string(CanonicalForKey(body, req)); got != old {
-		t.Errorf("canonical for the key\n%s\nwant\n%s", got, old)
-	}
-	if req.Description != nil {
-		t.Error("the request itself is not normalised")
-	}
-	odd := []byte(`{"Name":"n","ApplicationId":"a","EnvironmentId":"e","InputBase64":"e30=","CacheClearDelay":24.0}`)
-	oddReq, err := DecodeRunApplication(odd, Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := string(CanonicalForKey(odd, oddReq)); !strings.Contains(got, `"CacheClearDelay":24`) {
-		t.Errorf("a body only the normalised form decodes: %s", got)
-	}
-}
