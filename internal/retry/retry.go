@@ -1,6 +1,7 @@
 // Package retry computes the delays between attempts of an operation that is
 // safe to repeat (a throttled or never-sent API call), with exponential growth,
-// jitter, and bounds on attempts and elapsed time.
+// jitter, and bounds on attempts and on active retrying time (the delays
+// spent, not time paused or queued).
 //
 // The arithmetic is github.com/cenkalti/backoff/v4's; this package pins its
 // semantics behind a small type so a change of major version cannot silently
@@ -30,8 +31,8 @@ type Policy struct {
 	// MaxAttempts is the total number of attempts (the first one included)
 	// before the request is given up. Default 10.
 	MaxAttempts int
-	// MaxElapsed bounds the time from the first attempt to the last retry.
-	// Default 15m.
+	// MaxElapsed bounds the active retrying: the sum of the delays spent
+	// (time paused or queued does not count). Default 15m.
 	MaxElapsed time.Duration
 }
 
@@ -71,69 +72,23 @@ func (p Policy) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Schedule is the retry state of one request. It is not safe for concurrent use.
-type Schedule struct {
-	policy   Policy
-	backoff  *backoff.ExponentialBackOff
-	attempts int
-	first    time.Time
-	now      func() time.Time
-}
-
-// clockFunc adapts a func to backoff.Clock.
-type clockFunc func() time.Time
-
-func (c clockFunc) Now() time.Time { return c() }
-
-// Resume returns the schedule of a request that has already made attempts
-// attempts, the first of them at first (the zero time means "now"). Resuming
-// from a persisted count keeps the bounds across redeliveries and restarts.
-// now may be nil (time.Now).
-func (p Policy) Resume(attempts int, first time.Time, now func() time.Time) *Schedule {
-	if now == nil {
-		now = time.Now
-	}
-	if first.IsZero() {
-		first = now()
-	}
+// backoffAfter returns the backoff state of a request that has failed
+// attempts times: its next delay is the one before attempt attempts+1.
+func (p Policy) backoffAfter(attempts int) *backoff.ExponentialBackOff {
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     p.InitialInterval,
 		RandomizationFactor: p.RandomizationFactor,
 		Multiplier:          p.Multiplier,
 		MaxInterval:         p.MaxInterval,
-		MaxElapsedTime:      0, // elapsed is bounded here, from the persisted first attempt
+		MaxElapsedTime:      0, // the budget is active time, counted by the caller
 		Stop:                backoff.Stop,
-		Clock:               clockFunc(now),
+		Clock:               backoff.SystemClock,
 	}
 	b.Reset()
-	// Advance the interval to where a request with this many attempts stands.
 	for i := 1; i < attempts; i++ {
 		b.NextBackOff()
 	}
-	return &Schedule{policy: p, backoff: b, attempts: attempts, first: first, now: now}
-}
-
-// Attempts reports how many attempts the schedule has counted.
-func (s *Schedule) Attempts() int { return s.attempts }
-
-// Next counts one more failed attempt and returns the delay before the next
-// one. ok is false when the request has used its attempts or its time.
-func (s *Schedule) Next() (delay time.Duration, ok bool) {
-	if s.attempts < 1 {
-		s.attempts = 1
-	}
-	if s.attempts >= s.policy.MaxAttempts {
-		return 0, false
-	}
-	d := s.backoff.NextBackOff()
-	if d == backoff.Stop {
-		return 0, false
-	}
-	if s.now().Add(d).Sub(s.first) > s.policy.MaxElapsed {
-		return 0, false
-	}
-	s.attempts++
-	return d, true
+	return b
 }
 
 // Next returns the delay before the attempt after attempts failed ones,
@@ -141,11 +96,11 @@ func (s *Schedule) Next() (delay time.Duration, ok bool) {
 // is false when the budget (attempts or active time) is used up. Only active
 // time counts: time a request spends paused or queued is not retrying.
 func (p Policy) Next(attempts int, active time.Duration) (delay time.Duration, ok bool) {
-	s := p.Resume(max(1, attempts), time.Time{}, nil)
-	if s.attempts >= p.MaxAttempts {
+	attempts = max(1, attempts)
+	if attempts >= p.MaxAttempts {
 		return 0, false
 	}
-	d := s.backoff.NextBackOff()
+	d := p.backoffAfter(attempts).NextBackOff()
 	if d == backoff.Stop || active+d > p.MaxElapsed {
 		return 0, false
 	}
@@ -156,6 +111,5 @@ func (p Policy) Next(attempts int, active time.Duration) (delay time.Duration, o
 // ones, with no budget: for failures the limiter adapts to (throttling),
 // which are retried for as long as they last.
 func (p Policy) Delay(attempts int) time.Duration {
-	s := p.Resume(max(1, min(attempts, 64)), time.Time{}, nil)
-	return s.backoff.NextBackOff()
+	return p.backoffAfter(max(1, min(attempts, 64))).NextBackOff()
 }
