@@ -250,6 +250,7 @@ func (e *Entry) LookupNotFound(requestID string, at time.Time, worker string, re
 // retryIn.
 func (e *Entry) LookupFailed(class, code, requestID string, at time.Time, worker string, retryIn time.Duration) {
 	e.Record(Event{At: at, Kind: "lookup", Outcome: class, Code: code, RequestID: requestID, Worker: worker})
+	e.Lookups++ // the next delay grows
 	e.NeedsLookup = true
 	e.NotBefore = at.Add(retryIn)
 }

@@ -860,10 +860,8 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 	}
 	err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) {
 		e.LookupFailed(apiErr.Class.String(), apiErr.Code, apiErr.RequestID, at.UTC(), p.Worker, delay)
-		e.Lookups++
 		if charge && !e.MaybeCreated {
-			e.RetryAttempts++
-			e.RetryActive += delay
+			e.ScheduleRetry(at.UTC(), delay)
 		}
 	})
 	if err != nil {
