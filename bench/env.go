@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"log/slog"
 	"net"
@@ -407,8 +408,8 @@ func preloadAsync(ctx context.Context, js jetstream.JetStream, t queue.Topology,
 		name := fmt.Sprintf("%s-%06d", prefix, i)
 		m := nats.NewMsg(t.RequestsSubject)
 		m.Data = requestBody(name)
-		m.Header.Set(queue.HeaderKey, name)
-		m.Header.Set(queue.HeaderMsgID, name)
+		m.Header.Set(client.HeaderKey, name)
+		m.Header.Set(client.HeaderMsgID, name)
 		if _, err := js.PublishMsgAsync(m); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}

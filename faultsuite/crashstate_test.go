@@ -3,6 +3,7 @@ package faultsuite
 import (
 	"context"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"testing"
 	"time"
 
@@ -74,7 +75,7 @@ func (w *crashWorld) put(e ledger.Entry) {
 
 // takeOver starts a worker, waits for the request to settle and returns
 // what it ended as and the API calls the worker made.
-func (w *crashWorld) takeOver() (results []queue.Result, dead []queue.DeadLetter, runCalls, describeCalls int64, took time.Duration) {
+func (w *crashWorld) takeOver() (results []client.Result, dead []client.DeadLetter, runCalls, describeCalls int64, took time.Duration) {
 	w.t.Helper()
 	before := w.sb.Stats()
 	start := time.Now()
@@ -112,8 +113,8 @@ func (w *crashWorld) waitSettledOrEmpty(timeout time.Duration) {
 // deterministically.
 func TestCrashAtEachStep(t *testing.T) {
 	now := time.Now().UTC()
-	call := func(outcome, code string) ledger.Event {
-		return ledger.Event{At: now, Kind: "call", Outcome: outcome, Code: code, Worker: "ghost"}
+	call := func(outcome, code string) client.Event {
+		return client.Event{At: now, Kind: "call", Outcome: outcome, Code: code, Worker: "ghost"}
 	}
 	intent := ledger.Entry{State: ledger.StatePending, Calls: 1,
 		InFlight:   &ledger.InFlight{Owner: "ghost", Since: now.Add(-time.Minute), Deadline: now.Add(-time.Second)},
@@ -168,7 +169,7 @@ func TestCrashAtEachStep(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup()
 		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, RunGroupID: id, RequestID: "req-1",
-			SubmittedAt: now, History: []ledger.Event{call("success", "")}})
+			SubmittedAt: now, History: []client.Event{call("success", "")}})
 		rs, ds, runs, describes, _ := w.takeOver()
 		expectResult(t, w, rs, ds)
 		if len(rs) == 1 && rs[0].RunGroupID != id {
@@ -183,7 +184,7 @@ func TestCrashAtEachStep(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup()
 		w.put(ledger.Entry{State: ledger.StateSubmitted, Calls: 1, RunGroupID: id, RequestID: "req-1", SubmittedAt: now})
-		if _, err := queue.PublishResult(context.Background(), w.js, w.topo, queue.Result{Key: w.key, RunGroupID: id, Attempts: 1, Worker: "ghost"}); err != nil {
+		if _, err := queue.PublishResult(context.Background(), w.js, w.topo, client.Result{Key: w.key, RunGroupID: id, Attempts: 1, Worker: "ghost"}); err != nil {
 			t.Fatal(err)
 		}
 		rs, ds, runs, describes, _ := w.takeOver()
@@ -194,7 +195,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	})
 
 	deadEntry := func(seq uint64) ledger.Entry {
-		return ledger.Entry{State: ledger.StateDead, Calls: 1, DeadSequence: seq, History: []ledger.Event{
+		return ledger.Entry{State: ledger.StateDead, Calls: 1, DeadSequence: seq, History: []client.Event{
 			call("permanent", "ResourceNotFound.ApplicationNotExist"),
 			{At: now, Kind: "dead_letter", Outcome: "permanent_error", Code: "ResourceNotFound.ApplicationNotExist", Worker: "ghost"},
 		}}
@@ -213,8 +214,8 @@ func TestCrashAtEachStep(t *testing.T) {
 	t.Run("after-dlq-publish-before-ack", func(t *testing.T) {
 		w := newCrashWorld(t, otherID)
 		w.put(deadEntry(w.seq))
-		dl := queue.DeadLetter{Key: w.key, Request: w.body, Reason: "permanent_error", Attempts: 1, Deliveries: 1, StreamSequence: w.seq,
-			Error: queue.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist"}}
+		dl := client.DeadLetter{Key: w.key, Request: w.body, Reason: "permanent_error", Attempts: 1, Deliveries: 1, StreamSequence: w.seq,
+			Error: client.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist"}}
 		if err := queue.PublishDeadLetter(context.Background(), w.js, w.topo, dl, fmt.Sprintf("%s/%d/%d", w.key, w.seq, 1)); err != nil {
 			t.Fatal(err)
 		}
@@ -233,7 +234,7 @@ func TestCrashAtEachStep(t *testing.T) {
 		w := newCrashWorld(t, appID)
 		id := w.createRunGroup() // the ambiguous call's run group, visible only now
 		w.put(ledger.Entry{State: ledger.StatePending, Calls: 1, MaybeCreated: true,
-			History: []ledger.Event{call("ambiguous", "InternalError"), {At: now, Kind: "lookup", Outcome: "not_found", Worker: "ghost"}}})
+			History: []client.Event{call("ambiguous", "InternalError"), {At: now, Kind: "lookup", Outcome: "not_found", Worker: "ghost"}}})
 		rs, ds, runs, _, _ := w.takeOver()
 		expectResult(t, w, rs, ds)
 		if len(rs) == 1 && (rs[0].RunGroupID != id || !rs[0].Reconciled) {
@@ -258,7 +259,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	})
 }
 
-func expectResult(t *testing.T, w *crashWorld, rs []queue.Result, ds []queue.DeadLetter) {
+func expectResult(t *testing.T, w *crashWorld, rs []client.Result, ds []client.DeadLetter) {
 	t.Helper()
 	if len(rs) != 1 || len(ds) != 0 {
 		t.Errorf("request ended as %d results and %d dead letters, want exactly one result", len(rs), len(ds))
@@ -268,13 +269,13 @@ func expectResult(t *testing.T, w *crashWorld, rs []queue.Result, ds []queue.Dea
 	}
 }
 
-func expectDeadLetter(t *testing.T, rs []queue.Result, ds []queue.DeadLetter, reason string) {
+func expectDeadLetter(t *testing.T, rs []client.Result, ds []client.DeadLetter, reason string) {
 	t.Helper()
 	if len(rs) != 0 || len(ds) != 1 {
 		t.Errorf("request ended as %d results and %d dead letters, want exactly one dead letter (lost if none)", len(rs), len(ds))
 		return
 	}
-	if ds[0].Reason != reason {
+	if string(ds[0].Reason) != reason {
 		t.Errorf("dead letter reason %s, want %s", ds[0].Reason, reason)
 	}
 }

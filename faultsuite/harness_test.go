@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"net"
 	"os"
 	"os/exec"
@@ -565,8 +566,8 @@ func (e *env) publishBodies(keys []string, bodies map[string][]byte) {
 		for _, k := range keys[i:min(i+window, len(keys))] {
 			m := nats.NewMsg(e.topo.RequestsSubject)
 			m.Data = bodies[k]
-			m.Header.Set(queue.HeaderKey, k)
-			m.Header.Set(queue.HeaderMsgID, k)
+			m.Header.Set(client.HeaderKey, k)
+			m.Header.Set(client.HeaderMsgID, k)
 			f, err := e.js.PublishMsgAsync(m)
 			if err != nil {
 				e.t.Fatalf("publish %s: %v", k, err)
@@ -660,18 +661,18 @@ func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
 }
 
 // outcomes reads every result and dead letter stored.
-func (e *env) outcomes() (results map[string][]queue.Result, dead map[string][]queue.DeadLetter) {
+func (e *env) outcomes() (results map[string][]client.Result, dead map[string][]client.DeadLetter) {
 	e.t.Helper()
-	results, dead = map[string][]queue.Result{}, map[string][]queue.DeadLetter{}
-	e.readStream(e.topo.ResultsStream, func() { results = map[string][]queue.Result{} }, func(_ uint64, b []byte) {
-		r, err := queue.DecodeResult(b)
+	results, dead = map[string][]client.Result{}, map[string][]client.DeadLetter{}
+	e.readStream(e.topo.ResultsStream, func() { results = map[string][]client.Result{} }, func(_ uint64, b []byte) {
+		r, err := client.DecodeResult(b)
 		if err != nil {
 			e.t.Fatalf("bad result: %v", err)
 		}
 		results[r.Key] = append(results[r.Key], r)
 	})
-	e.readStream(e.topo.DLQStream, func() { dead = map[string][]queue.DeadLetter{} }, func(_ uint64, b []byte) {
-		d, err := queue.DecodeDeadLetter(b)
+	e.readStream(e.topo.DLQStream, func() { dead = map[string][]client.DeadLetter{} }, func(_ uint64, b []byte) {
+		d, err := client.DecodeDeadLetter(b)
 		if err != nil {
 			e.t.Fatalf("bad dead letter: %v", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"maps"
 	"slices"
 	"testing"
@@ -18,14 +19,14 @@ import (
 // dlqEntry is one stored dead letter.
 type dlqEntry struct {
 	seq uint64
-	dl  queue.DeadLetter
+	dl  client.DeadLetter
 }
 
 func (e *env) deadLetters() []dlqEntry {
 	e.t.Helper()
 	var out []dlqEntry
 	e.readStream(e.topo.DLQStream, func() { out = nil }, func(seq uint64, b []byte) {
-		d, err := queue.DecodeDeadLetter(b)
+		d, err := client.DecodeDeadLetter(b)
 		if err != nil {
 			e.t.Fatalf("bad dead letter at %d: %v", seq, err)
 		}
@@ -73,8 +74,8 @@ func (e *env) republish(key, msgID string, body []byte) {
 	e.t.Helper()
 	m := nats.NewMsg(e.topo.RequestsSubject)
 	m.Data = body
-	m.Header.Set(queue.HeaderKey, key)
-	m.Header.Set(queue.HeaderMsgID, msgID)
+	m.Header.Set(client.HeaderKey, key)
+	m.Header.Set(client.HeaderMsgID, msgID)
 	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
 		e.t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestRedriveDLQTwice(t *testing.T) {
 	before := e.deadLetters()
 	got := map[string]string{}
 	for _, x := range before {
-		got[x.dl.Key] = x.dl.Reason
+		got[x.dl.Key] = string(x.dl.Reason)
 	}
 	if !maps.Equal(got, want) || len(before) != len(want) {
 		t.Fatalf("DLQ before the redrive: %d entries %v, want %v", len(before), got, want)
@@ -266,7 +267,7 @@ func (e *env) checkRedrive(t *testing.T, round string, succeeded []string, names
 		}
 	}
 	for k, reason := range stillFailing {
-		if ds := dead[k]; len(ds) != 1 || ds[0].Reason != reason {
+		if ds := dead[k]; len(ds) != 1 || string(ds[0].Reason) != reason {
 			t.Errorf("%s: %s has %d dead letters, want one %s", round, k, len(ds), reason)
 		}
 	}

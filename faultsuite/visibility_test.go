@@ -1,6 +1,8 @@
 package faultsuite
 
 import (
+	"github.com/omicsq/omicsq/client"
+
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -140,7 +142,7 @@ func TestRedriveOfAMaybeCreatedKey(t *testing.T) {
 	id := w.createRunGroup()
 	pin := w.identity()
 	w.put(ledger.Entry{State: ledger.StateDead, Calls: 2, MaybeCreated: true, Identity: &pin, DeadSequence: w.seq,
-		History: []ledger.Event{{At: time.Now().UTC(), Kind: "dead_letter", Outcome: "reconcile_exhausted", Code: "InvalidParameterValue.DuplicateName"}}})
+		History: []client.Event{{At: time.Now().UTC(), Kind: "dead_letter", Outcome: "reconcile_exhausted", Code: "InvalidParameterValue.DuplicateName"}}})
 	edited := requestBody("crash-sample-renamed", appID)
 	if err := queue.RedriveRequest(context.Background(), w.js, w.topo, w.key, 1, edited); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"log/slog"
 	"slices"
@@ -52,13 +53,13 @@ type dlqEntry struct {
 	stored  time.Time
 	header  nats.Header
 	data    []byte
-	dl      *queue.DeadLetter // nil when the body is not a dead-letter document
+	dl      *client.DeadLetter // nil when the body is not a dead-letter document
 	key     string
 }
 
 func newEntry(seq uint64, subject string, stored time.Time, h nats.Header, data []byte) dlqEntry {
-	e := dlqEntry{seq: seq, subject: subject, stored: stored, header: h, data: data, key: h.Get(queue.HeaderKey)}
-	if d, err := queue.DecodeDeadLetter(data); err == nil {
+	e := dlqEntry{seq: seq, subject: subject, stored: stored, header: h, data: data, key: h.Get(client.HeaderKey)}
+	if d, err := client.DecodeDeadLetter(data); err == nil {
 		e.dl = &d
 		e.key = d.Key
 	}
@@ -69,14 +70,14 @@ func (e dlqEntry) code() string {
 	if e.dl != nil && e.dl.Error.Code != "" {
 		return e.dl.Error.Code
 	}
-	return e.header.Get(queue.HeaderErrorCode)
+	return e.header.Get(client.HeaderErrorCode)
 }
 
 func (e dlqEntry) reason() string {
 	if e.dl != nil {
-		return e.dl.Reason
+		return string(e.dl.Reason)
 	}
-	return e.header.Get(queue.HeaderReason)
+	return e.header.Get(client.HeaderReason)
 }
 
 func (e dlqEntry) failedAt() time.Time {
@@ -376,7 +377,7 @@ func dlqShow(ctx context.Context, s *dlqSession, c *config, key, seqArg string, 
 		}
 		m, err = s.dlq.GetMsg(ctx, seq)
 	} else {
-		if kerr := queue.ValidateKey(key); kerr != nil {
+		if kerr := client.ValidateKey(key); kerr != nil {
 			fmt.Fprintf(stderr, "enqueue dlq show: %v\n", kerr)
 			return exitUsage
 		}
@@ -405,7 +406,7 @@ func dlqShow(ctx context.Context, s *dlqSession, c *config, key, seqArg string, 
 	}
 	out.WriteByte('\n')
 	fmt.Fprintf(stderr, "# dead letter at sequence %d, stored %s, reason %s, code %s\n", m.Sequence,
-		m.Time.UTC().Format(time.RFC3339), orDash(printable(m.Header.Get(queue.HeaderReason))), orDash(printable(m.Header.Get(queue.HeaderErrorCode))))
+		m.Time.UTC().Format(time.RFC3339), orDash(printable(m.Header.Get(client.HeaderReason))), orDash(printable(m.Header.Get(client.HeaderErrorCode))))
 	if _, err := stdout.Write(out.Bytes()); err != nil {
 		return exitFailed
 	}
@@ -612,7 +613,7 @@ func dlqRedrive(ctx context.Context, s *dlqSession, c *config, f dlqFilter, edit
 		}
 		if m, err := results.GetLastMsgForSubject(ctx, c.topo.ResultSubject(key)); err == nil {
 			rg := "unreadable"
-			if r, err := queue.DecodeResult(m.Data); err == nil {
+			if r, err := client.DecodeResult(m.Data); err == nil {
 				rg = r.RunGroupID
 			}
 			skip("the key already has a result (run group " + printable(rg) + ")")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"slices"
 	"strings"
 	"testing"
@@ -18,8 +19,8 @@ import (
 // deadLetter publishes a dead letter the way the worker does.
 func (e *env) deadLetter(key, msgID, reason, code, field, request, raw string) {
 	e.t.Helper()
-	d := queue.DeadLetter{Key: key, Reason: reason, RawBase64: raw, Attempts: 1, Deliveries: 1,
-		Error:    queue.Failure{Class: "permanent", Code: code, Field: field, Message: "rejected"},
+	d := client.DeadLetter{Key: key, Reason: client.DeadLetterReason(reason), RawBase64: raw, Attempts: 1, Deliveries: 1,
+		Error:    client.Failure{Class: "permanent", Code: code, Field: field, Message: "rejected"},
 		FailedAt: time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC), Worker: "fake"}
 	if request != "" {
 		d.Request = json.RawMessage(request)
@@ -56,7 +57,7 @@ func TestDLQ(t *testing.T) {
 	e.deadLetter("dl-f", "dl-f/1", "permanent_error", "ResourceNotFound.TableNotExist", "", req("dl-f", `,"TableId":"tab-1"`), "") // 6
 	e.deadLetter("dl-g", "dl-g/1", "permanent_error", "ResourceNotFound.TableNotExist", "", req("dl-g", `,"TableId":"tab-1"`), "") // 7
 	e.deadLetter("dl-g", "dl-g/2", "retries_exhausted", "InternalError", "", req("dl-g", `,"TableId":"tab-1"`), "")                // 8
-	if _, err := queue.PublishResult(t.Context(), e.js, e.topo, queue.Result{Key: "dl-e", RunGroupID: "run-e", Attempts: 2}); err != nil {
+	if _, err := queue.PublishResult(t.Context(), e.js, e.topo, client.Result{Key: "dl-e", RunGroupID: "run-e", Attempts: 2}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -101,7 +102,7 @@ func TestDLQ(t *testing.T) {
 	t.Run("show", func(t *testing.T) {
 		for _, args := range [][]string{{"dl-b"}, {"2"}, {"--key", "dl-b"}, {"--seq", "2"}} {
 			r := e.run("", append([]string{"dlq", "show"}, args...)...)
-			d, err := queue.DecodeDeadLetter([]byte(r.stdout))
+			d, err := client.DecodeDeadLetter([]byte(r.stdout))
 			if r.code != exitOK || err != nil || d.Key != "dl-b" || !strings.Contains(r.stdout, "\n  \"request\": {") ||
 				!strings.Contains(r.stderr, "dead letter at sequence 2") {
 				t.Errorf("show %v: exit %d, decode %v\n%s%s", args, r.code, err, r.stdout, r.stderr)
@@ -156,7 +157,7 @@ func TestDLQ(t *testing.T) {
 			t.Fatalf("%d requests published, want 1", len(msgs))
 		}
 		m := msgs[0]
-		if m.Header.Get(queue.HeaderKey) != "dl-b" || m.Header.Get(queue.HeaderRedriveOf) != "2" || m.Header.Get(queue.HeaderMsgID) != "dl-b/redrive/2" {
+		if m.Header.Get(client.HeaderKey) != "dl-b" || m.Header.Get(client.HeaderRedriveOf) != "2" || m.Header.Get(client.HeaderMsgID) != "dl-b/redrive/2" {
 			t.Errorf("headers %v", m.Header)
 		}
 		got, err := submit.DecodeRunApplication(m.Data, submit.DefaultLimits())
@@ -174,7 +175,7 @@ func TestDLQ(t *testing.T) {
 			t.Fatalf("--code: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		msgs = e.messages(e.topo.RequestsStream)
-		if len(msgs) != 2 || !strings.Contains(string(msgs[1].Data), `"Name":"dl-a-v2"`) || msgs[1].Header.Get(queue.HeaderKey) != "dl-a" {
+		if len(msgs) != 2 || !strings.Contains(string(msgs[1].Data), `"Name":"dl-a-v2"`) || msgs[1].Header.Get(client.HeaderKey) != "dl-a" {
 			t.Errorf("dl-a redrive published %d messages; last %s", len(msgs), msgs[len(msgs)-1].Data)
 		}
 
@@ -350,7 +351,7 @@ func TestDLQRedriveIdentity(t *testing.T) {
 		}
 		unchanged(t, r, 3, 3, 5)
 		msgs := e.messages(e.topo.RequestsStream)
-		if m := msgs[len(msgs)-1]; m.Header.Get(queue.HeaderKey) != "id-b" || !strings.Contains(string(m.Data), `"Name":"other"`) {
+		if m := msgs[len(msgs)-1]; m.Header.Get(client.HeaderKey) != "id-b" || !strings.Contains(string(m.Data), `"Name":"other"`) {
 			t.Errorf("published %v %s", m.Header, m.Data)
 		}
 	})

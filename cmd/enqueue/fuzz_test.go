@@ -2,9 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/omicsq/omicsq/client"
 	"testing"
 
-	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -27,10 +27,10 @@ func checkParse(t *testing.T, name string, data []byte, f format) {
 		if err != nil || string(again) != string(it.Body) {
 			t.Fatalf("%s: body is not canonical:\n%s\n%s", it.Loc, it.Body, again)
 		}
-		if err := queue.ValidateKey(it.Key); err != nil {
+		if err := client.ValidateKey(it.Key); err != nil {
 			t.Fatalf("%s: invalid key: %v", it.Loc, err)
 		}
-		if !it.KeyGiven && it.Key != queue.DeriveKey(it.Body) {
+		if !it.KeyGiven && it.Key != client.DeriveKey(it.Body) {
 			t.Fatalf("%s: derived key %q does not match the body", it.Loc, it.Key)
 		}
 		if it.Loc.File != name {

@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"path/filepath"
 	"reflect"
 	"strings"
 
-	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -37,7 +37,7 @@ func parseFormat(s string) (format, error) {
 const (
 	codeSyntax         = "InvalidSyntax"         // not parseable JSON / JSONL / CSV
 	codeInvalidItem    = "InvalidItem"           // not an object, or a malformed envelope
-	codeInvalidKey     = "InvalidIdempotencyKey" // the key breaks queue.ValidateKey
+	codeInvalidKey     = "InvalidIdempotencyKey" // the key breaks client.ValidateKey
 	codeDuplicateKey   = "DuplicateKey"          // same key, different request
 	codeDuplicateName  = "DuplicateName"         // same Name and project, different key
 	codeInvalidCell    = "InvalidCell"           // a CSV cell of the wrong type
@@ -397,11 +397,11 @@ func (p *parser) finish(loc location, body []byte, key string, keyGiven bool) (i
 		return item{}, ie
 	}
 	if keyGiven {
-		if err := queue.ValidateKey(key); err != nil {
+		if err := client.ValidateKey(key); err != nil {
 			return item{}, &itemError{Loc: loc, Field: envelopeKeyField, Code: codeInvalidKey, Reason: err.Error()}
 		}
 	} else {
-		key = queue.DeriveKey(canonical)
+		key = client.DeriveKey(canonical)
 	}
 	return item{Loc: loc, Key: key, KeyGiven: keyGiven, Body: canonical, Req: req}, nil
 }

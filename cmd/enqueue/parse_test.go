@@ -3,13 +3,13 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"github.com/omicsq/omicsq/client"
 	"io/fs"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -274,7 +274,7 @@ func TestParse(t *testing.T) {
 				}
 				wantKey, given := want.key, want.key != ""
 				if !given {
-					wantKey = queue.DeriveKey(wantBody)
+					wantKey = client.DeriveKey(wantBody)
 				}
 				if got.Key != wantKey || got.KeyGiven != given {
 					t.Errorf("item %d: key %q (given %v), want %q (given %v)", i, got.Key, got.KeyGiven, wantKey, given)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"os"
 	"path/filepath"
@@ -120,18 +121,18 @@ func (e *env) startWorker() *worker {
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		key := m.Headers().Get(queue.HeaderKey)
+		key := m.Headers().Get(client.HeaderKey)
 		md, _ := m.Metadata()
 		req, verr := submit.DecodeRunApplication(m.Data(), submit.DefaultLimits())
 		var err error
 		if verr != nil || strings.HasPrefix(req.Name, "fail-") {
-			err = queue.PublishDeadLetter(ctx, e.js, e.topo, queue.DeadLetter{
+			err = queue.PublishDeadLetter(ctx, e.js, e.topo, client.DeadLetter{
 				Key: key, Request: json.RawMessage(m.Data()), Reason: "permanent_error",
-				Error:    queue.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist", Message: "the application (ApplicationId) does not exist"},
+				Error:    client.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist", Message: "the application (ApplicationId) does not exist"},
 				Attempts: 1, Deliveries: 1, FailedAt: time.Now().UTC(), Worker: "fake", StreamSequence: md.Sequence.Stream,
 			}, fmt.Sprintf("%s/%d", key, md.Sequence.Stream))
 		} else {
-			_, err = queue.PublishResult(ctx, e.js, e.topo, queue.Result{Key: key, RunGroupID: "run-" + queue.KeyToken(key)[:12],
+			_, err = queue.PublishResult(ctx, e.js, e.topo, client.Result{Key: key, RunGroupID: "run-" + client.KeyToken(key)[:12],
 				Attempts: 1, SubmittedAt: time.Now().UTC(), Worker: "fake"})
 		}
 		if err == nil {
@@ -200,15 +201,15 @@ func TestPublishAndDuplicates(t *testing.T) {
 		if keys[it.Loc.String()] != it.Key {
 			t.Errorf("%s printed key %q, want %q", it.Loc, keys[it.Loc.String()], it.Key)
 		}
-		if m.Subject != e.topo.RequestsSubject || m.Header.Get(queue.HeaderKey) != it.Key || m.Header.Get(queue.HeaderMsgID) != it.Key {
+		if m.Subject != e.topo.RequestsSubject || m.Header.Get(client.HeaderKey) != it.Key || m.Header.Get(client.HeaderMsgID) != it.Key {
 			t.Errorf("message %d: subject %q key %q msg id %q, want %q and %q", i, m.Subject,
-				m.Header.Get(queue.HeaderKey), m.Header.Get(queue.HeaderMsgID), e.topo.RequestsSubject, it.Key)
+				m.Header.Get(client.HeaderKey), m.Header.Get(client.HeaderMsgID), e.topo.RequestsSubject, it.Key)
 		}
 		want := canonical(t, string(it.Body))
 		if !bytes.Equal(m.Data, want) {
 			t.Errorf("message %d body\n got %s\nwant %s", i, m.Data, want)
 		}
-		if it.Key != queue.DeriveKey(m.Data) {
+		if it.Key != client.DeriveKey(m.Data) {
 			t.Errorf("message %d: key is not derived from the published body", i)
 		}
 	}

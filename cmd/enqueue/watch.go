@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"strings"
 	"sync"
@@ -64,7 +65,7 @@ func startWatch(ctx context.Context, js jetstream.JetStream, t queue.Topology, i
 	for _, it := range items {
 		if _, ok := w.pending[it.Key]; !ok {
 			w.order = append(w.order, it.Key)
-			w.tokens[queue.KeyToken(it.Key)] = it.Key
+			w.tokens[client.KeyToken(it.Key)] = it.Key
 		}
 		w.pending[it.Key] = append(w.pending[it.Key], it.Loc)
 	}
@@ -135,18 +136,18 @@ func (w *watch) stop() {
 func decodeOutcome(key string, dead bool, seq uint64, data []byte, get func(string) string) outcome {
 	o := outcome{key: key, dead: dead, seq: seq}
 	if !dead {
-		if r, err := queue.DecodeResult(data); err == nil {
+		if r, err := client.DecodeResult(data); err == nil {
 			o.runGroup = r.RunGroupID
 		}
 		return o
 	}
-	if d, err := queue.DecodeDeadLetter(data); err == nil {
+	if d, err := client.DecodeDeadLetter(data); err == nil {
 		o.code, o.message = d.Error.Code, d.Error.Message
 		if o.message == "" {
-			o.message = d.Reason
+			o.message = string(d.Reason)
 		}
 	} else {
-		o.code, o.message = get(queue.HeaderErrorCode), get(queue.HeaderReason)
+		o.code, o.message = get(client.HeaderErrorCode), get(client.HeaderReason)
 	}
 	if o.code == "" {
 		o.code = "unknown"

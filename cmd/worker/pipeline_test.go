@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -207,13 +208,13 @@ func TestZeroSetupSandboxMode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no result on %s.>: %v\n%s", topo.ResultsPrefix, err, w.logs.String())
 	}
-	r, err := queue.DecodeResult(msg.Data)
+	r, err := client.DecodeResult(msg.Data)
 	if err != nil || !strings.HasPrefix(r.RunGroupID, "run-") {
 		t.Fatalf("result %+v, %v", r, err)
 	}
 }
 
-func assertExactlyOnce(t *testing.T, e *testEnv, n int, results map[string][]queue.Result, dead map[string][]queue.DeadLetter) {
+func assertExactlyOnce(t *testing.T, e *testEnv, n int, results map[string][]client.Result, dead map[string][]client.DeadLetter) {
 	t.Helper()
 	for k, rs := range results {
 		if len(rs) != 1 {

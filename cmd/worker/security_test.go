@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -235,7 +236,7 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 		settled++
 	}
 	last := time.Now()
-	settle := func(phase string) (map[string][]queue.Result, map[string][]queue.DeadLetter) {
+	settle := func(phase string) (map[string][]client.Result, map[string][]client.DeadLetter) {
 		t.Helper()
 		r, d := e.waitSettled(settled, 45*time.Second)
 		t.Logf("phase %s: %d requests settled in %v", phase, settled, time.Since(last).Round(time.Millisecond))
@@ -274,7 +275,7 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 	badKeyBody := l.body("app-known-1", 15, nil)
 	msg := nats.NewMsg(e.topo.RequestsSubject)
 	msg.Data = badKeyBody
-	msg.Header.Set(queue.HeaderKey, "LIMS "+mKey+" 015")
+	msg.Header.Set(client.HeaderKey, "LIMS "+mKey+" 015")
 	if _, err := e.js.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +367,7 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 	reasons := map[string]int{}
 	for _, ds := range dead {
 		for _, d := range ds {
-			reasons[d.Reason]++
+			reasons[string(d.Reason)]++
 		}
 	}
 	wantReasons := map[string]int{"invalid_request": len(invalid) + 1, "permanent_error": 2, "name_conflict": 1}
@@ -414,7 +415,7 @@ func TestSecretsAndInputsStayOutOfEveryOutput(t *testing.T) {
 	for _, m := range dlq {
 		assertAbsent(t, "dead-letter headers", headerString(m.header), everything)
 		assertAbsent(t, "dead-letter bodies", string(m.data), secrets)
-		d, err := queue.DecodeDeadLetter(m.data)
+		d, err := client.DecodeDeadLetter(m.data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -557,11 +558,11 @@ func (g *malformedGen) next(i int) ([]byte, nats.Header) {
 	case 13: // data after the object
 		return append(mustJSON(m), []byte(g.pick(`{}`, `x`, `,`, `]`, ` 1`).(string))...), h
 	case 14: // an invalid idempotency key in a header (the body is valid)
-		bad := g.pick("has space", "tab\tkey", strings.Repeat("k", queue.MaxKeyBytes+1), "\xff\xfe", "zero\u200bwidth").(string)
+		bad := g.pick("has space", "tab\tkey", strings.Repeat("k", client.MaxKeyBytes+1), "\xff\xfe", "zero\u200bwidth").(string)
 		if g.rng.IntN(2) == 0 {
-			h.Set(queue.HeaderKey, bad)
+			h.Set(client.HeaderKey, bad)
 		} else {
-			h.Set(queue.HeaderMsgID, fmt.Sprintf("%s %d", bad, i)) // unique: no server de-duplication
+			h.Set(client.HeaderMsgID, fmt.Sprintf("%s %d", bad, i)) // unique: no server de-duplication
 		}
 	case 15: // bad e-mail addresses
 		m["EmailForNotification"] = []string{g.pick("not an email", "Name <a@b.org>", "a@b", "@example.org", "a@@b.org").(string)}
@@ -583,9 +584,9 @@ func (g *malformedGen) next(i int) ([]byte, nats.Header) {
 
 // expectedCode is the dead-letter code the worker must give the message.
 func expectedCode(body []byte, h nats.Header, lim submit.Limits) (code string, valid bool) {
-	for _, name := range []string{queue.HeaderKey, queue.HeaderMsgID} {
+	for _, name := range []string{client.HeaderKey, client.HeaderMsgID} {
 		if k := h.Get(name); k != "" {
-			if queue.ValidateKey(k) != nil {
+			if client.ValidateKey(k) != nil {
 				return "InvalidIdempotencyKey", false
 			}
 			break
@@ -703,7 +704,7 @@ func TestTenThousandMalformedMessages(t *testing.T) {
 	seen := make(map[uint64]bool, n)
 	bad := 0
 	for _, m := range dumpStream(t, e.js, e.topo.DLQStream) {
-		d, err := queue.DecodeDeadLetter(m.data)
+		d, err := client.DecodeDeadLetter(m.data)
 		if err != nil {
 			t.Fatalf("undecodable dead letter: %v\n%s", err, m.data)
 		}
@@ -713,11 +714,11 @@ func TestTenThousandMalformedMessages(t *testing.T) {
 			t.Errorf("dead letter for stream sequence %d: published %v, seen before %v", d.StreamSequence, ok, seen[d.StreamSequence])
 			bad++
 			continue
-		case d.Reason != "invalid_request" || m.header.Get(queue.HeaderReason) != "invalid_request":
-			t.Errorf("seq %d: reason %q (header %q)", d.StreamSequence, d.Reason, m.header.Get(queue.HeaderReason))
+		case d.Reason != "invalid_request" || m.header.Get(client.HeaderReason) != "invalid_request":
+			t.Errorf("seq %d: reason %q (header %q)", d.StreamSequence, d.Reason, m.header.Get(client.HeaderReason))
 			bad++
-		case d.Error.Code != s.code || m.header.Get(queue.HeaderErrorCode) != s.code || d.Attempts != 0:
-			t.Errorf("seq %d: code %q (header %q), attempts %d; want %q, 0", d.StreamSequence, d.Error.Code, m.header.Get(queue.HeaderErrorCode), d.Attempts, s.code)
+		case d.Error.Code != s.code || m.header.Get(client.HeaderErrorCode) != s.code || d.Attempts != 0:
+			t.Errorf("seq %d: code %q (header %q), attempts %d; want %q, 0", d.StreamSequence, d.Error.Code, m.header.Get(client.HeaderErrorCode), d.Attempts, s.code)
 			bad++
 		}
 		original := []byte(d.Request)
@@ -921,7 +922,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 			t.Fatalf("producer: fetch results: %v", err)
 		}
 		for m := range batch.Messages() {
-			r, err := queue.DecodeResult(m.Data())
+			r, err := client.DecodeResult(m.Data())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -963,7 +964,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("operator: list: %v", err)
 	}
-	if m, err := list.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || m.Headers().Get(queue.HeaderReason) != "invalid_request" {
+	if m, err := list.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || m.Headers().Get(client.HeaderReason) != "invalid_request" {
 		t.Fatalf("operator: list: %v", err)
 	}
 	if _, err := dlq.GetMsg(ctx, dead.Sequence); err != nil {

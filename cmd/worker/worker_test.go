@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"net/http"
 	"os"
@@ -131,22 +132,22 @@ func (e *testEnv) publish(key string, body []byte) {
 }
 
 // outcomes reads every result and dead letter currently stored.
-func (e *testEnv) outcomes() (results map[string][]queue.Result, dead map[string][]queue.DeadLetter) {
+func (e *testEnv) outcomes() (results map[string][]client.Result, dead map[string][]client.DeadLetter) {
 	e.t.Helper()
-	results, dead = map[string][]queue.Result{}, map[string][]queue.DeadLetter{}
+	results, dead = map[string][]client.Result{}, map[string][]client.DeadLetter{}
 	for _, s := range []struct {
 		stream string
 		each   func([]byte)
 	}{
 		{e.topo.ResultsStream, func(b []byte) {
-			r, err := queue.DecodeResult(b)
+			r, err := client.DecodeResult(b)
 			if err != nil {
 				e.t.Fatalf("bad result: %v", err)
 			}
 			results[r.Key] = append(results[r.Key], r)
 		}},
 		{e.topo.DLQStream, func(b []byte) {
-			d, err := queue.DecodeDeadLetter(b)
+			d, err := client.DecodeDeadLetter(b)
 			if err != nil {
 				e.t.Fatalf("bad dead letter: %v", err)
 			}
@@ -179,7 +180,7 @@ func (e *testEnv) outcomes() (results map[string][]queue.Result, dead map[string
 
 // waitSettled waits until n requests have each ended as a result or a dead
 // letter, and the requests stream is empty.
-func (e *testEnv) waitSettled(n int, timeout time.Duration) (map[string][]queue.Result, map[string][]queue.DeadLetter) {
+func (e *testEnv) waitSettled(n int, timeout time.Duration) (map[string][]client.Result, map[string][]client.DeadLetter) {
 	e.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -11,14 +11,15 @@ package ledger
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/keys"
 )
 
 // State is where a request stands.
@@ -38,16 +39,6 @@ const (
 // maxHistory bounds the events kept per entry so an entry stays small however
 // often a request is retried.
 const maxHistory = 32
-
-// Event is one step in a request's history.
-type Event struct {
-	At        time.Time `json:"at"`
-	Kind      string    `json:"kind"` // call, lookup, dead_letter, redrive, refused
-	Outcome   string    `json:"outcome"`
-	Code      string    `json:"code,omitempty"`
-	RequestID string    `json:"request_id,omitempty"`
-	Worker    string    `json:"worker,omitempty"`
-}
 
 // Identity pins which request a key stands for, without holding any input:
 // digests only, so the ledger bucket never stores a Name or a sample
@@ -188,14 +179,14 @@ type Entry struct {
 	Reconciled bool   `json:"reconciled,omitempty"`
 	// DeadSequence is the requests-stream sequence of the message that was
 	// dead-lettered, so its own redelivery is recognised.
-	DeadSequence uint64    `json:"dead_sequence,omitempty"`
-	SubmittedAt  time.Time `json:"submitted_at,omitempty"`
-	UpdatedAt    time.Time `json:"updated_at"`
-	History      []Event   `json:"history,omitempty"`
+	DeadSequence uint64         `json:"dead_sequence,omitempty"`
+	SubmittedAt  time.Time      `json:"submitted_at,omitempty"`
+	UpdatedAt    time.Time      `json:"updated_at"`
+	History      []client.Event `json:"history,omitempty"`
 }
 
 // Record appends e to the history, dropping the oldest events past the bound.
-func (e *Entry) Record(ev Event) {
+func (e *Entry) Record(ev client.Event) {
 	e.History = append(e.History, ev)
 	if n := len(e.History); n > maxHistory {
 		e.History = append(e.History[:0], e.History[n-maxHistory:]...)
@@ -223,10 +214,9 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket string) (*Ledger, 
 	return New(kv), nil
 }
 
-func kvKey(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:16])
-}
+// kvKey is the key's token: the same one that names its result and dead
+// letter subjects.
+func kvKey(key string) string { return keys.Token(key) }
 
 // Get returns key's entry and its revision. A key never seen returns a fresh
 // pending entry with revision 0.

@@ -1,6 +1,10 @@
 package ledger
 
-import "time"
+import (
+	"time"
+
+	"github.com/omicsq/omicsq/client"
+)
 
 // Effect is what a settled RunApplication call means for the run group.
 type Effect int
@@ -134,7 +138,7 @@ func (e *Entry) BeginCall(owner string, now, deadline time.Time) {
 // group may take to become visible to lookups.
 func (e *Entry) SettleCall(o CallOutcome, horizon time.Duration) {
 	e.InFlight = nil
-	e.Record(Event{At: o.At, Kind: "call", Outcome: o.Class, Code: o.Code, RequestID: o.RequestID, Worker: o.Worker})
+	e.Record(client.Event{At: o.At, Kind: "call", Outcome: o.Class, Code: o.Code, RequestID: o.RequestID, Worker: o.Worker})
 	e.PendingCode, e.PendingRequestID = o.Code, o.RequestID
 	if o.Strike {
 		e.PauseStrikes++
@@ -171,7 +175,7 @@ func (e *Entry) SettleCall(o CallOutcome, horizon time.Duration) {
 // so the key is protected until the call's deadline, and the next holder
 // then treats the outcome as unknown.
 func (e *Entry) CutOff(at time.Time, worker string) {
-	e.Record(Event{At: at, Kind: "call", Outcome: "cut_off", Worker: worker})
+	e.Record(client.Event{At: at, Kind: "call", Outcome: "cut_off", Worker: worker})
 }
 
 func (e *Entry) extendHorizon(t time.Time) {
@@ -214,14 +218,14 @@ func (e *Entry) HoldUntil(t time.Time) {
 
 // LookupFound records that the lookup found this request's run group.
 func (e *Entry) LookupFound(runGroupID, requestID string, at time.Time, worker string) {
-	e.Record(Event{At: at, Kind: "lookup", Outcome: "found", RequestID: requestID, Worker: worker})
+	e.Record(client.Event{At: at, Kind: "lookup", Outcome: "found", RequestID: requestID, Worker: worker})
 	e.markSubmitted(runGroupID, requestID, true, at)
 }
 
 // LookupConflict records that the Name is held by a run group this request
 // did not create.
 func (e *Entry) LookupConflict(requestID string, at time.Time, worker string) {
-	e.Record(Event{At: at, Kind: "lookup", Outcome: "conflict", RequestID: requestID, Worker: worker})
+	e.Record(client.Event{At: at, Kind: "lookup", Outcome: "conflict", RequestID: requestID, Worker: worker})
 	e.NeedsLookup = false
 	e.Pending = PendingDuplicate
 	e.HorizonUntil = time.Time{} // a visible holder is a definite answer
@@ -232,7 +236,7 @@ func (e *Entry) LookupConflict(requestID string, at time.Time, worker string) {
 // pending unknown outcome is resolved (a resubmission with the same Name is
 // safe: if the earlier call created the group, it answers DuplicateName).
 func (e *Entry) LookupNotFound(requestID string, at time.Time, worker string, retryIn time.Duration) {
-	e.Record(Event{At: at, Kind: "lookup", Outcome: "not_found", RequestID: requestID, Worker: worker})
+	e.Record(client.Event{At: at, Kind: "lookup", Outcome: "not_found", RequestID: requestID, Worker: worker})
 	e.Lookups++
 	e.NeedsLookup = false
 	switch e.Pending {
@@ -249,7 +253,7 @@ func (e *Entry) LookupNotFound(requestID string, at time.Time, worker string, re
 // LookupFailed records a lookup that got no answer; it is tried again after
 // retryIn.
 func (e *Entry) LookupFailed(class, code, requestID string, at time.Time, worker string, retryIn time.Duration) {
-	e.Record(Event{At: at, Kind: "lookup", Outcome: class, Code: code, RequestID: requestID, Worker: worker})
+	e.Record(client.Event{At: at, Kind: "lookup", Outcome: class, Code: code, RequestID: requestID, Worker: worker})
 	e.Lookups++ // the next delay grows
 	e.NeedsLookup = true
 	e.NotBefore = at.Add(retryIn)
@@ -268,7 +272,7 @@ func (e *Entry) MarkDead(seq uint64, reason, code string, at time.Time, worker s
 	e.State = StateDead
 	e.DeadSequence = seq
 	e.LeaseOwner, e.LeaseUntil = "", time.Time{}
-	e.Record(Event{At: at, Kind: "dead_letter", Outcome: reason, Code: code, Worker: worker})
+	e.Record(client.Event{At: at, Kind: "dead_letter", Outcome: reason, Code: code, Worker: worker})
 }
 
 // Redrive revives a dead request for a new message: the retry budget starts
@@ -278,7 +282,7 @@ func (e *Entry) Redrive(at time.Time, worker string) {
 	e.RetryAttempts, e.RetryActive, e.Lookups = 0, 0, 0
 	e.Pending, e.NotBefore, e.HorizonUntil = PendingNone, time.Time{}, time.Time{}
 	e.NeedsLookup = e.MaybeCreated
-	e.Record(Event{At: at, Kind: "redrive", Outcome: "restarted", Worker: worker})
+	e.Record(client.Event{At: at, Kind: "redrive", Outcome: "restarted", Worker: worker})
 }
 
 // Released counts a deliberate hand-back of the message.

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"github.com/omicsq/omicsq/client"
 	"log/slog"
 	"sync"
 	"testing"
@@ -32,15 +33,15 @@ func TestConcurrentDeliveriesOfOneKeyCallOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err := submit.New(submit.Config{Region: "ap-guangzhou", Endpoint: ln.Addr(), InsecureHTTP: true, Timeout: 5 * time.Second,
+	api, err := submit.New(submit.Config{Region: "ap-guangzhou", Endpoint: ln.Addr(), InsecureHTTP: true, Timeout: 5 * time.Second,
 		Credential: common.NewCredential(sandbox.DefaultSecretID, sandbox.DefaultSecretKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	proc, _, _ := testProcessor(t, DefaultTopology(), client, slog.New(slog.DiscardHandler))
+	proc, _, _ := testProcessor(t, DefaultTopology(), api, slog.New(slog.DiscardHandler))
 	body := []byte(`{"ApplicationId":"app-1","Name":"sample-1","EnvironmentId":"env-1","InputBase64":"e30K"}`)
 	h := nats.Header{}
-	h.Set(HeaderKey, "key-1")
+	h.Set(client.HeaderKey, "key-1")
 	decisions := make([]Decision, 2)
 	var wg sync.WaitGroup
 	for i := range decisions {

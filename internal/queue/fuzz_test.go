@@ -2,11 +2,10 @@ package queue
 
 import (
 	"encoding/json"
+	"github.com/omicsq/omicsq/client"
 	"reflect"
 	"testing"
 	"time"
-
-	"github.com/omicsq/omicsq/internal/ledger"
 )
 
 // roundTrip checks that an accepted value re-encodes, that the encoding is
@@ -69,7 +68,7 @@ func equalValues(a, b reflect.Value) bool {
 
 func FuzzDecodeResult(f *testing.F) {
 	at := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
-	seed, _ := json.Marshal(Result{Key: "sha256-0123", RunGroupID: "run-ashamed-turquoise-rooster-131773",
+	seed, _ := json.Marshal(client.Result{Key: "sha256-0123", RunGroupID: "run-ashamed-turquoise-rooster-131773",
 		RequestID: "2f867f15-a2a6-4d42-b6e0-6e06010782ac", Attempts: 1, EnqueuedAt: at, SubmittedAt: at.Add(time.Second), Worker: "w-1"})
 	f.Add(seed)
 	f.Add([]byte(`{"key":"k","run_group_id":"r","attempts":2,"reconciled":true,"enqueued_at":"2026-01-02T03:04:05.123+08:00","submitted_at":"0001-01-01T00:00:00Z","worker":""}`))
@@ -78,27 +77,27 @@ func FuzzDecodeResult(f *testing.F) {
 	f.Add([]byte(`{"key":"","run_group_id":"r"}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := DecodeResult(data)
+		r, err := client.DecodeResult(data)
 		if err != nil {
 			return
 		}
 		if r.Key == "" || r.RunGroupID == "" {
 			t.Fatalf("accepted a result without key or run_group_id: %+v", r)
 		}
-		roundTrip(t, r, DecodeResult)
+		roundTrip(t, r, client.DecodeResult)
 	})
 }
 
 func FuzzDecodeDeadLetter(f *testing.F) {
 	at := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
-	seed, _ := json.Marshal(DeadLetter{
+	seed, _ := json.Marshal(client.DeadLetter{
 		Key:     "sha256-0123",
 		Request: json.RawMessage(`{"ApplicationId":"app-1","Name":"n","EnvironmentId":"env-1","InputBase64":"e30K"}`),
 		Reason:  "permanent_error",
-		Error: Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist",
+		Error: client.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist",
 			Message: "the application does not exist", RequestID: "2f86"},
 		Attempts: 1, Deliveries: 2, EnqueuedAt: at, FailedAt: at.Add(time.Minute), Worker: "w-1", StreamSequence: 42,
-		History: []ledger.Event{{At: at, Kind: "call", Outcome: "permanent", Code: "ResourceNotFound.ApplicationNotExist", Worker: "w-1"}},
+		History: []client.Event{{At: at, Kind: "call", Outcome: "permanent", Code: "ResourceNotFound.ApplicationNotExist", Worker: "w-1"}},
 	})
 	f.Add(seed)
 	f.Add([]byte(`{"key":"k","raw_base64":"bm90IGpzb24=","reason":"invalid_request","error":{"class":"invalid","code":"InvalidParameter","field":"Name"}}`))
@@ -107,7 +106,7 @@ func FuzzDecodeDeadLetter(f *testing.F) {
 	f.Add([]byte(`{"key":"k","reason":"r"}`))
 	f.Add([]byte(`{"key":"k","request":null,"reason":"r"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d, err := DecodeDeadLetter(data)
+		d, err := client.DecodeDeadLetter(data)
 		if err != nil {
 			return
 		}
@@ -115,6 +114,6 @@ func FuzzDecodeDeadLetter(f *testing.F) {
 		if d.Key == "" || d.Reason == "" || (len(d.Request) == 0 && d.RawBase64 == "" && d.Reason != "invalid_request") {
 			t.Fatalf("accepted an incomplete dead letter: %+v", d)
 		}
-		roundTrip(t, d, DecodeDeadLetter)
+		roundTrip(t, d, client.DecodeDeadLetter)
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"io"
 	"log/slog"
 	"net/http"
@@ -149,7 +150,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	if calls, lookups := api.counts(onceName); calls != 2 || lookups < 1 {
 		t.Errorf("panic-once: %d calls and %d name lookups, want 2 calls with a lookup before the second", calls, lookups)
 	}
-	r, err := DecodeResult(onceResult.Data)
+	r, err := client.DecodeResult(onceResult.Data)
 	if err != nil || r.Key != "panic-once" || r.RunGroupID == "" {
 		t.Errorf("panic-once result %+v, %v", r, err)
 	}
@@ -157,15 +158,15 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	// The message that panics every time ends in the DLQ after MaxDeliver
 	// deliveries, with its request intact (for redrive) and a bounded reason.
 	dead := natstest.WaitLastMsg(t, dlq, topo.DLQSubject("panic-always"), 30*time.Second)
-	dl, err := DecodeDeadLetter(dead.Data)
+	dl, err := client.DecodeDeadLetter(dead.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if dl.Reason != metrics.DLQMaxDeliveries || dl.Error.Code != "MaxDeliveriesExceeded" || !bytes.Equal(dl.Request, alwaysBody) {
 		t.Errorf("poison dead letter: reason %q code %q, request intact %v", dl.Reason, dl.Error.Code, bytes.Equal(dl.Request, alwaysBody))
 	}
-	if got := dead.Header.Get(HeaderReason); got != metrics.DLQMaxDeliveries {
-		t.Errorf("dead letter header %s = %q", HeaderReason, got)
+	if got := dead.Header.Get(client.HeaderReason); got != metrics.DLQMaxDeliveries {
+		t.Errorf("dead letter header %s = %q", client.HeaderReason, got)
 	}
 	if calls, _ := api.counts(alwaysName); calls != 2 {
 		t.Errorf("the poison message was called %d times, want 2 (MaxDeliver)", calls)

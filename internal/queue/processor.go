@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"log/slog"
 	"net"
 	"slices"
@@ -207,10 +208,10 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	}()
 	if kerr != nil {
 		return p.deadLetterUnrecorded(ctx, j, metrics.DLQInvalidRequest, "invalid",
-			Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: HeaderKey, Message: kerr.Error()})
+			client.Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: client.HeaderKey, Message: kerr.Error()})
 	}
 	if verr != nil {
-		f := Failure{Class: "invalid", Code: "InvalidParameter", Message: "the request could not be decoded"}
+		f := client.Failure{Class: "invalid", Code: "InvalidParameter", Message: "the request could not be decoded"}
 		var ve *submit.ValidationError
 		if errors.As(verr, &ve) {
 			f.Code, f.Field, f.Message = ve.Code, ve.Field, ve.Reason
@@ -258,7 +259,7 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
 	case submission.StepRefuse:
 		return p.deadLetterUnrecorded(ctx, j, string(admit.Reason), "refused",
-			Failure{Class: "refused", Code: "IdentityChanged", Message: admit.Detail})
+			client.Failure{Class: "refused", Code: "IdentityChanged", Message: admit.Detail})
 	}
 
 	// Take the key: nobody else may act on it while this handler holds it.
@@ -423,7 +424,7 @@ func (p *Processor) breakerGate(ctx context.Context, j *job) (Decision, bool) {
 		if e.MaybeCreated {
 			return Decision{}, false // a run group may exist: the normal path decides
 		}
-		return p.deadLetter(ctx, j, metrics.DLQBreaker, Failure{Class: "permanent", Code: trip.Code,
+		return p.deadLetter(ctx, j, metrics.DLQBreaker, client.Failure{Class: "permanent", Code: trip.Code,
 			Message: "held by the breaker of " + trip.Resource.Kind + " and dead-lettered by an operator"}), true
 	case breaker.Released:
 		if e.BreakerRelease == trip.ID || e.MaybeCreated {
@@ -523,8 +524,8 @@ func (p *Processor) successOutcome(j *job) string {
 
 // failureFor describes a dead letter decided from the ledger entry: the last
 // call's code, or the state machine's own reason.
-func (p *Processor) failureFor(e ledger.Entry, dec submission.Decision) Failure {
-	f := Failure{Class: "permanent", Code: e.PendingCode, RequestID: e.PendingRequestID, Message: dec.Detail}
+func (p *Processor) failureFor(e ledger.Entry, dec submission.Decision) client.Failure {
+	f := client.Failure{Class: "permanent", Code: e.PendingCode, RequestID: e.PendingRequestID, Message: dec.Detail}
 	switch dec.Reason {
 	case submission.ReasonMaxDeliveries:
 		f.Class, f.Code = "max_deliveries", "MaxDeliveriesExceeded"
@@ -814,7 +815,7 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 		if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.LookupConflict("", at.UTC(), p.Worker) }); err != nil {
 			return p.ledgerFailure(j, err), true
 		}
-		return p.deadLetter(ctx, j, metrics.DLQNameConflict, Failure{
+		return p.deadLetter(ctx, j, metrics.DLQNameConflict, client.Failure{
 			Class: "permanent", Code: "InvalidParameterValue.DuplicateName",
 			Message: "the run group name is held by run group " + holder.RunGroupId + ", which this request did not create",
 		}), true
@@ -853,7 +854,7 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 	if charge && !e.MaybeCreated {
 		d, ok := p.Policy.Retry.Next(e.RetryAttempts, e.RetryActive)
 		if !ok {
-			return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
+			return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, client.Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
 				RequestID: apiErr.RequestID, Message: "the holder of the run group name could not be looked up within the retry budget"}), true
 		}
 		delay = d
@@ -872,7 +873,7 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 
 func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) Decision {
 	e := j.current()
-	r := Result{
+	r := client.Result{
 		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
 		Reconciled: e.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: e.SubmittedAt, Worker: p.Worker,
 	}
@@ -885,7 +886,7 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) D
 	return Decision{Action: ActionAck, Outcome: outcome}
 }
 
-func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f Failure) Decision {
+func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f client.Failure) Decision {
 	ctx = context.WithoutCancel(ctx)
 	err := j.hold.update(ctx, func(e *ledger.Entry) { e.MarkDead(j.d.StreamSeq, reason, f.Code, p.now().UTC(), p.Worker) })
 	if err != nil {
@@ -909,7 +910,7 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 	ctx = context.WithoutCancel(ctx)
 	// deadLetter recorded the reason and code as the last event, after the
 	// call whose outcome (class) led there.
-	reason, f := metrics.DLQMaxDeliveries, Failure{Class: "unknown", Code: "Unknown",
+	reason, f := metrics.DLQMaxDeliveries, client.Failure{Class: "unknown", Code: "Unknown",
 		Message: "rebuilt from the ledger: the worker stopped between recording this dead letter and publishing it"}
 	found := false
 	for _, ev := range slices.Backward(j.entry.History) {
@@ -930,7 +931,7 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 // publishRecordedDeadLetter publishes the dead letter of a request the ledger
 // marked dead. Its message ID is derived from the ledger entry alone, so a
 // republish after a crash is recognised by JetStream as the same message.
-func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason string, f Failure) error {
+func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason string, f client.Failure) error {
 	e := j.current()
 	dl := p.deadLetterBody(j, reason, f)
 	dl.Attempts = e.Calls
@@ -942,7 +943,7 @@ func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reaso
 // deadLetterUnrecorded dead-letters a message without changing its key's
 // ledger entry: an invalid request (rejected before any call), or one
 // refused because the key stands for another request.
-func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, tag string, f Failure) Decision {
+func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, tag string, f client.Failure) Decision {
 	dl := p.deadLetterBody(j, reason, f)
 	if tag == "refused" {
 		e := j.current()
@@ -962,9 +963,9 @@ func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, ta
 	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
 }
 
-func (p *Processor) deadLetterBody(j *job, reason string, f Failure) DeadLetter {
-	dl := DeadLetter{
-		Key: j.key, Reason: reason, Error: f, Deliveries: j.d.NumDelivered,
+func (p *Processor) deadLetterBody(j *job, reason string, f client.Failure) client.DeadLetter {
+	dl := client.DeadLetter{
+		Key: j.key, Reason: client.DeadLetterReason(reason), Error: f, Deliveries: j.d.NumDelivered,
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
 	}
 	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
@@ -1006,20 +1007,20 @@ func (p *Processor) release(ctx context.Context, j *job, delay time.Duration) De
 // Nats-Msg-Id, else one derived from the request (or, for a body that is not
 // a request, from its bytes, so even garbage gets a stable DLQ subject).
 func requestKey(h nats.Header, req *submit.RunApplicationRequest, raw []byte) (string, error) {
-	for _, name := range []string{HeaderKey, HeaderMsgID} {
+	for _, name := range []string{client.HeaderKey, client.HeaderMsgID} {
 		if k := h.Get(name); k != "" {
-			if err := ValidateKey(k); err != nil {
-				return DeriveKey(raw), err
+			if err := client.ValidateKey(k); err != nil {
+				return client.DeriveKey(raw), err
 			}
 			return k, nil
 		}
 	}
 	if req != nil {
 		if canonical, err := json.Marshal(req); err == nil {
-			return DeriveKey(canonical), nil
+			return client.DeriveKey(canonical), nil
 		}
 	}
-	return DeriveKey(raw), nil
+	return client.DeriveKey(raw), nil
 }
 
 func asAPIError(err error) *submit.Error {

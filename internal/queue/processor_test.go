@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"log/slog"
 	"sync"
 	"testing"
@@ -58,12 +59,12 @@ func (l *memLedger) Put(_ context.Context, e ledger.Entry, rev uint64) (uint64, 
 
 type memOutbox struct {
 	mu      sync.Mutex
-	results map[string]Result
-	dead    []DeadLetter
+	results map[string]client.Result
+	dead    []client.DeadLetter
 	msgIDs  map[string]bool
 }
 
-func (o *memOutbox) PublishResult(_ context.Context, r Result) (bool, error) {
+func (o *memOutbox) PublishResult(_ context.Context, r client.Result) (bool, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if _, ok := o.results[r.Key]; ok {
@@ -73,7 +74,7 @@ func (o *memOutbox) PublishResult(_ context.Context, r Result) (bool, error) {
 	return false, nil
 }
 
-func (o *memOutbox) PublishDeadLetter(_ context.Context, d DeadLetter, msgID string) error {
+func (o *memOutbox) PublishDeadLetter(_ context.Context, d client.DeadLetter, msgID string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if !o.msgIDs[msgID] {
@@ -196,7 +197,7 @@ var (
 // fake clock by each hand-back's delay, and returns the deliveries made.
 func drive(t *testing.T, p *Processor, clk *clock, body []byte, seq uint64) int {
 	t.Helper()
-	d := Delivery{Data: body, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: seq, Timestamp: clk.Now()}
+	d := Delivery{Data: body, Header: map[string][]string{client.HeaderKey: {"key-1"}}, StreamSeq: seq, Timestamp: clk.Now()}
 	for n := 1; n <= 200; n++ {
 		d.NumDelivered = uint64(n)
 		dec := p.Handle(context.Background(), d)
@@ -212,7 +213,7 @@ func drive(t *testing.T, p *Processor, clk *clock, body []byte, seq uint64) int 
 func newMemProcessor(clk *clock, api API) (*Processor, *memLedger, *memOutbox) {
 	m, _ := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"})
 	led := &memLedger{entries: map[string][]byte{}, revs: map[string]uint64{}}
-	out := &memOutbox{results: map[string]Result{}, msgIDs: map[string]bool{}}
+	out := &memOutbox{results: map[string]client.Result{}, msgIDs: map[string]bool{}}
 	policy := submission.DefaultPolicy()
 	policy.Horizon = time.Minute
 	return &Processor{
@@ -273,7 +274,7 @@ func TestExecutorWithoutNATS(t *testing.T) {
 			switch {
 			case tc.wantDead == "" && len(out.dead) > 0:
 				t.Errorf("dead letters %+v, want none", out.dead)
-			case tc.wantDead != "" && (len(out.dead) != 1 || out.dead[0].Reason != tc.wantDead):
+			case tc.wantDead != "" && (len(out.dead) != 1 || string(out.dead[0].Reason) != tc.wantDead):
 				t.Errorf("dead letters %+v, want one %s", out.dead, tc.wantDead)
 			}
 			if len(api.groups) != tc.wantGroups {
@@ -323,7 +324,7 @@ func TestExecutorGiveUpLooksUntilTheHorizon(t *testing.T) {
 	api := &scriptedAPI{clk: clk, lag: 20 * time.Second, script: []answer{{create: true, err: errGateway}}}
 	p, _, out := newMemProcessor(clk, api)
 	p.Policy.MaxDeliveries = 3
-	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, Timestamp: clk.Now()}
+	d := Delivery{Data: reviewBody, Header: map[string][]string{client.HeaderKey: {"key-1"}}, StreamSeq: 1, Timestamp: clk.Now()}
 	d.NumDelivered = 3
 	dec := p.Handle(context.Background(), d) // calls, ambiguous, hands back (counted)
 	clk.advance(max(dec.Delay, 100*time.Millisecond))
@@ -430,7 +431,7 @@ func TestExecutorShutdownBeforeSendingSpendsNoAttempt(t *testing.T) {
 	api := &cancelAPI{scriptedAPI: &scriptedAPI{clk: clk}, cancel: cancel}
 	p, _, out := newMemProcessor(clk, api)
 	p.Policy.Retry.MaxAttempts = 1
-	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
+	d := Delivery{Data: reviewBody, Header: map[string][]string{client.HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
 	dec := p.Handle(ctx, d)
 	if dec.Action != ActionNak || len(out.dead) > 0 {
 		t.Errorf("decision %+v, dead %+v; want the message handed back", dec, out.dead)
@@ -478,7 +479,7 @@ func TestExecutorBreakerDecisionsSpareAMaybeCreatedKey(t *testing.T) {
 	p, _, out := newMemProcessor(clk, api)
 	brk := &fixedBreaker{}
 	p.Breaker, p.BreakerHold, p.BreakerWindow = brk, time.Second, time.Second
-	d := Delivery{Data: reviewBody, Header: map[string][]string{HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
+	d := Delivery{Data: reviewBody, Header: map[string][]string{client.HeaderKey: {"key-1"}}, StreamSeq: 1, NumDelivered: 1, Timestamp: clk.Now()}
 	p.Handle(context.Background(), d) // the call commits, then fails: maybe created
 	brk.trip = breaker.Trip{ID: "t1", State: breaker.DeadLettered, Code: "ResourceNotFound.ApplicationNotExist",
 		Resource: breaker.Resource{Kind: breaker.KindApplication, ID: "app-1"}}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,13 +24,13 @@ func PublishRequest(ctx context.Context, js jetstream.JetStream, t Topology, key
 // the original ID may still be inside the duplicate window.
 func RedriveRequest(ctx context.Context, js jetstream.JetStream, t Topology, key string, dlqSeq uint64, body []byte) error {
 	h := nats.Header{}
-	h.Set(HeaderRedriveOf, fmt.Sprint(dlqSeq))
+	h.Set(client.HeaderRedriveOf, fmt.Sprint(dlqSeq))
 	_, err := publishRequestID(ctx, js, t, key, fmt.Sprintf("%s/redrive/%d", key, dlqSeq), body, h)
 	return err
 }
 
 func publishRequestID(ctx context.Context, js jetstream.JetStream, t Topology, key, msgID string, body []byte, extra nats.Header) (bool, error) {
-	if err := ValidateKey(key); err != nil {
+	if err := client.ValidateKey(key); err != nil {
 		return false, err
 	}
 	m := nats.NewMsg(t.RequestsSubject)
@@ -39,8 +40,8 @@ func publishRequestID(ctx context.Context, js jetstream.JetStream, t Topology, k
 			m.Header.Add(k, v)
 		}
 	}
-	m.Header.Set(HeaderKey, key)
-	m.Header.Set(HeaderMsgID, msgID)
+	m.Header.Set(client.HeaderKey, key)
+	m.Header.Set(client.HeaderMsgID, msgID)
 	ack, err := js.PublishMsg(ctx, m)
 	if err != nil {
 		return false, fmt.Errorf("publish request: %w", err)
@@ -52,15 +53,15 @@ func publishRequestID(ctx context.Context, js jetstream.JetStream, t Topology, k
 // keeps one message per subject and refuses the rest, so a second publish for
 // the same key (a retry, a redelivery, a crash between publish and ack)
 // reports duplicate=true instead of adding a second result.
-func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r Result) (duplicate bool, err error) {
+func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r client.Result) (duplicate bool, err error) {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return false, fmt.Errorf("encode result: %w", err)
 	}
 	m := nats.NewMsg(t.ResultSubject(r.Key))
 	m.Data = body
-	m.Header.Set(HeaderKey, r.Key)
-	m.Header.Set(HeaderMsgID, "result/"+r.Key)
+	m.Header.Set(client.HeaderKey, r.Key)
+	m.Header.Set(client.HeaderMsgID, "result/"+r.Key)
 	// Expecting no earlier message on the subject makes a second result fail
 	// with an error code of its own (wrong last sequence), so a duplicate is
 	// recognised by code, not by the server's wording.
@@ -80,19 +81,19 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r Re
 // PublishDeadLetter publishes d. msgID makes a retried publish of the same
 // dead letter a no-op; it should name the failure (key plus the delivery or
 // ledger generation) so that a redriven request that fails again lands again.
-func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, t Topology, d DeadLetter, msgID string) error {
+func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, t Topology, d client.DeadLetter, msgID string) error {
 	body, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("encode dead letter: %w", err)
 	}
 	m := nats.NewMsg(t.DLQSubject(d.Key))
 	m.Data = body
-	m.Header.Set(HeaderKey, d.Key)
-	m.Header.Set(HeaderReason, d.Reason)
+	m.Header.Set(client.HeaderKey, d.Key)
+	m.Header.Set(client.HeaderReason, string(d.Reason))
 	if d.Error.Code != "" {
-		m.Header.Set(HeaderErrorCode, d.Error.Code)
+		m.Header.Set(client.HeaderErrorCode, d.Error.Code)
 	}
-	m.Header.Set(HeaderMsgID, "dlq/"+msgID)
+	m.Header.Set(client.HeaderMsgID, "dlq/"+msgID)
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"github.com/omicsq/omicsq/client"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -36,7 +37,7 @@ func TestResultsAreExactlyOncePerKey(t *testing.T) {
 	if err := Provision(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
-	r := Result{Key: "k1", RunGroupID: "run-a", Attempts: 1}
+	r := client.Result{Key: "k1", RunGroupID: "run-a", Attempts: 1}
 	if dup, err := PublishResult(ctx, js, topo, r); err != nil || dup {
 		t.Fatalf("first PublishResult = %v, %v; want false, nil", dup, err)
 	}
@@ -47,7 +48,7 @@ func TestResultsAreExactlyOncePerKey(t *testing.T) {
 	// stream refuses a second result on the same subject.
 	m := nats.NewMsg(topo.ResultSubject("k1"))
 	m.Data = []byte(`{"key":"k1","run_group_id":"run-b"}`)
-	m.Header.Set(HeaderMsgID, "another-id")
+	m.Header.Set(client.HeaderMsgID, "another-id")
 	if _, err := js.PublishMsg(ctx, m); err == nil {
 		t.Fatal("a second result on the same subject was accepted")
 	}
@@ -129,16 +130,16 @@ func TestLedgerCompareAndSet(t *testing.T) {
 }
 
 func TestValidateAndDeriveKey(t *testing.T) {
-	for _, bad := range []string{"", "a b", "tab\tkey", string(make([]byte, MaxKeyBytes+1)), "\xff"} {
-		if ValidateKey(bad) == nil {
+	for _, bad := range []string{"", "a b", "tab\tkey", string(make([]byte, client.MaxKeyBytes+1)), "\xff"} {
+		if client.ValidateKey(bad) == nil {
 			t.Errorf("ValidateKey(%q) = nil, want an error", bad)
 		}
 	}
-	if err := ValidateKey("LIMS-2026-000123/rerun-2"); err != nil {
+	if err := client.ValidateKey("LIMS-2026-000123/rerun-2"); err != nil {
 		t.Errorf("ValidateKey(valid) = %v", err)
 	}
-	a, b := DeriveKey([]byte(`{"Name":"x"}`)), DeriveKey([]byte(`{"Name":"y"}`))
-	if a == b || a != DeriveKey([]byte(`{"Name":"x"}`)) || ValidateKey(a) != nil {
+	a, b := client.DeriveKey([]byte(`{"Name":"x"}`)), client.DeriveKey([]byte(`{"Name":"y"}`))
+	if a == b || a != client.DeriveKey([]byte(`{"Name":"x"}`)) || client.ValidateKey(a) != nil {
 		t.Fatalf("DeriveKey not deterministic and distinct: %s %s", a, b)
 	}
 }
@@ -148,7 +149,7 @@ func TestDecodeDeadLetterRequiresTheOriginal(t *testing.T) {
 		`{"key":"k","reason":"permanent_error","error":{"class":"permanent","code":"X"}}`,
 		`{"key":"k","reason":"permanent_error","request":null,"error":{"class":"permanent","code":"X"}}`,
 	} {
-		if _, err := DecodeDeadLetter([]byte(body)); err == nil {
+		if _, err := client.DecodeDeadLetter([]byte(body)); err == nil {
 			t.Errorf("DecodeDeadLetter(%s) = nil error, want one: the original request is missing", body)
 		}
 	}
@@ -156,7 +157,7 @@ func TestDecodeDeadLetterRequiresTheOriginal(t *testing.T) {
 		`{"key":"k","reason":"invalid_request","raw_base64":"eA==","error":{"class":"invalid","code":"X"}}`,
 		`{"key":"k","reason":"invalid_request","error":{"class":"invalid","code":"X"}}`, // an empty original
 	} {
-		if _, err := DecodeDeadLetter([]byte(body)); err != nil {
+		if _, err := client.DecodeDeadLetter([]byte(body)); err != nil {
 			t.Errorf("DecodeDeadLetter(%s): %v", body, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/omicsq/omicsq/client"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,9 +29,9 @@ type LedgerStore interface {
 type Outbox interface {
 	// PublishResult publishes r once per key; duplicate reports that the
 	// key's result was already stored.
-	PublishResult(ctx context.Context, r Result) (duplicate bool, err error)
+	PublishResult(ctx context.Context, r client.Result) (duplicate bool, err error)
 	// PublishDeadLetter publishes d; msgID makes a retried publish a no-op.
-	PublishDeadLetter(ctx context.Context, d DeadLetter, msgID string) error
+	PublishDeadLetter(ctx context.Context, d client.DeadLetter, msgID string) error
 	// Queued reports whether the request message seq is still in the
 	// requests stream.
 	Queued(ctx context.Context, seq uint64) (bool, error)
@@ -74,12 +75,12 @@ type JetStreamOutbox struct {
 }
 
 // PublishResult implements Outbox.
-func (o *JetStreamOutbox) PublishResult(ctx context.Context, r Result) (bool, error) {
+func (o *JetStreamOutbox) PublishResult(ctx context.Context, r client.Result) (bool, error) {
 	return PublishResult(ctx, o.JS, o.Topology, r)
 }
 
 // PublishDeadLetter implements Outbox.
-func (o *JetStreamOutbox) PublishDeadLetter(ctx context.Context, d DeadLetter, msgID string) error {
+func (o *JetStreamOutbox) PublishDeadLetter(ctx context.Context, d client.DeadLetter, msgID string) error {
 	return PublishDeadLetter(ctx, o.JS, o.Topology, d, msgID)
 }
 

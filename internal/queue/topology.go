@@ -11,26 +11,18 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/client"
 )
 
 // Topology names and sizes every JetStream resource omicsq uses. The zero
 // value is not useful; start from DefaultTopology.
 type Topology struct {
-	// RequestsStream holds run requests (work-queue retention: a request is
-	// removed once acknowledged or dead-lettered). Default OMICSQ_REQUESTS.
-	RequestsStream string
-	// RequestsSubject is where producers publish. Default omicsq.requests.
-	RequestsSubject string
+	// Topology holds the names producers share (client.Topology): the
+	// requests, results and dead-letter streams and subjects.
+	client.Topology
 	// Consumer is the durable pull consumer every worker shares. Default omicsq-worker.
 	Consumer string
-	// ResultsStream keeps one result per request. Default OMICSQ_RESULTS.
-	ResultsStream string
-	// ResultsPrefix: a result is published to <prefix>.<key token>. Default omicsq.results.
-	ResultsPrefix string
-	// DLQStream keeps dead letters. Default OMICSQ_DLQ.
-	DLQStream string
-	// DLQPrefix: a dead letter is published to <prefix>.<key token>. Default omicsq.dlq.
-	DLQPrefix string
 	// AdvisoryStream durably captures JetStream's max-deliveries advisories
 	// for the consumer, so a message that exhausted its deliveries (a crash
 	// loop) is dead-lettered even if no worker was listening at that moment.
@@ -83,13 +75,8 @@ type Topology struct {
 // DefaultTopology returns the documented default names and limits.
 func DefaultTopology() Topology {
 	return Topology{
-		RequestsStream:  "OMICSQ_REQUESTS",
-		RequestsSubject: "omicsq.requests",
+		Topology:        client.DefaultTopology(),
 		Consumer:        "omicsq-worker",
-		ResultsStream:   "OMICSQ_RESULTS",
-		ResultsPrefix:   "omicsq.results",
-		DLQStream:       "OMICSQ_DLQ",
-		DLQPrefix:       "omicsq.dlq",
 		AdvisoryStream:  "OMICSQ_ADVISORIES",
 		LedgerBucket:    "OMICSQ_LEDGER",
 		ControlBucket:   "OMICSQ_CONTROL",
@@ -142,12 +129,6 @@ func (t Topology) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// ResultSubject is the subject of key's result.
-func (t Topology) ResultSubject(key string) string { return t.ResultsPrefix + "." + KeyToken(key) }
-
-// DLQSubject is the subject of key's dead letters.
-func (t Topology) DLQSubject(key string) string { return t.DLQPrefix + "." + KeyToken(key) }
 
 // MaxDeliveriesAdvisory is the subject on which JetStream announces a message
 // that reached MaxDeliver.

@@ -1,0 +1,41 @@
+package client
+
+// Topology names the streams and subjects of the contract: where requests
+// are published and where results and dead letters appear. Workers and
+// producers must agree on it; the zero value is not useful, start from
+// DefaultTopology.
+type Topology struct {
+	// RequestsStream holds run requests until each has an outcome.
+	// Default OMICSQ_REQUESTS.
+	RequestsStream string
+	// RequestsSubject is where producers publish. Default omicsq.requests.
+	RequestsSubject string
+	// ResultsStream keeps one result per request. Default OMICSQ_RESULTS.
+	ResultsStream string
+	// ResultsPrefix: a result is published to <prefix>.<key token>.
+	// Default omicsq.results.
+	ResultsPrefix string
+	// DLQStream keeps dead letters. Default OMICSQ_DLQ.
+	DLQStream string
+	// DLQPrefix: a dead letter is published to <prefix>.<key token>.
+	// Default omicsq.dlq.
+	DLQPrefix string
+}
+
+// DefaultTopology returns the documented default names.
+func DefaultTopology() Topology {
+	return Topology{
+		RequestsStream:  "OMICSQ_REQUESTS",
+		RequestsSubject: "omicsq.requests",
+		ResultsStream:   "OMICSQ_RESULTS",
+		ResultsPrefix:   "omicsq.results",
+		DLQStream:       "OMICSQ_DLQ",
+		DLQPrefix:       "omicsq.dlq",
+	}
+}
+
+// ResultSubject is the subject of key's result.
+func (t Topology) ResultSubject(key string) string { return t.ResultsPrefix + "." + KeyToken(key) }
+
+// DLQSubject is the subject of key's dead letters.
+func (t Topology) DLQSubject(key string) string { return t.DLQPrefix + "." + KeyToken(key) }
