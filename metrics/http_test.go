@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/omicsq/omicsq/client"
 )
 
 func get(t *testing.T, h http.Handler, method, path string, header http.Header) (int, http.Header, string) {
@@ -80,7 +82,7 @@ func TestReadyzNilFuncIsReady(t *testing.T) {
 func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
 	m, reg := newTestMetrics(t)
-	m.DeadLettered(DLQNameConflict)
+	m.DeadLettered(client.ReasonNameConflict)
 	h := NewHandler(reg, nil)
 
 	code, _, body := get(t, h, http.MethodGet, "/metrics", nil)

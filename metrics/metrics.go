@@ -24,45 +24,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-)
 
-// Outcomes of a message (label outcome).
-const (
-	OutcomeSuccess      = "success"       // submitted; the result was published
-	OutcomeDeduplicated = "deduplicated"  // already submitted earlier; the result was republished
-	OutcomeDeadLettered = "dead_lettered" // moved to the DLQ and acked
-	OutcomeReleased     = "released"      // handed back unprocessed (shutdown, another worker holds it)
-	OutcomeError        = "error"         // failed; Nak'd for a later redelivery
-)
-
-// Dead-letter reasons (label reason of omicsq_dead_letters_total).
-const (
-	DLQInvalidRequest     = "invalid_request"
-	DLQPermanentError     = "permanent_error"
-	DLQNameConflict       = "name_conflict"
-	DLQRetriesExhausted   = "retries_exhausted"
-	DLQReconcileExhausted = "reconcile_exhausted"
-	DLQMaxDeliveries      = "max_deliveries"
-	// DLQIdentityChanged: the message's request differs from the one its
-	// key was submitted with, and a run group may exist for that one.
-	DLQIdentityChanged = "identity_changed"
-	// DLQDuplicateInFlight: another message of the key, with a different
-	// request, is being submitted.
-	DLQDuplicateInFlight = "duplicate_in_flight"
-	// DLQPauseLimit: the request's own calls paused the fleet repeatedly
-	// while other requests went through; it is parked.
-	DLQPauseLimit = "pause_limit"
-	// DLQBreaker: an operator chose to dead-letter the requests an open
-	// breaker held.
-	DLQBreaker = "breaker"
-)
-
-// Retry reasons (label reason of omicsq_retries_total).
-const (
-	RetryThrottled = "throttled"
-	RetryTransient = "transient"
-	RetryAmbiguous = "ambiguous"
-	RetrySystemic  = "systemic"
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/pause"
+	"github.com/omicsq/omicsq/internal/submission"
+	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // Reconciliation results (label result of omicsq_reconciliations_total).
@@ -73,38 +39,36 @@ const (
 	ReconcileError    = "error"
 )
 
-// API actions and result classes (labels action and class of the omicsq_api_*
-// series), and the code values that are not Tencent error codes.
+// API actions (label action of the omicsq_api_* series), and the code
+// values that are not Tencent error codes.
 const (
 	ActionRunApplication    = "RunApplication"
 	ActionDescribeRunGroups = "DescribeRunGroups"
-
-	ClassSuccess   = "success"
-	ClassThrottled = "throttled"
-	ClassTransient = "transient"
-	ClassAmbiguous = "ambiguous"
-	ClassPermanent = "permanent"
-	ClassSystemic  = "systemic"
 
 	CodeNone  = "none"  // no error
 	CodeOther = "other" // a code outside the allow-list
 )
 
+// classSuccess is the class label of a call that succeeded; failed calls
+// are labelled with their submit.Class.
+const classSuccess = "success"
+
 // other replaces any label value outside its fixed set.
 const other = "other"
 
-// Label value sets. Each also accepts "other", added by newSet.
+// Label value sets. Each also accepts "other", added by newSet. The
+// vocabularies decided elsewhere come from their owners' lists, so a value
+// added there gets its series here.
 var (
-	outcomes         = []string{OutcomeSuccess, OutcomeDeduplicated, OutcomeDeadLettered, OutcomeReleased, OutcomeError}
-	deadLetterCauses = []string{DLQInvalidRequest, DLQPermanentError, DLQNameConflict, DLQRetriesExhausted, DLQReconcileExhausted, DLQMaxDeliveries, DLQIdentityChanged, DLQDuplicateInFlight, DLQPauseLimit, DLQBreaker}
-	retryReasons     = []string{RetryThrottled, RetryTransient, RetryAmbiguous, RetrySystemic}
+	outcomes         = labels(submission.Outcomes)
+	deadLetterCauses = labels(client.DeadLetterReasons)
+	retryReasons     = labels(submission.RetryReasons)
+	pauseReasons     = labels(pause.Reasons)
 	reconcileResults = []string{ReconcileFound, ReconcileNotFound, ReconcileConflict, ReconcileError}
 	apiActions       = []string{ActionRunApplication, ActionDescribeRunGroups}
-	apiClasses       = []string{ClassSuccess, ClassThrottled, ClassTransient, ClassAmbiguous, ClassPermanent, ClassSystemic}
-	// pauseReasons mirrors the reasons of internal/pause.
+	apiClasses       = append([]string{classSuccess}, classLabels(submit.Classes)...)
 	// breakerKinds mirrors the resource kinds of internal/breaker.
 	breakerKinds = []string{"ApplicationId", "ApplicationVersionId", "ProjectId", "TableId", "EnvironmentId"}
-	pauseReasons = []string{"auth", "permission", "quota", "unreachable", "config", "environment"}
 
 	// apiErrorCodes is the allow-list of the code label: the codes
 	// RunApplication documents (omics-api.md §1.5) and the common codes an
@@ -394,11 +358,10 @@ func (m *Metrics) MessageReceived(age time.Duration, numDelivered uint64) {
 	m.deliveryAttempts.Observe(float64(numDelivered))
 }
 
-// MessageProcessed records that a message was handled with outcome (an
-// Outcome* value) in d.
-func (m *Metrics) MessageProcessed(outcome string, d time.Duration) {
-	m.processed.get(outcome).Inc()
-	m.processingDuration.get(outcome).Observe(seconds(d))
+// MessageProcessed records that a message was handled with outcome in d.
+func (m *Metrics) MessageProcessed(outcome submission.Outcome, d time.Duration) {
+	m.processed.get(string(outcome)).Inc()
+	m.processingDuration.get(string(outcome)).Observe(seconds(d))
 }
 
 // SetInFlight sets the number of messages being handled now.
@@ -407,25 +370,35 @@ func (m *Metrics) SetInFlight(n int) { m.inFlight.Set(float64(n)) }
 // SetConcurrencyLimit sets the most messages handled at once.
 func (m *Metrics) SetConcurrencyLimit(n int) { m.concurrencyLimit.Set(float64(n)) }
 
-// APICall records one API call: action (an Action* value), class (a Class*
-// value), code (an error code, CodeNone on success, CodeOther when unknown)
-// and its latency. A call whose class is not ClassSuccess also counts in
-// omicsq_api_errors_total, under "other" if it has no allow-listed code.
-func (m *Metrics) APICall(action, class, code string, d time.Duration) {
-	action, class = m.actions.norm(action), m.classes.norm(class)
+// APICallSucceeded records one successful API call of action (an Action*
+// value) and its latency.
+func (m *Metrics) APICallSucceeded(action string, d time.Duration) {
+	m.apiCall(m.actions.norm(action), classSuccess, d)
+}
+
+// APICallFailed records one failed API call: action (an Action* value), the
+// failure's class, its code (an error code, CodeNone when it has none) and
+// its latency. It also counts in omicsq_api_errors_total, under "other" if
+// the code is not allow-listed.
+func (m *Metrics) APICallFailed(action string, class submit.Class, code string, d time.Duration) {
+	action = m.actions.norm(action)
+	m.apiCall(action, m.classes.norm(class.String()), d)
+	m.apiErrors[labelPair{action, m.codes.norm(code)}].Inc()
+}
+
+func (m *Metrics) apiCall(action, class string, d time.Duration) {
 	key := labelPair{action, class}
 	m.apiRequests[key].Inc()
 	m.apiDuration[key].Observe(seconds(d))
-	if class != ClassSuccess {
-		m.apiErrors[labelPair{action, m.codes.norm(code)}].Inc()
-	}
 }
 
-// Retry records a submission scheduled again, by reason (a Retry* value).
-func (m *Metrics) Retry(reason string) { m.retries.get(reason).Inc() }
+// Retry records a submission scheduled again, by reason.
+func (m *Metrics) Retry(reason submission.RetryReason) { m.retries.get(string(reason)).Inc() }
 
-// DeadLettered records a message moved to the DLQ, by reason (a DLQ* value).
-func (m *Metrics) DeadLettered(reason string) { m.deadLetters.get(reason).Inc() }
+// DeadLettered records a message moved to the DLQ, by reason.
+func (m *Metrics) DeadLettered(reason client.DeadLetterReason) {
+	m.deadLetters.get(string(reason)).Inc()
+}
 
 // Reconciled records a run-group look-up, by result (a Reconcile* value).
 func (m *Metrics) Reconciled(result string) { m.reconciliation.get(result).Inc() }
@@ -477,12 +450,12 @@ func (m *Metrics) SetNATSConnected(connected bool) { m.natsConnected.Set(boolFlo
 // NATSReconnected records a reconnection to NATS.
 func (m *Metrics) NATSReconnected() { m.natsReconnects.Inc() }
 
-// SetPaused records the fleet pause state. reason is one of "auth",
-// "permission", "quota", "unreachable", "config" (anything else, "" included,
-// shows as "other"); it is ignored when paused is false. omicsq_pauses_total
+// SetPaused records the fleet pause state. A reason outside pause.Reasons
+// ("" included, or one a newer worker wrote to the shared flag) shows as
+// "other"; reason is ignored when paused is false. omicsq_pauses_total
 // counts transitions from running to paused; a new reason while already
 // paused moves the gauge without counting a new pause.
-func (m *Metrics) SetPaused(paused bool, reason string) {
+func (m *Metrics) SetPaused(paused bool, reason pause.Reason) {
 	m.pauseMu.Lock()
 	defer m.pauseMu.Unlock()
 	if m.isPaused {
@@ -492,12 +465,12 @@ func (m *Metrics) SetPaused(paused bool, reason string) {
 		m.isPaused, m.pausedFor = false, ""
 		return
 	}
-	reason = m.pausedGauge.key(reason)
+	label := m.pausedGauge.key(string(reason))
 	if !m.isPaused {
-		m.pauses.get(reason).Inc()
+		m.pauses.get(label).Inc()
 	}
-	m.pausedGauge.get(reason).Set(1)
-	m.isPaused, m.pausedFor = true, reason
+	m.pausedGauge.get(label).Set(1)
+	m.isPaused, m.pausedFor = true, label
 }
 
 // ResultPublished records a result publication; duplicate means the results
@@ -557,6 +530,23 @@ func (s set) norm(v string) string {
 }
 
 type labelPair struct{ first, second string }
+
+// labels converts a typed vocabulary to its label values.
+func labels[T ~string](values []T) []string {
+	out := make([]string, len(values))
+	for i, v := range values {
+		out[i] = string(v)
+	}
+	return out
+}
+
+func classLabels(classes []submit.Class) []string {
+	out := make([]string, len(classes))
+	for i, c := range classes {
+		out[i] = c.String()
+	}
+	return out
+}
 
 // withOther returns values plus "other" in a new slice, leaving the
 // package-level value lists untouched.

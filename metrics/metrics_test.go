@@ -15,6 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/submission"
+	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // newTestMetrics returns Metrics on a fresh registry.
@@ -118,7 +122,7 @@ func TestMethodsChangeExactlyTheirSeries(t *testing.T) {
 			"omicsq_message_delivery_attempts_count": 1,
 			"omicsq_message_delivery_attempts_sum":   1,
 		}},
-		{"MessageProcessed", func(m *Metrics) { m.MessageProcessed(OutcomeDeadLettered, 2*time.Second) }, map[string]float64{
+		{"MessageProcessed", func(m *Metrics) { m.MessageProcessed(submission.OutcomeDeadLettered, 2*time.Second) }, map[string]float64{
 			`omicsq_messages_processed_total{outcome="dead_lettered"}`:                  1,
 			`omicsq_message_processing_duration_seconds_count{outcome="dead_lettered"}`: 1,
 			`omicsq_message_processing_duration_seconds_sum{outcome="dead_lettered"}`:   2,
@@ -130,46 +134,46 @@ func TestMethodsChangeExactlyTheirSeries(t *testing.T) {
 		}},
 		{"SetInFlight", func(m *Metrics) { m.SetInFlight(7) }, map[string]float64{"omicsq_messages_in_flight": 7}},
 		{"SetConcurrencyLimit", func(m *Metrics) { m.SetConcurrencyLimit(16) }, map[string]float64{"omicsq_concurrency_limit": 16}},
-		{"APICall success counts no error", func(m *Metrics) {
-			m.APICall(ActionRunApplication, ClassSuccess, CodeNone, 250*time.Millisecond)
+		{"APICallSucceeded counts no error", func(m *Metrics) {
+			m.APICallSucceeded(ActionRunApplication, 250*time.Millisecond)
 		}, map[string]float64{
 			`omicsq_api_requests_total{action="RunApplication",class="success"}`:                 1,
 			`omicsq_api_request_duration_seconds_count{action="RunApplication",class="success"}`: 1,
 			`omicsq_api_request_duration_seconds_sum{action="RunApplication",class="success"}`:   0.25,
 		}},
-		{"APICall throttled counts its code", func(m *Metrics) {
-			m.APICall(ActionRunApplication, ClassThrottled, "RequestLimitExceeded", 40*time.Millisecond)
+		{"APICallFailed throttled counts its code", func(m *Metrics) {
+			m.APICallFailed(ActionRunApplication, submit.ClassThrottled, "RequestLimitExceeded", 40*time.Millisecond)
 		}, map[string]float64{
 			`omicsq_api_requests_total{action="RunApplication",class="throttled"}`:                 1,
 			`omicsq_api_request_duration_seconds_count{action="RunApplication",class="throttled"}`: 1,
 			`omicsq_api_request_duration_seconds_sum{action="RunApplication",class="throttled"}`:   0.04,
 			`omicsq_api_errors_total{action="RunApplication",code="RequestLimitExceeded"}`:         1,
 		}},
-		{"APICall code outside the allow-list", func(m *Metrics) {
-			m.APICall(ActionDescribeRunGroups, ClassSystemic, "AuthFailure.TokenFailure", time.Second)
+		{"APICallFailed code outside the allow-list", func(m *Metrics) {
+			m.APICallFailed(ActionDescribeRunGroups, submit.ClassSystemic, "AuthFailure.TokenFailure", time.Second)
 		}, map[string]float64{
 			`omicsq_api_requests_total{action="DescribeRunGroups",class="systemic"}`:                 1,
 			`omicsq_api_request_duration_seconds_count{action="DescribeRunGroups",class="systemic"}`: 1,
 			`omicsq_api_request_duration_seconds_sum{action="DescribeRunGroups",class="systemic"}`:   1,
 			`omicsq_api_errors_total{action="DescribeRunGroups",code="other"}`:                       1,
 		}},
-		{"APICall failure without a code", func(m *Metrics) {
-			m.APICall(ActionRunApplication, ClassAmbiguous, CodeNone, 3*time.Second)
+		{"APICallFailed without a code", func(m *Metrics) {
+			m.APICallFailed(ActionRunApplication, submit.ClassAmbiguous, CodeNone, 3*time.Second)
 		}, map[string]float64{
 			`omicsq_api_requests_total{action="RunApplication",class="ambiguous"}`:                 1,
 			`omicsq_api_request_duration_seconds_count{action="RunApplication",class="ambiguous"}`: 1,
 			`omicsq_api_request_duration_seconds_sum{action="RunApplication",class="ambiguous"}`:   3,
 			`omicsq_api_errors_total{action="RunApplication",code="other"}`:                        1,
 		}},
-		{"APICall unknown action and class", func(m *Metrics) { m.APICall("DeleteRunGroup", "weird", "InternalError", time.Second) }, map[string]float64{
+		{"APICallFailed unknown action and class", func(m *Metrics) { m.APICallFailed("DeleteRunGroup", 0, "InternalError", time.Second) }, map[string]float64{
 			`omicsq_api_requests_total{action="other",class="other"}`:                 1,
 			`omicsq_api_request_duration_seconds_count{action="other",class="other"}`: 1,
 			`omicsq_api_request_duration_seconds_sum{action="other",class="other"}`:   1,
 			`omicsq_api_errors_total{action="other",code="InternalError"}`:            1,
 		}},
-		{"Retry", func(m *Metrics) { m.Retry(RetryAmbiguous) }, map[string]float64{`omicsq_retries_total{reason="ambiguous"}`: 1}},
+		{"Retry", func(m *Metrics) { m.Retry(submission.RetryAmbiguous) }, map[string]float64{`omicsq_retries_total{reason="ambiguous"}`: 1}},
 		{"Retry unknown reason", func(m *Metrics) { m.Retry("boredom") }, map[string]float64{`omicsq_retries_total{reason="other"}`: 1}},
-		{"DeadLettered", func(m *Metrics) { m.DeadLettered(DLQMaxDeliveries) }, map[string]float64{`omicsq_dead_letters_total{reason="max_deliveries"}`: 1}},
+		{"DeadLettered", func(m *Metrics) { m.DeadLettered(client.ReasonMaxDeliveries) }, map[string]float64{`omicsq_dead_letters_total{reason="max_deliveries"}`: 1}},
 		{"DeadLettered unknown reason", func(m *Metrics) { m.DeadLettered("req-4711") }, map[string]float64{`omicsq_dead_letters_total{reason="other"}`: 1}},
 		{"Reconciled", func(m *Metrics) { m.Reconciled(ReconcileNotFound) }, map[string]float64{`omicsq_reconciliations_total{result="not_found"}`: 1}},
 		{"Reconciled unknown result", func(m *Metrics) { m.Reconciled("maybe") }, map[string]float64{`omicsq_reconciliations_total{result="other"}`: 1}},
@@ -441,9 +445,9 @@ func TestConcurrentUse(t *testing.T) {
 		wg.Go(func() {
 			for i := range calls {
 				m.MessageReceived(time.Second, 1)
-				m.MessageProcessed(OutcomeSuccess, time.Millisecond)
-				m.APICall(ActionRunApplication, ClassThrottled, "RequestLimitExceeded", time.Millisecond)
-				m.Retry(RetryThrottled)
+				m.MessageProcessed(submission.OutcomeSuccess, time.Millisecond)
+				m.APICallFailed(ActionRunApplication, submit.ClassThrottled, "RequestLimitExceeded", time.Millisecond)
+				m.Retry(submission.RetryThrottled)
 				m.DeadLettered("unknown")
 				m.Reconciled(ReconcileFound)
 				m.RateLimitWait(time.Millisecond)
@@ -501,10 +505,10 @@ func BenchmarkHotPath(b *testing.B) {
 		for pb.Next() {
 			m.MessageReceived(time.Second, 1)
 			m.RateLimitWait(time.Millisecond)
-			m.APICall(ActionRunApplication, ClassSuccess, CodeNone, 100*time.Millisecond)
+			m.APICallSucceeded(ActionRunApplication, 100*time.Millisecond)
 			m.LastSuccess(now)
 			m.ResultPublished(false)
-			m.MessageProcessed(OutcomeSuccess, 120*time.Millisecond)
+			m.MessageProcessed(submission.OutcomeSuccess, 120*time.Millisecond)
 		}
 	})
 }

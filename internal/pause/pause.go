@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,23 +22,50 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Reasons a fleet pauses; a bounded set (they label metrics).
+// Reason says why the fleet is paused; a bounded set (it labels metrics).
+type Reason string
+
+// Reasons a fleet pauses.
 const (
-	ReasonAuth        = "auth"
-	ReasonPermission  = "permission"
-	ReasonQuota       = "quota"
-	ReasonUnreachable = "unreachable"
-	ReasonConfig      = "config"
+	ReasonAuth        Reason = "auth"
+	ReasonPermission  Reason = "permission"
+	ReasonQuota       Reason = "quota"
+	ReasonUnreachable Reason = "unreachable"
+	ReasonConfig      Reason = "config"
 	// ReasonEnvironment: the delivery environment (or the API behind it) is
 	// unavailable; nothing about the account proves it back, so a resume
 	// is tried with one real call (a trial) before the fleet goes on.
-	ReasonEnvironment = "environment"
+	ReasonEnvironment Reason = "environment"
 )
+
+// Reasons lists every Reason, in a stable order (the order docs list them).
+var Reasons = []Reason{ReasonAuth, ReasonPermission, ReasonQuota, ReasonUnreachable, ReasonConfig, ReasonEnvironment}
+
+// ReasonFor maps the code of a systemic error to the reason it pauses the
+// fleet for. An unrecognised code counts as config: the pause then needs a
+// trial call to be lifted, since no probe can prove it gone.
+func ReasonFor(code string) Reason {
+	switch {
+	case strings.HasPrefix(code, "AuthFailure"), code == "ClientError.CredentialError":
+		return ReasonAuth
+	case strings.HasPrefix(code, "UnauthorizedOperation"), strings.HasPrefix(code, "OperationDenied"),
+		code == "IpInBlacklist", code == "IpNotInWhitelist":
+		return ReasonPermission
+	case strings.HasPrefix(code, "LimitExceeded"):
+		return ReasonQuota
+	case code == "ClientError.NetworkError":
+		return ReasonUnreachable
+	case code == "InvalidParameterValue.EnvironmentNotAvailable", code == "ResourceNotFound.EnvironmentNotExist":
+		return ReasonEnvironment
+	default:
+		return ReasonConfig
+	}
+}
 
 // needsTrial reports whether a pause for reason can only be lifted by a real
 // call succeeding: the probe proves authorisation, not that the environment
 // (or whatever an unknown code meant) works again.
-func needsTrial(reason string) bool { return reason == ReasonEnvironment || reason == ReasonConfig }
+func needsTrial(reason Reason) bool { return reason == ReasonEnvironment || reason == ReasonConfig }
 
 // stateKey is the KV key of the flag.
 const stateKey = "pause"
@@ -45,7 +73,7 @@ const stateKey = "pause"
 // State is the shared flag.
 type State struct {
 	Paused bool      `json:"paused"`
-	Reason string    `json:"reason,omitempty"`
+	Reason Reason    `json:"reason,omitempty"`
 	Code   string    `json:"code,omitempty"`
 	Since  time.Time `json:"since,omitempty"`
 	By     string    `json:"by,omitempty"`
@@ -298,7 +326,7 @@ func (c *Controller) updateState(ctx context.Context, what string, change func(*
 // its first reason, and its trial) and applies it locally at once, without
 // waiting for the watch to echo it. first reports that this call paused a
 // fleet that was not paused.
-func (c *Controller) Pause(ctx context.Context, reason, code string) (first bool, err error) {
+func (c *Controller) Pause(ctx context.Context, reason Reason, code string) (first bool, err error) {
 	st := State{Paused: true, Reason: reason, Code: code, Since: c.cfg.Now().UTC(), By: c.cfg.Worker}
 	if c.State().Paused {
 		return false, nil // the watch keeps the local copy in step with the flag

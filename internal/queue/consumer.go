@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/metrics"
 )
 
@@ -230,7 +231,7 @@ func (c *Consumer) process(ctx context.Context, d Delivery) (dec Decision) {
 		if r := recover(); r != nil {
 			// Never log the panic value: it may hold request inputs.
 			c.Log.Error("panic while processing a message; it will be redelivered", "seq", d.StreamSeq, "stack", string(debug.Stack()))
-			dec = Decision{Action: ActionNak, Delay: 10 * time.Second, Outcome: metrics.OutcomeError}
+			dec = Decision{Action: ActionNak, Delay: 10 * time.Second, Outcome: submission.OutcomeError}
 			c.Metrics.MessageProcessed(dec.Outcome, 0)
 		}
 	}()

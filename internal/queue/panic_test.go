@@ -162,10 +162,10 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dl.Reason != metrics.DLQMaxDeliveries || dl.Error.Code != "MaxDeliveriesExceeded" || !bytes.Equal(dl.Request, alwaysBody) {
+	if dl.Reason != client.ReasonMaxDeliveries || dl.Error.Code != "MaxDeliveriesExceeded" || !bytes.Equal(dl.Request, alwaysBody) {
 		t.Errorf("poison dead letter: reason %q code %q, request intact %v", dl.Reason, dl.Error.Code, bytes.Equal(dl.Request, alwaysBody))
 	}
-	if got := dead.Header.Get(client.HeaderReason); got != metrics.DLQMaxDeliveries {
+	if got := dead.Header.Get(client.HeaderReason); got != string(client.ReasonMaxDeliveries) {
 		t.Errorf("dead letter header %s = %q", client.HeaderReason, got)
 	}
 	if calls, _ := api.counts(alwaysName); calls != 2 {

@@ -9,16 +9,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/omicsq/omicsq/client"
 	"log/slog"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/pause"
@@ -66,8 +65,17 @@ const (
 type Decision struct {
 	Action  Action
 	Delay   time.Duration
-	Outcome string // a metrics.Outcome* value
+	Outcome submission.Outcome
 }
+
+// Failure classes of dead letters no API answer classified (those of API
+// answers are submit.Class names; invalid requests have
+// client.FailureClassInvalid).
+const (
+	classRefused       = "refused"        // the key stands for another request
+	classUnknown       = "unknown"        // no call or lookup recorded a class
+	classMaxDeliveries = "max_deliveries" // a crash loop, not an API answer
+)
 
 // summary is what the per-message log line reports.
 type summary struct {
@@ -206,17 +214,8 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		e := j.current()
 		sum.runGroupID, sum.requestID, sum.calls, sum.reconciled = e.RunGroupID, e.RequestID, e.Calls, e.Reconciled
 	}()
-	if kerr != nil {
-		return p.deadLetterUnrecorded(ctx, j, metrics.DLQInvalidRequest, "invalid",
-			client.Failure{Class: "invalid", Code: "InvalidIdempotencyKey", Field: client.HeaderKey, Message: kerr.Error()})
-	}
-	if verr != nil {
-		f := client.Failure{Class: "invalid", Code: "InvalidParameter", Message: "the request could not be decoded"}
-		var ve *submit.ValidationError
-		if errors.As(verr, &ve) {
-			f.Code, f.Field, f.Message = ve.Code, ve.Field, ve.Reason
-		}
-		return p.deadLetterUnrecorded(ctx, j, metrics.DLQInvalidRequest, "invalid", f)
+	if kerr != nil || verr != nil {
+		return p.rejectInvalid(ctx, j, kerr, verr)
 	}
 	j.id = submission.IdentityOf(req, p.now())
 
@@ -224,7 +223,7 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	// its original) are told apart by the lease too; this saves the round
 	// trip.
 	if _, busy := p.inFlight.LoadOrStore(key, struct{}{}); busy {
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeReleased}
 	}
 	defer p.inFlight.Delete(key)
 
@@ -251,35 +250,66 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 	switch admit.Step {
 	case submission.StepPublishResult:
 		j.log.Info("already submitted; republishing the result", "run_group_id", entry.RunGroupID)
-		return p.publishResult(ctx, j, metrics.OutcomeDeduplicated)
+		return p.publishResult(ctx, j, submission.OutcomeDeduplicated)
 	case submission.StepRepublishDeadLetter:
 		return p.republishDeadLetter(ctx, j)
 	case submission.StepDefer:
 		j.log.Info("another message of this key is being submitted; this copy is dropped", "driver_seq", entry.Driver)
-		return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+		return Decision{Action: ActionAck, Outcome: submission.OutcomeDeduplicated}
 	case submission.StepRefuse:
-		return p.deadLetterUnrecorded(ctx, j, string(admit.Reason), "refused",
-			client.Failure{Class: "refused", Code: "IdentityChanged", Message: admit.Detail})
+		return p.deadLetterUnrecorded(ctx, j, admit.Reason,
+			client.Failure{Class: classRefused, Code: "IdentityChanged", Message: admit.Detail})
 	}
 
-	// Take the key: nobody else may act on it while this handler holds it.
+	if dec, taken := p.takeLease(ctx, j, entry, rev, admit.Step); !taken {
+		return dec
+	}
+	// A handler that loses its lease (it stalled past it and another took
+	// the key) must stop: the renewer cancels it.
+	hctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	stopRenew := p.renewLease(hctx, j.hold, lost)
+	defer stopRenew()
+	return p.run(hctx, j)
+}
+
+// rejectInvalid dead-letters a message whose key (kerr) or body (verr) is
+// unusable; no call is made and the ledger is not touched.
+func (p *Processor) rejectInvalid(ctx context.Context, j *job, kerr, verr error) Decision {
+	if kerr != nil {
+		return p.deadLetterUnrecorded(ctx, j, client.ReasonInvalidRequest,
+			client.Failure{Class: client.FailureClassInvalid, Code: "InvalidIdempotencyKey", Field: client.HeaderKey, Message: kerr.Error()})
+	}
+	f := client.Failure{Class: client.FailureClassInvalid, Code: "InvalidParameter", Message: "the request could not be decoded"}
+	var ve *submit.ValidationError
+	if errors.As(verr, &ve) {
+		f.Code, f.Field, f.Message = ve.Code, ve.Field, ve.Reason
+	}
+	return p.deadLetterUnrecorded(ctx, j, client.ReasonInvalidRequest, f)
+}
+
+// takeLease takes the key (entry at revision rev) for this handler, applying
+// the admitted step (a redrive or a repin), and sets j.hold: nobody else may
+// act on the key while it is held. If it cannot, it returns what to do with
+// the message instead.
+func (p *Processor) takeLease(ctx context.Context, j *job, entry ledger.Entry, rev uint64, step submission.Step) (Decision, bool) {
 	owner := p.leaseOwner()
 	now := p.now()
 	if until, live := entry.LiveLease(owner, now); live {
 		// Counted as a deliberate hand-back (best effort: a holder's write
 		// in between wins, and it re-reads on its next write), so waiting
 		// out a lease never spends the delivery budget of a crash loop.
-		if entry.Driver == d.StreamSeq {
+		if entry.Driver == j.d.StreamSeq {
 			entry.Released()
 			if _, err := p.Ledger.Put(ctx, entry, rev); err != nil && !errors.Is(err, ledger.ErrConflict) {
 				p.Metrics.LedgerError()
 			}
 		}
-		return Decision{Action: ActionNak, Delay: until.Sub(now) + 500*time.Millisecond, Outcome: metrics.OutcomeReleased}
+		return Decision{Action: ActionNak, Delay: until.Sub(now) + 500*time.Millisecond, Outcome: submission.OutcomeReleased}, false
 	}
-	h := &hold{led: p.Ledger, key: key, entry: entry, rev: rev, owner: owner}
-	err = h.update(ctx, func(e *ledger.Entry) {
-		switch admit.Step {
+	h := &hold{led: p.Ledger, key: j.key, entry: entry, rev: rev, owner: owner}
+	err := h.update(ctx, func(e *ledger.Entry) {
+		switch step {
 		case submission.StepRedrive:
 			e.Redrive(now.UTC(), p.Worker)
 			if e.Identity != nil {
@@ -288,19 +318,13 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 		case submission.StepRepin:
 			e.Pin(j.id)
 		}
-		e.Acquire(owner, now.Add(p.leaseTTL()), d.StreamSeq, j.id, p.Policy.Horizon)
+		e.Acquire(owner, now.Add(p.leaseTTL()), j.d.StreamSeq, j.id, p.Policy.Horizon)
 	})
 	if err != nil {
-		return p.ledgerFailure(j, err)
+		return p.ledgerFailure(j, err), false
 	}
 	j.hold = h
-	// A handler that loses its lease (it stalled past it and another took
-	// the key) must stop: the renewer cancels it.
-	hctx, lost := context.WithCancelCause(ctx)
-	defer lost(nil)
-	stopRenew := p.renewLease(hctx, h, lost)
-	defer stopRenew()
-	return p.run(hctx, j)
+	return Decision{}, true
 }
 
 func (p *Processor) situation(j *job) submission.Situation {
@@ -367,7 +391,7 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 				return d
 			}
 		case submission.StepDeadLetter:
-			if _, eligible := breaker.KindOf(e.PendingCode); eligible && dec.Reason == submission.ReasonPermanentError {
+			if _, eligible := breaker.KindOf(e.PendingCode); eligible && dec.Reason == client.ReasonPermanentError {
 				// The breaker of this resource may have opened meanwhile:
 				// then the request is held, or released with an edit.
 				if d, done := p.breakerGate(ctx, j); done {
@@ -377,7 +401,7 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 					continue // released with an edit: call again
 				}
 			}
-			return p.deadLetter(ctx, j, string(dec.Reason), p.failureFor(e, dec))
+			return p.deadLetter(ctx, j, dec.Reason, p.failureFor(e, dec))
 		case submission.StepGiveUp:
 			if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.GiveUp() }); err != nil {
 				return p.ledgerFailure(j, err)
@@ -424,7 +448,7 @@ func (p *Processor) breakerGate(ctx context.Context, j *job) (Decision, bool) {
 		if e.MaybeCreated {
 			return Decision{}, false // a run group may exist: the normal path decides
 		}
-		return p.deadLetter(ctx, j, metrics.DLQBreaker, client.Failure{Class: "permanent", Code: trip.Code,
+		return p.deadLetter(ctx, j, client.ReasonBreaker, client.Failure{Class: submit.ClassPermanent.String(), Code: trip.Code,
 			Message: "held by the breaker of " + trip.Resource.Kind + " and dead-lettered by an operator"}), true
 	case breaker.Released:
 		if e.BreakerRelease == trip.ID || e.MaybeCreated {
@@ -515,28 +539,28 @@ func (p *Processor) recordRejection(ctx context.Context, j *job) (Decision, bool
 }
 
 // successOutcome says whether this handler created the result or found it.
-func (p *Processor) successOutcome(j *job) string {
+func (p *Processor) successOutcome(j *job) submission.Outcome {
 	if j.entry.State == ledger.StateSubmitted {
-		return metrics.OutcomeDeduplicated
+		return submission.OutcomeDeduplicated
 	}
-	return metrics.OutcomeSuccess
+	return submission.OutcomeSuccess
 }
 
 // failureFor describes a dead letter decided from the ledger entry: the last
 // call's code, or the state machine's own reason.
 func (p *Processor) failureFor(e ledger.Entry, dec submission.Decision) client.Failure {
-	f := client.Failure{Class: "permanent", Code: e.PendingCode, RequestID: e.PendingRequestID, Message: dec.Detail}
+	f := client.Failure{Class: submit.ClassPermanent.String(), Code: e.PendingCode, RequestID: e.PendingRequestID, Message: dec.Detail}
 	switch dec.Reason {
-	case submission.ReasonMaxDeliveries:
-		f.Class, f.Code = "max_deliveries", "MaxDeliveriesExceeded"
-	case submission.ReasonReconcileExhaust:
-		f.Class = "ambiguous"
+	case client.ReasonMaxDeliveries:
+		f.Class, f.Code = classMaxDeliveries, "MaxDeliveriesExceeded"
+	case client.ReasonReconcileExhausted:
+		f.Class = submit.ClassAmbiguous.String()
 		if f.Code == "" {
 			f.Code = "ReconcileExhausted"
 		}
-	case submission.ReasonRetriesExhausted:
+	case client.ReasonRetriesExhausted:
 		f.Class = lastCallClass(e)
-	case submission.ReasonNameConflict:
+	case client.ReasonNameConflict:
 		f.Code = "InvalidParameterValue.DuplicateName"
 	}
 	if f.Code == "" {
@@ -551,7 +575,7 @@ func lastCallClass(e ledger.Entry) string {
 			return ev.Outcome
 		}
 	}
-	return "unknown"
+	return classUnknown
 }
 
 // call makes one RunApplication call: wait for the fleet and a token, then
@@ -603,7 +627,7 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 	at := p.now()
 	elapsed := at.Sub(callStart)
 	if err == nil {
-		p.Metrics.APICall("RunApplication", "success", "none", elapsed)
+		p.Metrics.APICallSucceeded(metrics.ActionRunApplication, elapsed)
 		p.Pause.ObserveSuccess()
 		p.Metrics.LastSuccess(at)
 		o := ledger.CallOutcome{Effect: ledger.EffectCreated, Class: "success", RequestID: resp.RequestId,
@@ -611,8 +635,14 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		d, done := p.settle(ctx, j, o, false)
 		return d, done, pause.TrialSucceeded
 	}
-	apiErr := asAPIError(err)
-	p.Metrics.APICall("RunApplication", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
+	return p.callFailed(ctx, j, asAPIError(err), at, elapsed, trial)
+}
+
+// callFailed records a RunApplication call that returned an error and acts
+// on its class: throttling slows the limiter, a systemic error pauses the
+// fleet, and a call cut off by shutdown hands the message back.
+func (p *Processor) callFailed(ctx context.Context, j *job, apiErr *submit.Error, at time.Time, elapsed time.Duration, trial bool) (Decision, bool, pause.Outcome) {
+	p.Metrics.APICallFailed(metrics.ActionRunApplication, apiErr.Class, submit.MetricCode(apiErr.Code), elapsed)
 	j.log.Warn("RunApplication failed", "class", apiErr.Class.String(), "code", apiErr.Code, "request_id", apiErr.RequestID, "attempt", j.current().Calls)
 	o := ledger.CallOutcome{Class: apiErr.Class.String(), Code: apiErr.Code, RequestID: apiErr.RequestID, At: at.UTC(), Worker: p.Worker}
 	o.Effect = effectOf(apiErr)
@@ -627,7 +657,7 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		if err != nil {
 			p.Metrics.LedgerError()
 		}
-		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true, pause.TrialInconclusive
+		return Decision{Action: ActionNak, Outcome: submission.OutcomeReleased}, true, pause.TrialInconclusive
 	}
 	if ctx.Err() != nil && apiErr.RequestID == "" && o.Effect == ledger.EffectMaybeExecuted {
 		// Shutdown cut the call off before any answer: the server may still
@@ -641,23 +671,23 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		if err != nil {
 			p.Metrics.LedgerError()
 		}
-		return Decision{Action: ActionNak, Outcome: metrics.OutcomeReleased}, true, pause.TrialInconclusive
+		return Decision{Action: ActionNak, Outcome: submission.OutcomeReleased}, true, pause.TrialInconclusive
+	}
+	if reason, retried := submission.RetryReasonOf(apiErr.Class); retried {
+		p.Metrics.Retry(reason)
 	}
 	outcome := pause.TrialInconclusive
 	switch apiErr.Class {
 	case submit.ClassThrottled:
 		o.Throttled = true
 		p.RunLimiter.Throttled(ctx)
-		p.Metrics.Retry(metrics.RetryThrottled)
 	case submit.ClassTransient:
 		if apiErr.RequestID == "" {
 			p.Pause.ObserveTransportFailure(ctx)
 		}
-		p.Metrics.Retry(metrics.RetryTransient)
 	case submit.ClassSystemic:
 		outcome = pause.TrialFailed
-		p.Metrics.Retry(metrics.RetrySystemic)
-		first, err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code)
+		first, err := p.Pause.Pause(ctx, pause.ReasonFor(apiErr.Code), apiErr.Code)
 		if err != nil {
 			j.log.Warn("could not set the fleet pause", "error", err)
 		}
@@ -665,8 +695,6 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		// trial, and not for the calls already in flight when another one
 		// paused it (an outage would otherwise strike them all).
 		o.Systemic, o.Strike = true, !trial && first
-	case submit.ClassAmbiguous:
-		p.Metrics.Retry(metrics.RetryAmbiguous)
 	}
 	d, done := p.settle(ctx, j, o, o.Effect == ledger.EffectMaybeExecuted && apiErr.RequestID == "" && timedOut(apiErr))
 	return d, done, outcome
@@ -717,7 +745,7 @@ func (p *Processor) settle(ctx context.Context, j *job, o ledger.CallOutcome, ti
 		j.log.Error("could not record the call's outcome in the ledger", "error", err)
 		// The in-flight record stays: the next holder waits for its deadline
 		// and looks the run group up.
-		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}, true
+		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: submission.OutcomeError}, true
 	}
 	return Decision{}, false
 }
@@ -744,9 +772,9 @@ func (p *Processor) settleCreated(ctx context.Context, j *job, o ledger.CallOutc
 	}
 	if err != nil {
 		j.log.Error("could not record the created run group; the next holder will look it up", "run_group_id", o.RunGroupID, "error", err)
-		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: submission.OutcomeError}
 	}
-	return p.publishResult(ctx, j, metrics.OutcomeSuccess)
+	return p.publishResult(ctx, j, submission.OutcomeSuccess)
 }
 
 // forceSubmitted applies record to the stored entry by compare-and-set,
@@ -787,7 +815,7 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 		}
 		return p.lookupFailed(ctx, j, asAPIError(err), at, elapsed)
 	}
-	p.Metrics.APICall("DescribeRunGroups", "success", "none", elapsed)
+	p.Metrics.APICallSucceeded(metrics.ActionDescribeRunGroups, elapsed)
 	e := j.hold.snapshot()
 	var pinned time.Time
 	if e.Identity != nil {
@@ -806,7 +834,7 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 				return p.ledgerFailure(j, err), true
 			}
 			p.Metrics.LastSuccess(at)
-			return p.publishResult(ctx, j, metrics.OutcomeSuccess), true
+			return p.publishResult(ctx, j, submission.OutcomeSuccess), true
 		}
 		holder = g
 	}
@@ -815,8 +843,8 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 		if err := j.hold.update(context.WithoutCancel(ctx), func(e *ledger.Entry) { e.LookupConflict("", at.UTC(), p.Worker) }); err != nil {
 			return p.ledgerFailure(j, err), true
 		}
-		return p.deadLetter(ctx, j, metrics.DLQNameConflict, client.Failure{
-			Class: "permanent", Code: "InvalidParameterValue.DuplicateName",
+		return p.deadLetter(ctx, j, client.ReasonNameConflict, client.Failure{
+			Class: submit.ClassPermanent.String(), Code: "InvalidParameterValue.DuplicateName",
 			Message: "the run group name is held by run group " + holder.RunGroupId + ", which this request did not create",
 		}), true
 	}
@@ -838,11 +866,11 @@ func (p *Processor) lookup(ctx context.Context, j *job) (Decision, bool) {
 // have created anything (it only needed the holder of its Name) spends the
 // retry budget.
 func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Error, at time.Time, elapsed time.Duration) (Decision, bool) {
-	p.Metrics.APICall("DescribeRunGroups", apiErr.Class.String(), submit.MetricCode(apiErr.Code), elapsed)
+	p.Metrics.APICallFailed(metrics.ActionDescribeRunGroups, apiErr.Class, submit.MetricCode(apiErr.Code), elapsed)
 	p.Metrics.Reconciled(metrics.ReconcileError)
 	switch apiErr.Class {
 	case submit.ClassSystemic:
-		if _, err := p.Pause.Pause(ctx, pauseReason(apiErr.Code), apiErr.Code); err != nil {
+		if _, err := p.Pause.Pause(ctx, pause.ReasonFor(apiErr.Code), apiErr.Code); err != nil {
 			j.log.Warn("could not set the fleet pause", "error", err)
 		}
 	case submit.ClassThrottled:
@@ -854,7 +882,7 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 	if charge && !e.MaybeCreated {
 		d, ok := p.Policy.Retry.Next(e.RetryAttempts, e.RetryActive)
 		if !ok {
-			return p.deadLetter(ctx, j, metrics.DLQReconcileExhausted, client.Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
+			return p.deadLetter(ctx, j, client.ReasonReconcileExhausted, client.Failure{Class: apiErr.Class.String(), Code: apiErr.Code,
 				RequestID: apiErr.RequestID, Message: "the holder of the run group name could not be looked up within the retry budget"}), true
 		}
 		delay = d
@@ -871,7 +899,7 @@ func (p *Processor) lookupFailed(ctx context.Context, j *job, apiErr *submit.Err
 	return Decision{}, false
 }
 
-func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) Decision {
+func (p *Processor) publishResult(ctx context.Context, j *job, outcome submission.Outcome) Decision {
 	e := j.current()
 	r := client.Result{
 		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
@@ -880,27 +908,27 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome string) D
 	dup, err := p.Outbox.PublishResult(context.WithoutCancel(ctx), r)
 	if err != nil {
 		j.log.Error("could not publish the result", "error", err)
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
 	p.Metrics.ResultPublished(dup)
 	return Decision{Action: ActionAck, Outcome: outcome}
 }
 
-func (p *Processor) deadLetter(ctx context.Context, j *job, reason string, f client.Failure) Decision {
+func (p *Processor) deadLetter(ctx context.Context, j *job, reason client.DeadLetterReason, f client.Failure) Decision {
 	ctx = context.WithoutCancel(ctx)
-	err := j.hold.update(ctx, func(e *ledger.Entry) { e.MarkDead(j.d.StreamSeq, reason, f.Code, p.now().UTC(), p.Worker) })
+	err := j.hold.update(ctx, func(e *ledger.Entry) { e.MarkDead(j.d.StreamSeq, string(reason), f.Code, p.now().UTC(), p.Worker) })
 	if err != nil {
 		p.Metrics.LedgerError()
 		j.log.Warn("could not record the dead letter in the ledger", "error", err)
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
 	if err := p.publishRecordedDeadLetter(ctx, j, reason, f); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
 	p.Metrics.DeadLettered(reason)
 	j.log.Warn("dead-lettered", "reason", reason, "code", f.Code, "request_id", f.RequestID, "attempts", j.current().Calls)
-	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
+	return Decision{Action: ActionAck, Outcome: submission.OutcomeDeadLettered}
 }
 
 // republishDeadLetter publishes again the dead letter the ledger records
@@ -910,12 +938,12 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 	ctx = context.WithoutCancel(ctx)
 	// deadLetter recorded the reason and code as the last event, after the
 	// call whose outcome (class) led there.
-	reason, f := metrics.DLQMaxDeliveries, client.Failure{Class: "unknown", Code: "Unknown",
+	reason, f := client.ReasonMaxDeliveries, client.Failure{Class: classUnknown, Code: "Unknown",
 		Message: "rebuilt from the ledger: the worker stopped between recording this dead letter and publishing it"}
 	found := false
 	for _, ev := range slices.Backward(j.entry.History) {
 		if !found && ev.Kind == "dead_letter" {
-			reason, f.Code, found = ev.Outcome, ev.Code, true
+			reason, f.Code, found = client.DeadLetterReason(ev.Outcome), ev.Code, true
 		} else if found && (ev.Kind == "call" || ev.Kind == "lookup") {
 			f.Class, f.RequestID = ev.Outcome, ev.RequestID
 			break
@@ -923,15 +951,15 @@ func (p *Processor) republishDeadLetter(ctx context.Context, j *job) Decision {
 	}
 	if err := p.publishRecordedDeadLetter(ctx, j, reason, f); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
-	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeduplicated}
+	return Decision{Action: ActionAck, Outcome: submission.OutcomeDeduplicated}
 }
 
 // publishRecordedDeadLetter publishes the dead letter of a request the ledger
 // marked dead. Its message ID is derived from the ledger entry alone, so a
 // republish after a crash is recognised by JetStream as the same message.
-func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason string, f client.Failure) error {
+func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reason client.DeadLetterReason, f client.Failure) error {
 	e := j.current()
 	dl := p.deadLetterBody(j, reason, f)
 	dl.Attempts = e.Calls
@@ -942,30 +970,33 @@ func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reaso
 
 // deadLetterUnrecorded dead-letters a message without changing its key's
 // ledger entry: an invalid request (rejected before any call), or one
-// refused because the key stands for another request.
-func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason, tag string, f client.Failure) Decision {
+// refused because the key stands for another request. The failure class
+// (invalid or refused) ends the message ID, so a redelivery's dead letter
+// is dropped by JetStream as the same message.
+func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason client.DeadLetterReason, f client.Failure) Decision {
+	refused := f.Class == classRefused
 	dl := p.deadLetterBody(j, reason, f)
-	if tag == "refused" {
+	if refused {
 		e := j.current()
 		dl.Attempts, dl.History = e.Calls, e.History
 	}
-	msgID := fmt.Sprintf("%s/%d/%s", j.key, j.d.StreamSeq, tag)
+	msgID := fmt.Sprintf("%s/%d/%s", j.key, j.d.StreamSeq, f.Class)
 	if err := p.Outbox.PublishDeadLetter(context.WithoutCancel(ctx), dl, msgID); err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeError}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
 	p.Metrics.DeadLettered(reason)
-	if tag == "refused" {
+	if refused {
 		j.log.Warn("dead-lettered a refused request", "reason", reason, "code", f.Code)
 	} else {
 		j.log.Warn("dead-lettered an invalid request", "code", f.Code, "field", f.Field)
 	}
-	return Decision{Action: ActionAck, Outcome: metrics.OutcomeDeadLettered}
+	return Decision{Action: ActionAck, Outcome: submission.OutcomeDeadLettered}
 }
 
-func (p *Processor) deadLetterBody(j *job, reason string, f client.Failure) client.DeadLetter {
+func (p *Processor) deadLetterBody(j *job, reason client.DeadLetterReason, f client.Failure) client.DeadLetter {
 	dl := client.DeadLetter{
-		Key: j.key, Reason: client.DeadLetterReason(reason), Error: f, Deliveries: j.d.NumDelivered,
+		Key: j.key, Reason: reason, Error: f, Deliveries: j.d.NumDelivered,
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
 	}
 	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
@@ -983,11 +1014,11 @@ func (p *Processor) ledgerFailure(j *job, err error) Decision {
 	if errors.Is(err, ledger.ErrConflict) || errors.Is(err, errLeaseLost) {
 		// Another delivery of the same request holds the key now.
 		j.log.Info("the key is held by another handler; handing the message back")
-		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: metrics.OutcomeReleased}
+		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeReleased}
 	}
 	p.Metrics.LedgerError()
 	j.log.Warn("ledger unavailable; handing the message back", "error", err)
-	return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: metrics.OutcomeError}
+	return Decision{Action: ActionNak, Delay: 5 * time.Second, Outcome: submission.OutcomeError}
 }
 
 // release hands the message back after delay, keeping what the ledger
@@ -1000,7 +1031,7 @@ func (p *Processor) release(ctx context.Context, j *job, delay time.Duration) De
 	if err != nil {
 		p.Metrics.LedgerError()
 	}
-	return Decision{Action: ActionNak, Delay: delay, Outcome: metrics.OutcomeReleased}
+	return Decision{Action: ActionNak, Delay: delay, Outcome: submission.OutcomeReleased}
 }
 
 // requestKey returns the idempotency key: the Omicsq-Key header, else
@@ -1029,25 +1060,6 @@ func asAPIError(err error) *submit.Error {
 		return apiErr
 	}
 	return &submit.Error{Class: submit.ClassAmbiguous, Code: "Unknown", Err: err}
-}
-
-// pauseReason maps a systemic error code to a bounded pause reason.
-func pauseReason(code string) string {
-	switch {
-	case strings.HasPrefix(code, "AuthFailure"), code == "ClientError.CredentialError":
-		return pause.ReasonAuth
-	case strings.HasPrefix(code, "UnauthorizedOperation"), strings.HasPrefix(code, "OperationDenied"),
-		code == "IpInBlacklist", code == "IpNotInWhitelist":
-		return pause.ReasonPermission
-	case strings.HasPrefix(code, "LimitExceeded"):
-		return pause.ReasonQuota
-	case code == "ClientError.NetworkError":
-		return pause.ReasonUnreachable
-	case code == "InvalidParameterValue.EnvironmentNotAvailable", code == "ResourceNotFound.EnvironmentNotExist":
-		return pause.ReasonEnvironment
-	default:
-		return pause.ReasonConfig
-	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

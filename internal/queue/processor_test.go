@@ -88,11 +88,11 @@ func (o *memOutbox) Queued(context.Context, uint64) (bool, error) { return false
 
 type neverPaused struct{}
 
-func (neverPaused) WaitResumed(ctx context.Context) error               { return ctx.Err() }
-func (neverPaused) WaitLookup(ctx context.Context) error                { return ctx.Err() }
-func (neverPaused) Pause(context.Context, string, string) (bool, error) { return true, nil }
-func (neverPaused) ObserveSuccess()                                     {}
-func (neverPaused) ObserveTransportFailure(context.Context)             {}
+func (neverPaused) WaitResumed(ctx context.Context) error                     { return ctx.Err() }
+func (neverPaused) WaitLookup(ctx context.Context) error                      { return ctx.Err() }
+func (neverPaused) Pause(context.Context, pause.Reason, string) (bool, error) { return true, nil }
+func (neverPaused) ObserveSuccess()                                           {}
+func (neverPaused) ObserveTransportFailure(context.Context)                   {}
 func (neverPaused) WaitTurn(ctx context.Context, _ string) (bool, error) {
 	return false, ctx.Err()
 }

@@ -50,7 +50,7 @@ type Pauser interface {
 	EndTrial(ctx context.Context, owner string, o pause.Outcome) error
 	// Pause sets the fleet-wide pause; first reports that this call paused
 	// a fleet that was not paused.
-	Pause(ctx context.Context, reason, code string) (first bool, err error)
+	Pause(ctx context.Context, reason pause.Reason, code string) (first bool, err error)
 	ObserveSuccess()
 	ObserveTransportFailure(ctx context.Context)
 }

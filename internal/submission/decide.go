@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/retry"
 )
@@ -67,28 +68,11 @@ func (s Step) String() string {
 	return "invalid"
 }
 
-// DeadReason is the bounded reason a request was dead-lettered.
-type DeadReason string
-
-// Dead-letter reasons decided by the state machine (invalid_request is
-// decided before it, at decoding).
-const (
-	ReasonPermanentError    DeadReason = "permanent_error"
-	ReasonRetriesExhausted  DeadReason = "retries_exhausted"
-	ReasonReconcileExhaust  DeadReason = "reconcile_exhausted"
-	ReasonNameConflict      DeadReason = "name_conflict"
-	ReasonMaxDeliveries     DeadReason = "max_deliveries"
-	ReasonIdentityChanged   DeadReason = "identity_changed"
-	ReasonInvalidRequest    DeadReason = "invalid_request"
-	ReasonDuplicateInFlight DeadReason = "duplicate_in_flight"
-	ReasonPauseLimit        DeadReason = "pause_limit"
-)
-
 // Decision is the next step.
 type Decision struct {
 	Step   Step
-	Delay  time.Duration // StepWait
-	Reason DeadReason    // StepDeadLetter, StepRefuse
+	Delay  time.Duration           // StepWait
+	Reason client.DeadLetterReason // StepDeadLetter, StepRefuse
 	// Detail says why, for the dead letter and the log (never an input).
 	Detail string
 }
@@ -167,7 +151,7 @@ func Admit(e *ledger.Entry, s Situation) Decision {
 	}
 	if other && s.DriverAlive {
 		if e.Identity != nil && !e.Identity.Same(s.Identity) {
-			return Decision{Step: StepRefuse, Reason: ReasonDuplicateInFlight,
+			return Decision{Step: StepRefuse, Reason: client.ReasonDuplicateInFlight,
 				Detail: "another message of this key, with a different request, is being submitted"}
 		}
 		return Decision{Step: StepDefer}
@@ -185,7 +169,7 @@ func identityRefusal(e *ledger.Entry, s Situation) (Decision, bool) {
 	if e.Identity == nil || e.Identity.Same(s.Identity) || !e.MaybeCreated {
 		return Decision{}, false
 	}
-	return Decision{Step: StepRefuse, Reason: ReasonIdentityChanged,
+	return Decision{Step: StepRefuse, Reason: client.ReasonIdentityChanged,
 		Detail: "the request's " + e.Identity.Differences(s.Identity) + " differs from the one this key was first submitted with, " +
 			"and a run group may exist for that one; it was not submitted"}, true
 }
@@ -203,7 +187,7 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 		return Decision{Step: StepLookup}
 	}
 	if p.MaxPauseStrikes > 0 && e.PauseStrikes >= p.MaxPauseStrikes {
-		return Decision{Step: StepDeadLetter, Reason: ReasonPauseLimit,
+		return Decision{Step: StepDeadLetter, Reason: client.ReasonPauseLimit,
 			Detail: "this request's calls paused the fleet repeatedly while other requests went through; it is parked"}
 	}
 	if givingUp && e.Pending != ledger.PendingGivingUp {
@@ -214,19 +198,19 @@ func Next(e *ledger.Entry, s Situation, p Policy) Decision {
 	}
 	switch e.Pending {
 	case ledger.PendingGivingUp:
-		return Decision{Step: StepDeadLetter, Reason: ReasonMaxDeliveries,
+		return Decision{Step: StepDeadLetter, Reason: client.ReasonMaxDeliveries,
 			Detail: "the message was delivered more often than the worker's delivery budget allows (a crash loop?)"}
 	case ledger.PendingDuplicate:
 		if e.MaybeCreated {
-			return Decision{Step: StepDeadLetter, Reason: ReasonReconcileExhaust,
+			return Decision{Step: StepDeadLetter, Reason: client.ReasonReconcileExhausted,
 				Detail: "the API answered DuplicateName, but no run group with this Name became visible within the visibility horizon"}
 		}
-		return Decision{Step: StepDeadLetter, Reason: ReasonNameConflict,
+		return Decision{Step: StepDeadLetter, Reason: client.ReasonNameConflict,
 			Detail: "the run group name is held by a run group this request did not create"}
 	case ledger.PendingPermanent:
-		return Decision{Step: StepDeadLetter, Reason: ReasonPermanentError, Detail: "the API rejected the request"}
+		return Decision{Step: StepDeadLetter, Reason: client.ReasonPermanentError, Detail: "the API rejected the request"}
 	case ledger.PendingExhausted:
-		return Decision{Step: StepDeadLetter, Reason: ReasonRetriesExhausted, Detail: "retries of throttled or failed calls were used up"}
+		return Decision{Step: StepDeadLetter, Reason: client.ReasonRetriesExhausted, Detail: "retries of throttled or failed calls were used up"}
 	case ledger.PendingAmbiguous:
 		return Decision{Step: StepLookup} // not reached: an unknown outcome always needs a lookup
 	}

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/submit"
 )
@@ -26,7 +27,7 @@ func TestAdmit(t *testing.T) {
 		entry ledger.Entry
 		sit   Situation
 		want  Step
-		why   DeadReason
+		why   client.DeadLetterReason
 	}{
 		{"new key", ledger.Entry{State: ledger.StatePending}, Situation{Seq: 1, Identity: id}, StepCall, ""},
 		{"submitted", ledger.Entry{State: ledger.StateSubmitted, RunGroupID: "run-1"}, Situation{Seq: 2, Identity: edited}, StepPublishResult, ""},
@@ -35,15 +36,15 @@ func TestAdmit(t *testing.T) {
 		// Scenario 2 of issue 11: an edited Name on a key that may have
 		// created its run group is refused, not submitted.
 		{"redrive with a new Name, maybe created", pinned(ledger.Entry{State: ledger.StateDead, DeadSequence: 7, MaybeCreated: true}),
-			Situation{Seq: 9, Identity: edited}, StepRefuse, ReasonIdentityChanged},
+			Situation{Seq: 9, Identity: edited}, StepRefuse, client.ReasonIdentityChanged},
 		{"redrive with a new Name, every call rejected", pinned(ledger.Entry{State: ledger.StateDead, DeadSequence: 7}),
 			Situation{Seq: 9, Identity: edited}, StepRedrive, ""},
 		{"resend with another body, maybe created", pinned(ledger.Entry{State: ledger.StatePending, MaybeCreated: true, Driver: 3}),
-			Situation{Seq: 9, Identity: edited}, StepRefuse, ReasonIdentityChanged},
+			Situation{Seq: 9, Identity: edited}, StepRefuse, client.ReasonIdentityChanged},
 		{"resend, driver still in the stream", pinned(ledger.Entry{State: ledger.StatePending, Driver: 3}),
 			Situation{Seq: 9, Identity: id, DriverAlive: true}, StepDefer, ""},
 		{"resend with another body, driver in the stream", pinned(ledger.Entry{State: ledger.StatePending, Driver: 3}),
-			Situation{Seq: 9, Identity: edited, DriverAlive: true}, StepRefuse, ReasonDuplicateInFlight},
+			Situation{Seq: 9, Identity: edited, DriverAlive: true}, StepRefuse, client.ReasonDuplicateInFlight},
 		{"resend, driver gone", pinned(ledger.Entry{State: ledger.StatePending, Driver: 3}), Situation{Seq: 9, Identity: id}, StepCall, ""},
 		{"edit after definite rejections, driver gone", pinned(ledger.Entry{State: ledger.StatePending, Driver: 3}),
 			Situation{Seq: 9, Identity: edited}, StepRepin, ""},
@@ -69,22 +70,22 @@ func TestNext(t *testing.T) {
 		entry ledger.Entry
 		sit   Situation
 		want  Step
-		why   DeadReason
+		why   client.DeadLetterReason
 		delay time.Duration
 	}{
 		{"fresh", ledger.Entry{}, sit, StepCall, "", 0},
 		{"backing off", ledger.Entry{NotBefore: now.Add(3 * time.Second)}, sit, StepWait, "", 3 * time.Second},
 		{"lookup due", ledger.Entry{NeedsLookup: true, MaybeCreated: true}, sit, StepLookup, "", 0},
 		{"lookup later", ledger.Entry{NeedsLookup: true, NotBefore: now.Add(time.Second)}, sit, StepWait, "", time.Second},
-		{"duplicate past the horizon, maybe ours", ledger.Entry{Pending: ledger.PendingDuplicate, MaybeCreated: true}, sit, StepDeadLetter, ReasonReconcileExhaust, 0},
-		{"duplicate, never maybe created", ledger.Entry{Pending: ledger.PendingDuplicate}, sit, StepDeadLetter, ReasonNameConflict, 0},
-		{"rejected", ledger.Entry{Pending: ledger.PendingPermanent}, sit, StepDeadLetter, ReasonPermanentError, 0},
-		{"exhausted", ledger.Entry{Pending: ledger.PendingExhausted}, sit, StepDeadLetter, ReasonRetriesExhausted, 0},
+		{"duplicate past the horizon, maybe ours", ledger.Entry{Pending: ledger.PendingDuplicate, MaybeCreated: true}, sit, StepDeadLetter, client.ReasonReconcileExhausted, 0},
+		{"duplicate, never maybe created", ledger.Entry{Pending: ledger.PendingDuplicate}, sit, StepDeadLetter, client.ReasonNameConflict, 0},
+		{"rejected", ledger.Entry{Pending: ledger.PendingPermanent}, sit, StepDeadLetter, client.ReasonPermanentError, 0},
+		{"exhausted", ledger.Entry{Pending: ledger.PendingExhausted}, sit, StepDeadLetter, client.ReasonRetriesExhausted, 0},
 		// Giving up still looks first: a run group that may exist is
 		// reported, not dead-lettered beside.
 		{"over the delivery budget, lookup pending", ledger.Entry{NeedsLookup: true, MaybeCreated: true}, Situation{Now: now, Deliveries: 6}, StepLookup, "", 0},
 		{"over the delivery budget", ledger.Entry{MaybeCreated: true}, Situation{Now: now, Deliveries: 6}, StepGiveUp, "", 0},
-		{"given up, nothing left to look for", ledger.Entry{MaybeCreated: true, Pending: ledger.PendingGivingUp}, Situation{Now: now, Deliveries: 7}, StepDeadLetter, ReasonMaxDeliveries, 0},
+		{"given up, nothing left to look for", ledger.Entry{MaybeCreated: true, Pending: ledger.PendingGivingUp}, Situation{Now: now, Deliveries: 7}, StepDeadLetter, client.ReasonMaxDeliveries, 0},
 		{"deliveries handed back on purpose do not count", ledger.Entry{Releases: 4}, Situation{Now: now, Deliveries: 6}, StepCall, "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,7 +153,7 @@ func TestLookupLagIsWaitedOutToTheHorizon(t *testing.T) {
 		s.e.LookupNotFound("", s.now, "w", LookupDelay(&s.e, p, s.now, 0.5))
 		lookups++
 	}
-	if d := s.next(); d.Step != StepDeadLetter || d.Reason != ReasonReconcileExhaust {
+	if d := s.next(); d.Step != StepDeadLetter || d.Reason != client.ReasonReconcileExhausted {
 		t.Fatalf("after the horizon: %s/%s, want a reconcile_exhausted dead letter", d.Step, d.Reason)
 	}
 	if s.now.Before(t0.Add(p.Horizon)) {
@@ -191,7 +192,7 @@ func TestRejectionAfterUnknownOutcomeLooksFirst(t *testing.T) {
 	// Rejected with nothing possibly created: dead-lettered at once.
 	s2 := &sim{t: t, p: DefaultPolicy(), now: t0}
 	s2.call(ledger.EffectRejected)
-	if d := s2.next(); d.Step != StepDeadLetter || d.Reason != ReasonPermanentError {
+	if d := s2.next(); d.Step != StepDeadLetter || d.Reason != client.ReasonPermanentError {
 		t.Errorf("%s/%s, want permanent_error", d.Step, d.Reason)
 	}
 }
@@ -235,7 +236,7 @@ func TestRetryBudgetCountsActiveTime(t *testing.T) {
 		}
 		s.call(ledger.EffectNotExecuted)
 	}
-	if d := s.next(); d.Step != StepDeadLetter || d.Reason != ReasonRetriesExhausted {
+	if d := s.next(); d.Step != StepDeadLetter || d.Reason != client.ReasonRetriesExhausted {
 		t.Errorf("after %d throttles: %s/%s, want retries_exhausted", s.e.RetryAttempts, d.Step, d.Reason)
 	}
 }
@@ -321,7 +322,7 @@ func TestPauseStrikesParkTheRequest(t *testing.T) {
 		s.e.BeginCall("h", s.now, s.now.Add(time.Minute))
 		AfterCall(&s.e, ledger.CallOutcome{Effect: ledger.EffectNotExecuted, Systemic: true, Strike: i%2 == 0, At: s.now}, p)
 	}
-	if d := s.next(); d.Step != StepDeadLetter || d.Reason != ReasonPauseLimit {
+	if d := s.next(); d.Step != StepDeadLetter || d.Reason != client.ReasonPauseLimit {
 		t.Fatalf("after %d strikes: %s/%s, want pause_limit", s.e.PauseStrikes, d.Step, d.Reason)
 	}
 	if s.e.PauseStrikes != p.MaxPauseStrikes {

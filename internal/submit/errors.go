@@ -34,6 +34,10 @@ const (
 	ClassSystemic
 )
 
+// Classes lists every Class of a failed call, in a stable order (metrics
+// pre-create a series for each).
+var Classes = []Class{ClassThrottled, ClassTransient, ClassAmbiguous, ClassPermanent, ClassSystemic}
+
 // String returns "throttled", "transient", "ambiguous", "permanent",
 // "systemic", or "none" for the zero Class.
 func (c Class) String() string {
