@@ -30,7 +30,7 @@ const (
 )
 
 // MaxKeyBytes bounds an idempotency key.
-const MaxKeyBytes = keys.MaxBytes
+const MaxKeyBytes = 256
 
 // ValidateKey reports whether k can serve as an idempotency key: 1 to
 // MaxKeyBytes bytes of printable UTF-8 without spaces. The error never
@@ -138,11 +138,15 @@ type DeadLetter struct {
 	History []Event `json:"history,omitempty"`
 }
 
+// FailureClassInvalid is the Failure.Class of a request rejected before any
+// call (reason invalid_request).
+const FailureClassInvalid = "invalid"
+
 // Failure describes why a request was dead-lettered.
 type Failure struct {
 	// Class is the API error class: throttled, transient, ambiguous,
-	// permanent, systemic, or "invalid" for a request rejected before any
-	// call.
+	// permanent, systemic, or FailureClassInvalid for a request rejected
+	// before any call.
 	Class string `json:"class"`
 	Code  string `json:"code"`
 	// Message is the API's message or the local validation reason.
