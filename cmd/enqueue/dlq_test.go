@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/omicsq/omicsq/internal/redrive"
+
 	"bufio"
 	"encoding/json"
 	"fmt"
@@ -121,25 +123,25 @@ func TestDLQ(t *testing.T) {
 		}
 	})
 
-	redrive := func(args ...string) result {
+	runRedrive := func(args ...string) result {
 		t.Helper()
 		return e.run("", append([]string{"dlq", "redrive"}, args...)...)
 	}
 
 	t.Run("redrive", func(t *testing.T) {
 		// Re-validation rejects the unfixed request: nothing changes.
-		r := redrive("--key", "dl-b")
+		r := runRedrive("--key", "dl-b")
 		if r.code != exitFailed || !strings.Contains(r.stdout,
 			"skipped seq=2 key=dl-b: re-validation failed: Option.FailureMode: InvalidParameterValue.InvalidRunOption: must be ContinueWhilePossible or NoNewCalls") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		// A bad edit is rejected too.
-		r = redrive("--key", "dl-f", "--set", "AccessMode=SHARED")
+		r = runRedrive("--key", "dl-f", "--set", "AccessMode=SHARED")
 		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=6 key=dl-f: re-validation failed: AccessMode: InvalidParameterValue: must be PRIVATE or PUBLIC") {
 			t.Fatalf("bad edit: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		// A dry run changes nothing.
-		r = redrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--dry-run")
+		r = runRedrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--dry-run")
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "would redrive seq=2 key=dl-b" {
 			t.Fatalf("dry run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
@@ -148,7 +150,7 @@ func TestDLQ(t *testing.T) {
 		}
 
 		// The fix: republished under the same key, DLQ entry deleted.
-		r = redrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--set", `Description="fixed by hand"`)
+		r = runRedrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--set", `Description="fixed by hand"`)
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=2 key=dl-b" {
 			t.Fatalf("redrive: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
@@ -170,7 +172,7 @@ func TestDLQ(t *testing.T) {
 
 		// Selection by code: the newest dead letter of dl-a is redriven,
 		// the older one deleted as superseded.
-		r = redrive("--code", notExist)
+		r = runRedrive("--code", notExist)
 		if r.code != exitOK || r.stdout != "redriven seq=4 key=dl-a\ndeleted seq=1 key=dl-a: superseded by seq 4\n" {
 			t.Fatalf("--code: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
@@ -190,7 +192,7 @@ func TestDLQ(t *testing.T) {
 			{[]string{"--key", "dl-g", "--code", "ResourceNotFound.TableNotExist"}, "skipped seq=7 key=dl-g: superseded by seq 8, which the selection does not match"},
 			{[]string{"--key", "nobody"}, ""},
 		} {
-			r := redrive(tc.args...)
+			r := runRedrive(tc.args...)
 			if r.code != exitFailed || !strings.Contains(r.stdout, tc.want) {
 				t.Errorf("redrive %v: exit %d\n%s%s", tc.args, r.code, r.stdout, r.stderr)
 			}
@@ -204,7 +206,7 @@ func TestDLQ(t *testing.T) {
 	})
 
 	t.Run("redrive all dry run", func(t *testing.T) {
-		r := redrive("--all", "--dry-run")
+		r := runRedrive("--all", "--dry-run")
 		want := []string{
 			"skipped seq=3 key=dl-c: raw (non-JSON) dead letter: nothing to re-validate; fix and republish it by hand",
 			"skipped seq=5 key=dl-e: the key already has a result (run group run-e)",
@@ -260,7 +262,7 @@ func TestDLQRedriveIdentity(t *testing.T) {
 	e.deadLetter("id-e", "id-e/1", "identity_changed", "", "", req("id-e-second", ""), "") // 5
 	e.pin("id-e", req("id-e-first", ""), true)
 
-	redrive := func(args ...string) result {
+	runRedrive := func(args ...string) result {
 		t.Helper()
 		return e.run("", append([]string{"dlq", "redrive"}, args...)...)
 	}
@@ -275,12 +277,12 @@ func TestDLQRedriveIdentity(t *testing.T) {
 		}
 	}
 	refusal := func(seq int, key, field string) string {
-		return fmt.Sprintf("skipped seq=%d key=%s: "+refusalHead+"an edited %s would not be the same request and could create "+
+		return fmt.Sprintf("skipped seq=%d key=%s: "+redrive.RefusalHead+"an edited %s would not be the same request and could create "+
 			"a second run group. Redrive it without --set, which looks the run group up first.", seq, key, field)
 	}
 
 	t.Run("edited Name refused", func(t *testing.T) {
-		r := redrive("--key", "id-a", "--set", "Name=other")
+		r := runRedrive("--key", "id-a", "--set", "Name=other")
 		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
 			!strings.Contains(r.stderr, "0 redriven, 1 skipped (1 refused)") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -288,21 +290,21 @@ func TestDLQRedriveIdentity(t *testing.T) {
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("edited ProjectId refused", func(t *testing.T) {
-		r := redrive("--key", "id-a", "--set", "ProjectId=prj-x")
+		r := runRedrive("--key", "id-a", "--set", "ProjectId=prj-x")
 		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "ProjectId") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("other edit refused", func(t *testing.T) {
-		r := redrive("--key", "id-a", "--set", `Description="changed"`)
+		r := runRedrive("--key", "id-a", "--set", `Description="changed"`)
 		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "request") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("dry run shows the refusal", func(t *testing.T) {
-		r := redrive("--key", "id-a", "--set", "Name=other", "--dry-run")
+		r := runRedrive("--key", "id-a", "--set", "Name=other", "--dry-run")
 		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
 			!strings.Contains(r.stderr, "0 would redrive, 1 skipped (1 refused)") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -310,19 +312,19 @@ func TestDLQRedriveIdentity(t *testing.T) {
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("unedited dead letter of another request refused", func(t *testing.T) {
-		r := redrive("--key", "id-e")
-		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=5 key=id-e: "+refusalHead+"this dead letter's Name differs") {
+		r := runRedrive("--key", "id-e")
+		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=5 key=id-e: "+redrive.RefusalHead+"this dead letter's Name differs") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("unreadable ledger refuses edits only", func(t *testing.T) {
-		r := redrive("--key", "id-c", "--set", `Description="fixed"`, "--ledger-bucket", "NO_SUCH_LEDGER")
+		r := runRedrive("--key", "id-c", "--set", `Description="fixed"`, "--ledger-bucket", "NO_SUCH_LEDGER")
 		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=3 key=id-c: refused: the ledger (bucket NO_SUCH_LEDGER) could not be read") {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
-		r = redrive("--key", "id-c", "--ledger-bucket", "NO_SUCH_LEDGER", "--dry-run")
+		r = runRedrive("--key", "id-c", "--ledger-bucket", "NO_SUCH_LEDGER", "--dry-run")
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "would redrive seq=3 key=id-c" ||
 			!strings.Contains(r.stderr, "without the ledger check") {
 			t.Fatalf("unedited: exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -331,21 +333,21 @@ func TestDLQRedriveIdentity(t *testing.T) {
 	})
 
 	t.Run("unedited redrive published", func(t *testing.T) {
-		r := redrive("--key", "id-a")
+		r := runRedrive("--key", "id-a")
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=1 key=id-a" {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 1, 2, 3, 4, 5)
 	})
 	t.Run("identity-preserving edit published", func(t *testing.T) {
-		r := redrive("--key", "id-d", "--set", `Name="id-d"`)
+		r := runRedrive("--key", "id-d", "--set", `Name="id-d"`)
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=4 key=id-d" {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		unchanged(t, r, 2, 2, 3, 5)
 	})
 	t.Run("edit of a definitely rejected key published", func(t *testing.T) {
-		r := redrive("--key", "id-b", "--set", "Name=other")
+		r := runRedrive("--key", "id-b", "--set", "Name=other")
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=2 key=id-b" {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
@@ -356,7 +358,7 @@ func TestDLQRedriveIdentity(t *testing.T) {
 		}
 	})
 	t.Run("edit of a key without ledger entry published", func(t *testing.T) {
-		r := redrive("--key", "id-c", "--set", `Description="fixed"`)
+		r := runRedrive("--key", "id-c", "--set", `Description="fixed"`)
 		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=3 key=id-c" {
 			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}

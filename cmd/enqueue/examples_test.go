@@ -10,20 +10,21 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/omicsq/omicsq/internal/samplesheet"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
 const examplesDir = "../../examples"
 
-func parseExample(t *testing.T, name string) ([]item, []*itemError) {
+func parseExample(t *testing.T, name string) ([]item, []*samplesheet.Error) {
 	t.Helper()
 	path := filepath.Join(examplesDir, name)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &parser{lim: submit.DefaultLimits(), readFile: os.ReadFile}
-	return p.parse(name, filepath.Dir(path), data, formatAuto)
+	p := samplesheet.NewParser(samplesheet.Options{Limits: submit.DefaultLimits(), ReadFile: os.ReadFile})
+	return p.Parse(name, filepath.Dir(path), data, samplesheet.FormatAuto)
 }
 
 func decodeJSON(t *testing.T, b []byte) any {
@@ -99,8 +100,8 @@ func TestSeedExamples(t *testing.T) {
 	// rejected as the API would reject it.
 	items, _ := parseExample(t, "tencent-docs/singleton.json")
 	more, _ := parseExample(t, "tencent-docs/batch.json")
-	_, errs := crossCheck(append(items, more...))
-	if len(errs) != 1 || errs[0].Code != codeDuplicateName {
+	_, errs := samplesheet.CrossCheck(append(items, more...))
+	if len(errs) != 1 || errs[0].Code != samplesheet.CodeDuplicateName {
 		t.Errorf("singleton + batch: errors %v, want one DuplicateName", errs)
 	}
 }
@@ -115,12 +116,12 @@ func TestSamplesCSV(t *testing.T) {
 	}
 	used := map[string]bool{}
 	for _, it := range items {
-		file := filepath.Join(examplesDir, "inputs", it.Req.Name+".json")
+		file := filepath.Join(examplesDir, "inputs", it.RunApplication.Name+".json")
 		want, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatalf("%s: %v", it.Loc, err)
 		}
-		got, err := base64.StdEncoding.DecodeString(*it.Req.InputBase64)
+		got, err := base64.StdEncoding.DecodeString(*it.RunApplication.InputBase64)
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: InputBase64 is not %s", it.Loc, file)
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/omicsq/omicsq/internal/logcapture"
 	"github.com/omicsq/omicsq/internal/natstest"
 	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/samplesheet"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -183,12 +184,12 @@ func TestPublishAndDuplicates(t *testing.T) {
 		}
 		keys[m[1]] = m[2]
 	}
-	p := &parser{lim: submit.DefaultLimits()}
+	p := samplesheet.NewParser(samplesheet.Options{Limits: submit.DefaultLimits()})
 	data, err := os.ReadFile("../../examples/seed-examples.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	items, errs := p.parse("../../examples/seed-examples.json", "", data, formatAuto)
+	items, errs := p.Parse("../../examples/seed-examples.json", "", data, samplesheet.FormatAuto)
 	if len(errs) != 0 || len(items) != 2 {
 		t.Fatalf("parse: %d items, errors %v", len(items), errs)
 	}
@@ -327,23 +328,23 @@ func TestWait(t *testing.T) {
 	}
 
 	// Re-run with the worker stopped: the results already exist and are
-	// found by direct get; the dead letter predates this run, so that
-	// request stays pending (its republish was a duplicate) and the wait
-	// times out.
+	// found by direct get; the republish of the dead request is a duplicate
+	// acknowledged with the original's sequence, so its dead letter settles
+	// it at once instead of leaving it pending until the timeout.
 	w.stop()
-	r = e.run("", "--wait", "--timeout", "1s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
-	if r.code != exitTimeout {
-		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, exitTimeout, r.stdout, r.stderr)
+	r = e.run("", "--wait", "--timeout", "10s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
+	if r.code != exitFailed {
+		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, exitFailed, r.stdout, r.stderr)
 	}
 	for _, want := range []string{sheet + ":row2 ", sheet + ":row4 "} {
 		if !strings.Contains(r.stdout, want) || !regexp.MustCompile(regexp.QuoteMeta(want)+`\S+ run-group run-`).MatchString(r.stdout) {
 			t.Errorf("re-run: no run-group line for %s:\n%s", want, r.stdout)
 		}
 	}
-	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ pending \(a dead letter from before this run exists: enqueue dlq show \d+\)`).MatchString(r.stdout) {
-		t.Errorf("re-run: row3 should be pending with a hint:\n%s", r.stdout)
+	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ dead-letter ResourceNotFound.ApplicationNotExist`).MatchString(r.stdout) {
+		t.Errorf("re-run: row3 should report its dead letter:\n%s", r.stdout)
 	}
-	if !strings.Contains(r.stderr, "wait: 2 succeeded, 0 dead-lettered, 1 pending after 1s") {
+	if !strings.Contains(r.stderr, "wait: 2 succeeded, 1 dead-lettered") || strings.Contains(r.stderr, "pending") {
 		t.Errorf("re-run summary:\n%s", r.stderr)
 	}
 }

@@ -7,28 +7,23 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/retry"
+	"github.com/omicsq/omicsq/internal/settings"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // config is every worker setting. Each one is a flag and an environment
-// variable (the flag wins); settings below is the single table that defines
-// them, their defaults and their documentation.
+// variable (the flag wins); flagTable below is the single table that
+// defines them, their defaults and their documentation.
 type config struct {
-	NATSURL        string
-	NATSCreds      string
-	NATSNKey       string
-	NATSUser       string
-	NATSPassword   string
-	NATSToken      string
-	NATSCA         string
-	NATSCert       string
-	NATSKey        string
-	NATSInbox      string
+	// NATS is the connection; an empty URLs starts the embedded server.
+	NATS           natsconn.Options
 	StoreDir       string
 	EmbeddedListen string
 
@@ -70,44 +65,42 @@ type config struct {
 	WorkerID    string
 }
 
-// setting is one row of the configuration table.
-type setting struct {
-	flag, env, usage string
-	bind             func(fs *flag.FlagSet, name, usage string)
+// setting is a row of the worker's own part of the table: a
+// settings.Setting, but local so that rows may be written unkeyed, as a
+// table (vet asks for keys in other packages' struct literals).
+type setting settings.Setting
+
+// own turns the worker's rows into settings.
+func own(rows []setting) []settings.Setting {
+	out := make([]settings.Setting, len(rows))
+	for i, r := range rows {
+		out[i] = settings.Setting(r)
+	}
+	return out
 }
 
-func settings(c *config) []setting {
-	str := func(p *string, def string) func(*flag.FlagSet, string, string) {
-		return func(fs *flag.FlagSet, n, u string) { fs.StringVar(p, n, def, u) }
-	}
-	boolean := func(p *bool, def bool) func(*flag.FlagSet, string, string) {
-		return func(fs *flag.FlagSet, n, u string) { fs.BoolVar(p, n, def, u) }
-	}
-	integer := func(p *int, def int) func(*flag.FlagSet, string, string) {
-		return func(fs *flag.FlagSet, n, u string) { fs.IntVar(p, n, def, u) }
-	}
-	float := func(p *float64, def float64) func(*flag.FlagSet, string, string) {
-		return func(fs *flag.FlagSet, n, u string) { fs.Float64Var(p, n, def, u) }
-	}
-	dur := func(p *time.Duration, def time.Duration) func(*flag.FlagSet, string, string) {
-		return func(fs *flag.FlagSet, n, u string) { fs.DurationVar(p, n, def, u) }
-	}
-	t, r, l := queue.DefaultTopology(), retry.DefaultPolicy(), submit.DefaultLimits()
-	host, _ := os.Hostname()
-	if host == "" {
-		host = "worker"
-	}
-	return []setting{
-		{"nats-url", "NATS_URL", "NATS server or cluster URLs, comma-separated; empty starts an embedded JetStream server", str(&c.NATSURL, "")},
-		{"nats-creds", "NATS_CREDS", "path of a NATS .creds file (JWT + NKey)", str(&c.NATSCreds, "")},
-		{"nats-nkey", "NATS_NKEY", "path of a file holding an NKey seed", str(&c.NATSNKey, "")},
-		{"nats-user", "NATS_USER", "NATS user name", str(&c.NATSUser, "")},
-		{"nats-password", "NATS_PASSWORD", "NATS password (prefer the environment variable)", str(&c.NATSPassword, "")},
-		{"nats-token", "NATS_TOKEN", "NATS token (prefer the environment variable)", str(&c.NATSToken, "")},
-		{"nats-ca", "NATS_CA", "path of a PEM CA bundle to verify the NATS server", str(&c.NATSCA, "")},
-		{"nats-cert", "NATS_CERT", "path of a PEM client certificate for NATS mutual TLS", str(&c.NATSCert, "")},
-		{"nats-key", "NATS_KEY", "path of the PEM private key of --nats-cert", str(&c.NATSKey, "")},
-		{"nats-inbox-prefix", "NATS_INBOX_PREFIX", "prefix of reply subjects instead of _INBOX, so permissions can keep other clients from reading deliveries (see docs/security.md)", str(&c.NATSInbox, "")},
+// flagTable is every setting bound to c, in the README's order; the rows
+// shared with enqueue come from package settings.
+func flagTable(c *config) []settings.Setting {
+	requests, outcomes := settings.Topology(&c.Topology.Topology, "requests-subject")
+	consumer := own([]setting{
+		{"consumer", "OMICSQ_CONSUMER", "durable consumer shared by the workers", settings.String(&c.Topology.Consumer, queue.DefaultTopology().Consumer)},
+	})
+	return slices.Concat(
+		settings.NATS(&c.NATS, "", "NATS server or cluster URLs, comma-separated; empty starts an embedded JetStream server"),
+		serverRows(c),
+		requests, consumer, outcomes,
+		storageRows(c),
+		retryRows(c),
+		[]settings.Setting{settings.MessageLimit(&c.Limits)},
+		operationRows(c),
+	)
+}
+
+// serverRows configure the embedded server, the API and the rate limit.
+func serverRows(c *config) []settings.Setting {
+	str, boolean, integer, dur := settings.String, settings.Bool, settings.Int, settings.Duration
+	return own([]setting{
 		{"store-dir", "OMICSQ_STORE_DIR", "embedded server: JetStream store directory (persistent)", str(&c.StoreDir, ".omicsq/jetstream")},
 		{"embedded-listen", "OMICSQ_EMBEDDED_LISTEN", "embedded server: client listen address (loopback unless told otherwise)", str(&c.EmbeddedListen, "127.0.0.1:4222")},
 
@@ -120,20 +113,21 @@ func settings(c *config) []setting {
 		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call", dur(&c.APITimeout, 30*time.Second)},
 
 		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica", integer(&c.Concurrency, 16)},
-		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", float(&c.Rate, 20)},
+		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", settings.Float(&c.Rate, 20)},
 		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
 		{"rate-limit-scope", "OMICSQ_RATE_LIMIT_SCOPE", "global (shared through NATS by every replica) or local (this process only)", str(&c.RateLimitScope, "global")},
 		{"quota-account", "OMICSQ_QUOTA_ACCOUNT", "global limiter: the Tencent Cloud account (e.g. its UIN) whose quota the fleet shares; empty: derived from the SecretId or role (hashed), so two keys of one account should set it", str(&c.QuotaAccount, "")},
 		{"rate-limit-guard", "OMICSQ_RATE_LIMIT_GUARD", "global limiter: margin added to the 1 s window for network jitter and clock skew", dur(&c.RateLimitGuard, 20*time.Millisecond)},
 
 		{"provision", "OMICSQ_PROVISION", "create or update streams, consumer and buckets at start; false binds to existing ones (e.g. managed by NACK)", boolean(&c.Provision, true)},
-		{"requests-stream", "OMICSQ_REQUESTS_STREAM", "stream of run requests", str(&c.Topology.RequestsStream, t.RequestsStream)},
-		{"requests-subject", "OMICSQ_REQUESTS_SUBJECT", "subject producers publish requests to", str(&c.Topology.RequestsSubject, t.RequestsSubject)},
-		{"consumer", "OMICSQ_CONSUMER", "durable consumer shared by the workers", str(&c.Topology.Consumer, t.Consumer)},
-		{"results-stream", "OMICSQ_RESULTS_STREAM", "stream of results", str(&c.Topology.ResultsStream, t.ResultsStream)},
-		{"results-prefix", "OMICSQ_RESULTS_PREFIX", "results are published to <prefix>.<key token>", str(&c.Topology.ResultsPrefix, t.ResultsPrefix)},
-		{"dlq-stream", "OMICSQ_DLQ_STREAM", "stream of dead letters", str(&c.Topology.DLQStream, t.DLQStream)},
-		{"dlq-prefix", "OMICSQ_DLQ_PREFIX", "dead letters are published to <prefix>.<key token>", str(&c.Topology.DLQPrefix, t.DLQPrefix)},
+	})
+}
+
+// storageRows name and size the worker's own streams, buckets and consumer.
+func storageRows(c *config) []settings.Setting {
+	str, integer, dur := settings.String, settings.Int, settings.Duration
+	t := queue.DefaultTopology()
+	return own([]setting{
 		{"advisory-stream", "OMICSQ_ADVISORY_STREAM", "stream capturing max-deliveries advisories", str(&c.Topology.AdvisoryStream, t.AdvisoryStream)},
 		{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger", str(&c.Topology.LedgerBucket, t.LedgerBucket)},
 		{"control-bucket", "OMICSQ_CONTROL_BUCKET", "KV bucket of the fleet-wide pause flag", str(&c.Topology.ControlBucket, t.ControlBucket)},
@@ -147,16 +141,31 @@ func settings(c *config) []setting {
 		{"ack-wait", "OMICSQ_ACK_WAIT", "redelivery timeout of a message whose worker went silent", dur(&c.Topology.AckWait, t.AckWait)},
 		{"max-deliver", "OMICSQ_MAX_DELIVER", "deliveries of one message not handed back on purpose (crashes) before it is dead-lettered", integer(&c.Topology.MaxDeliver, t.MaxDeliver)},
 		{"max-ack-pending", "OMICSQ_MAX_ACK_PENDING", "messages delivered but unacknowledged across the fleet", integer(&c.Topology.MaxAckPending, t.MaxAckPending)},
+	})
+}
 
+// retryRows bound retries, lookups and leases.
+func retryRows(c *config) []settings.Setting {
+	integer, dur := settings.Int, settings.Duration
+	r := retry.DefaultPolicy()
+	return own([]setting{
 		{"max-attempts", "OMICSQ_MAX_ATTEMPTS", "attempts of a request on throttling or InternalError before it is dead-lettered", integer(&c.Retry.MaxAttempts, r.MaxAttempts)},
 		{"max-retry-elapsed", "OMICSQ_MAX_RETRY_ELAPSED", "active retrying (backoff delays, not time paused) after which retries stop", dur(&c.Retry.MaxElapsed, r.MaxElapsed)},
 		{"retry-initial", "OMICSQ_RETRY_INITIAL", "mean delay before the first retry (exponential, jittered)", dur(&c.Retry.InitialInterval, r.InitialInterval)},
 		{"retry-max-interval", "OMICSQ_RETRY_MAX_INTERVAL", "cap of a single retry delay", dur(&c.Retry.MaxInterval, r.MaxInterval)},
 		{"lookup-horizon", "OMICSQ_LOOKUP_HORIZON", "how long a created run group may take to become visible to DescribeRunGroups: after a DuplicateName, lookups that find nothing are repeated until it", dur(&c.LookupHorizon, 5*time.Minute)},
 		{"lease-ttl", "OMICSQ_LEASE_TTL", "how long a worker's hold on a request lasts without renewal (a crashed worker's requests are free again after it)", dur(&c.LeaseTTL, 15*time.Second)},
+	})
+}
 
-		{"max-message-bytes", "OMICSQ_MAX_MESSAGE_BYTES", "largest request message accepted (the requests stream's message limit; the only local size rule)", integer(&c.Limits.MaxRequestBytes, l.MaxRequestBytes)},
-
+// operationRows set breakers, pauses, shutdown, metrics and logs.
+func operationRows(c *config) []settings.Setting {
+	str, integer, dur := settings.String, settings.Int, settings.Duration
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "worker"
+	}
+	return own([]setting{
 		{"max-pause-strikes", "OMICSQ_MAX_PAUSE_STRIKES", "a request whose own calls paused a running fleet this often is parked in the DLQ (pause_limit; 0: never)", integer(&c.MaxPauseStrikes, 3)},
 		{"breaker-threshold", "OMICSQ_BREAKER_THRESHOLD", "distinct requests rejected with the same code for the same resource within --breaker-window that open its breaker (0: off)", integer(&c.BreakerThreshold, 5)},
 		{"breaker-window", "OMICSQ_BREAKER_WINDOW", "window of the breaker count; a rejected request waits this long before it is dead-lettered, in case its resource's breaker opens", dur(&c.BreakerWindow, time.Minute)},
@@ -169,7 +178,7 @@ func settings(c *config) []setting {
 		{"log-format", "LOG_FORMAT", "text or json", str(&c.LogFormat, "text")},
 		{"log-level", "LOG_LEVEL", "debug, info, warn or error", str(&c.LogLevel, "info")},
 		{"worker-id", "OMICSQ_WORKER_ID", "this replica's name in results, dead letters and logs", str(&c.WorkerID, host)},
-	}
+	})
 }
 
 // parseConfig reads the environment, then the flags, then validates.
@@ -177,163 +186,162 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	c := &config{Topology: queue.DefaultTopology(), Retry: retry.DefaultPolicy(), Limits: submit.DefaultLimits()}
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(out)
-	table := settings(c)
-	for _, s := range table {
-		s.bind(fs, s.flag, fmt.Sprintf("%s (env %s)", s.usage, s.env))
-	}
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: worker [flags]\n\nPulls run requests from NATS JetStream and submits them to Tencent Cloud Omics RunApplication.\nEvery flag can also be set by the environment variable named in its description; the flag wins.\n\n")
 		fs.PrintDefaults()
 	}
-	// Environment first, so explicit flags override it.
-	for _, s := range table {
-		if v, ok := lookup(getenv, s.env); ok {
-			if err := fs.Set(s.flag, v); err != nil {
-				// The value is not repeated: the environment may hold secrets.
-				return nil, fmt.Errorf("environment %s (--%s): want %s: %w", s.env, s.flag, accepted(fs.Lookup(s.flag)), err)
-			}
-		}
-	}
-	if err := fs.Parse(args); err != nil {
+	extra, err := settings.Parse(fs, flagTable(c), args, getenv)
+	if err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	if len(extra) > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(extra, " "))
 	}
 	c.Topology.MaxMessageBytes = int32(min(c.Limits.MaxRequestBytes, 64<<20))
 	return c, c.validate()
 }
 
-// accepted describes the values a flag's type accepts.
-func accepted(f *flag.Flag) string {
-	switch kind, _ := flag.UnquoteUsage(f); kind {
-	case "":
-		return "true or false"
-	case "int":
-		return "an integer"
-	case "float":
-		return "a number"
-	case "duration":
-		return "a duration such as 500ms, 30s or 720h"
-	default:
-		return "a " + kind
-	}
+// problems collects what is wrong with a configuration, each naming its
+// flag and environment variable.
+type problems struct {
+	envOf map[string]string
+	errs  []error
 }
 
-func lookup(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
+func (p *problems) bad(flagName, format string, a ...any) {
+	p.errs = append(p.errs, fmt.Errorf("--%s (%s): %s", flagName, p.envOf[flagName], fmt.Sprintf(format, a...)))
 }
 
 // validate fails fast, naming the setting and the accepted values.
 func (c *config) validate() error {
-	var errs []error
-	envOf := map[string]string{}
-	for _, s := range settings(&config{}) {
-		envOf[s.flag] = s.env
+	p := &problems{envOf: map[string]string{}}
+	for _, s := range flagTable(&config{}) {
+		p.envOf[s.Flag] = s.Env
 	}
-	bad := func(flagName, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("--%s (%s): %s", flagName, envOf[flagName], fmt.Sprintf(format, a...)))
+	c.checkConnection(p)
+	c.checkAPI(p)
+	c.checkOperation(p)
+	c.checkTopology(p)
+	c.checkRetry(p)
+	if len(p.errs) == 0 {
+		// Backstops for what no flag sets.
+		if err := c.Retry.Validate(); err != nil {
+			p.errs = append(p.errs, err)
+		}
+		if err := c.Topology.Validate(); err != nil {
+			p.errs = append(p.errs, err)
+		}
 	}
-	if c.NATSURL == "" {
+	return errors.Join(p.errs...)
+}
+
+// checkConnection checks the NATS connection and the embedded server.
+func (c *config) checkConnection(p *problems) {
+	if c.NATS.URLs == "" {
 		if _, _, err := net.SplitHostPort(c.EmbeddedListen); err != nil {
-			bad("embedded-listen", "must be HOST:PORT, got an invalid address")
+			p.bad("embedded-listen", "must be HOST:PORT, got an invalid address")
 		}
 		if c.StoreDir == "" {
-			bad("store-dir", "must not be empty when the embedded server is used")
+			p.bad("store-dir", "must not be empty when the embedded server is used")
 		}
 	}
-	if (c.NATSCert == "") != (c.NATSKey == "") {
-		bad("nats-cert", "and --nats-key must be given together")
+	if (c.NATS.CertFile == "") != (c.NATS.KeyFile == "") {
+		p.bad("nats-cert", "and --nats-key must be given together")
 	}
-	if c.NATSCreds != "" && c.NATSNKey != "" {
-		bad("nats-creds", "and --nats-nkey are mutually exclusive")
+	if c.NATS.CredsFile != "" && c.NATS.NKeySeedFile != "" {
+		p.bad("nats-creds", "and --nats-nkey are mutually exclusive")
 	}
-	if (c.NATSUser == "") != (c.NATSPassword == "") {
-		bad("nats-user", "and --nats-password must be given together")
+	if (c.NATS.User == "") != (c.NATS.Password == "") {
+		p.bad("nats-user", "and --nats-password must be given together")
 	}
+}
+
+// checkAPI checks the calls: concurrency, rate, timeouts and endpoint.
+func (c *config) checkAPI(p *problems) {
 	if c.Concurrency < 1 || c.Concurrency > 1024 {
-		bad("concurrency", "must be between 1 and 1024, got %d", c.Concurrency)
+		p.bad("concurrency", "must be between 1 and 1024, got %d", c.Concurrency)
 	}
 	if c.Rate < 0 {
-		bad("rate", "must be >= 0 (0 lifts the limit), got %v", c.Rate)
+		p.bad("rate", "must be >= 0 (0 lifts the limit), got %v", c.Rate)
 	}
 	if c.Burst < 1 {
-		bad("burst", "must be >= 1, got %d", c.Burst)
+		p.bad("burst", "must be >= 1, got %d", c.Burst)
 	}
 	if c.RateLimitScope != "global" && c.RateLimitScope != "local" {
-		bad("rate-limit-scope", "must be global or local, got %q", c.RateLimitScope)
+		p.bad("rate-limit-scope", "must be global or local, got %q", c.RateLimitScope)
 	}
 	if c.RateLimitGuard < 0 || c.RateLimitGuard > time.Second {
-		bad("rate-limit-guard", "must be between 0 and 1s")
+		p.bad("rate-limit-guard", "must be between 0 and 1s")
 	}
 	if c.APITimeout < time.Second {
-		bad("api-timeout", "must be at least 1s")
+		p.bad("api-timeout", "must be at least 1s")
 	}
 	if c.Topology.AckWait <= c.APITimeout/3 {
 		// InProgress is sent every AckWait/3; a call must not outlast it unheard.
-		bad("ack-wait", "must be longer than a third of --api-timeout")
+		p.bad("ack-wait", "must be longer than a third of --api-timeout")
 	}
 	if !c.Sandbox && c.Region == "" {
-		bad("region", "must be set (e.g. ap-guangzhou)")
+		p.bad("region", "must be set (e.g. ap-guangzhou)")
 	}
 	if c.Endpoint == "" || strings.Contains(c.Endpoint, "://") {
-		bad("endpoint", "must be host[:port] without a scheme")
+		p.bad("endpoint", "must be host[:port] without a scheme")
 	}
 	if c.SandboxRate < 0 {
-		bad("sandbox-rate", "must be >= 0")
+		p.bad("sandbox-rate", "must be >= 0")
 	}
 	if c.LookupHorizon < time.Second {
-		bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
+		p.bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
 	}
+}
+
+// checkOperation checks breakers, pauses, leases, shutdown, logs, metrics
+// and the message limit.
+func (c *config) checkOperation(p *problems) {
 	if c.MaxPauseStrikes < 0 {
-		bad("max-pause-strikes", "must be >= 0 (0: never), got %d", c.MaxPauseStrikes)
+		p.bad("max-pause-strikes", "must be >= 0 (0: never), got %d", c.MaxPauseStrikes)
 	}
 	if c.BreakerThreshold < 0 {
-		bad("breaker-threshold", "must be >= 0 (0: off), got %d", c.BreakerThreshold)
+		p.bad("breaker-threshold", "must be >= 0 (0: off), got %d", c.BreakerThreshold)
 	}
 	if c.BreakerWindow < time.Second || c.BreakerHold < 100*time.Millisecond {
-		bad("breaker-window", "must be at least 1s (and --breaker-hold at least 100ms)")
+		p.bad("breaker-window", "must be at least 1s (and --breaker-hold at least 100ms)")
 	}
 	if c.LeaseTTL < 3*time.Second {
-		bad("lease-ttl", "must be at least 3s, got %v", c.LeaseTTL)
+		p.bad("lease-ttl", "must be at least 3s, got %v", c.LeaseTTL)
 	}
 	if c.DrainTimeout < time.Second {
-		bad("drain-timeout", "must be at least 1s")
+		p.bad("drain-timeout", "must be at least 1s")
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		bad("log-format", "must be text or json, got %q", c.LogFormat)
+		p.bad("log-format", "must be text or json, got %q", c.LogFormat)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
+		p.bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			bad("metrics-addr", "must be HOST:PORT or empty")
+			p.bad("metrics-addr", "must be HOST:PORT or empty")
 		}
 	}
 	if c.WorkerID == "" {
-		bad("worker-id", "must not be empty")
+		p.bad("worker-id", "must not be empty")
 	}
-	for _, v := range []struct {
-		name string
-		n    int
-	}{{"max-message-bytes", c.Limits.MaxRequestBytes}} {
-		if v.n < 1 {
-			bad(v.name, "must be >= 1, got %d", v.n)
-		}
+	if c.Limits.MaxRequestBytes < 1 {
+		p.bad("max-message-bytes", "must be >= 1, got %d", c.Limits.MaxRequestBytes)
 	}
 	if c.PauseProbeInterval <= 0 {
-		bad("pause-probe-interval", "must be > 0, got %v", c.PauseProbeInterval)
+		p.bad("pause-probe-interval", "must be > 0, got %v", c.PauseProbeInterval)
 	}
 	if c.UnreachableAfter <= 0 {
-		bad("unreachable-after", "must be > 0, got %v", c.UnreachableAfter)
+		p.bad("unreachable-after", "must be > 0, got %v", c.UnreachableAfter)
 	}
-	// The retry policy and the topology, named by flag (their own Validate
-	// below stays as a backstop for what no flag sets).
-	t, r := c.Topology, c.Retry
+}
+
+// checkTopology checks the streams, buckets and consumer, named by flag.
+func (c *config) checkTopology(p *problems) {
+	t := c.Topology
 	for _, v := range []struct {
 		name, value string
 	}{{"requests-stream", t.RequestsStream}, {"requests-subject", t.RequestsSubject}, {"consumer", t.Consumer},
@@ -341,64 +349,67 @@ func (c *config) validate() error {
 		{"advisory-stream", t.AdvisoryStream}, {"ledger-bucket", t.LedgerBucket}, {"control-bucket", t.ControlBucket},
 		{"breaker-bucket", t.BreakerBucket}} {
 		if v.value == "" {
-			bad(v.name, "must not be empty")
+			p.bad(v.name, "must not be empty")
 		}
 	}
 	if t.Replicas != 1 && t.Replicas != 3 && t.Replicas != 5 {
-		bad("stream-replicas", "must be 1, 3 or 5, got %d", t.Replicas)
+		p.bad("stream-replicas", "must be 1, 3 or 5, got %d", t.Replicas)
 	}
 	if t.AckWait < time.Second {
-		bad("ack-wait", "must be at least 1s")
+		p.bad("ack-wait", "must be at least 1s")
 	}
 	if t.MaxDeliver < 2 {
-		bad("max-deliver", "must be at least 2, got %d", t.MaxDeliver)
+		p.bad("max-deliver", "must be at least 2, got %d", t.MaxDeliver)
 	}
 	if t.MaxAckPending < 1 {
-		bad("max-ack-pending", "must be >= 1, got %d", t.MaxAckPending)
+		p.bad("max-ack-pending", "must be >= 1, got %d", t.MaxAckPending)
 	}
+	c.checkRetention(p)
+}
+
+// checkRetention checks how long requests, results, dead letters, ledger
+// entries and de-duplication ids are kept, against each other.
+func (c *config) checkRetention(p *problems) {
+	t := c.Topology
 	for _, v := range []struct {
 		name string
 		age  time.Duration
 	}{{"results-max-age", t.ResultsMaxAge}, {"dlq-max-age", t.DLQMaxAge}} {
 		if v.age < 0 {
-			bad(v.name, "must be >= 0 (0: kept forever), got %v", v.age)
+			p.bad(v.name, "must be >= 0 (0: kept forever), got %v", v.age)
 		} else if v.age > 0 && t.DuplicateWindow > v.age {
-			bad("duplicate-window", "must not exceed --%s (%v), got %v", v.name, v.age, t.DuplicateWindow)
+			p.bad("duplicate-window", "must not exceed --%s (%v), got %v", v.name, v.age, t.DuplicateWindow)
 		}
 	}
 	if t.DuplicateWindow < 0 {
-		bad("duplicate-window", "must be >= 0, got %v", t.DuplicateWindow)
+		p.bad("duplicate-window", "must be >= 0, got %v", t.DuplicateWindow)
 	}
 	if t.RequestsMaxAge != 0 {
-		bad("requests-max-age", "must be 0: a request must never age out of the stream unanswered (a long pause would lose the backlog); bound the stream's size instead, which refuses new publishes loudly")
+		p.bad("requests-max-age", "must be 0: a request must never age out of the stream unanswered (a long pause would lose the backlog); bound the stream's size instead, which refuses new publishes loudly")
 	}
 	if outlives(t.ResultsMaxAge, t.LedgerTTL) {
-		bad("ledger-ttl", "must be at least --results-max-age (%v), got %v: a result kept longer than its ledger entry could be submitted again", t.ResultsMaxAge, t.LedgerTTL)
+		p.bad("ledger-ttl", "must be at least --results-max-age (%v), got %v: a result kept longer than its ledger entry could be submitted again", t.ResultsMaxAge, t.LedgerTTL)
 	}
 	if outlives(t.DLQMaxAge, t.LedgerTTL) {
-		bad("ledger-ttl", "must be at least --dlq-max-age (%v), got %v: a dead letter redriven after its ledger entry expired could be submitted twice", t.DLQMaxAge, t.LedgerTTL)
+		p.bad("ledger-ttl", "must be at least --dlq-max-age (%v), got %v: a dead letter redriven after its ledger entry expired could be submitted twice", t.DLQMaxAge, t.LedgerTTL)
 	}
+}
+
+// checkRetry checks the retry policy.
+func (c *config) checkRetry(p *problems) {
+	r := c.Retry
 	if r.MaxAttempts < 1 {
-		bad("max-attempts", "must be >= 1, got %d", r.MaxAttempts)
+		p.bad("max-attempts", "must be >= 1, got %d", r.MaxAttempts)
 	}
 	if r.InitialInterval <= 0 {
-		bad("retry-initial", "must be > 0, got %v", r.InitialInterval)
+		p.bad("retry-initial", "must be > 0, got %v", r.InitialInterval)
 	}
 	if r.MaxInterval < r.InitialInterval {
-		bad("retry-max-interval", "must be at least --retry-initial (%v), got %v", r.InitialInterval, r.MaxInterval)
+		p.bad("retry-max-interval", "must be at least --retry-initial (%v), got %v", r.InitialInterval, r.MaxInterval)
 	}
 	if r.MaxElapsed <= 0 {
-		bad("max-retry-elapsed", "must be > 0, got %v", r.MaxElapsed)
+		p.bad("max-retry-elapsed", "must be > 0, got %v", r.MaxElapsed)
 	}
-	if len(errs) == 0 {
-		if err := c.Retry.Validate(); err != nil {
-			errs = append(errs, err)
-		}
-		if err := c.Topology.Validate(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // outlives reports whether a retention of kept outlasts one of ledger (0

@@ -143,7 +143,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.Concurrency != 16 || c.Rate != 20 || c.Burst != 1 || c.RateLimitScope != "global" || c.APITimeout != 30*time.Second ||
 		c.Endpoint != "omics.tencentcloudapi.com" || c.InsecureHTTP || c.Sandbox || !c.Provision || c.Region != "ap-guangzhou" ||
-		c.LogFormat != "text" || c.LogLevel != "info" || c.NATSURL != "" || c.WorkerID == "" {
+		c.LogFormat != "text" || c.LogLevel != "info" || c.NATS.URLs != "" || c.WorkerID == "" {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 	for name, addr := range map[string]string{"--embedded-listen": c.EmbeddedListen, "--metrics-addr": c.MetricsAddr, "--sandbox-listen": c.SandboxListen} {

@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// The order below is the reverse of the shutdown order at the end.
 	var st started
-	natsURL := cfg.NATSURL
+	natsURL := cfg.NATS.URLs
 	if natsURL == "" {
 		ns, err := startEmbedded(cfg, log)
 		if err != nil {
@@ -101,11 +101,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		natsURL = ns.ClientURL()
 	}
 	st.NATSURL = natsURL
-	nc, err := natsconn.Connect(ctx, natsconn.Options{
-		URLs: natsURL, Name: "omicsq-worker " + cfg.WorkerID,
-		CredsFile: cfg.NATSCreds, NKeySeedFile: cfg.NATSNKey, User: cfg.NATSUser, Password: cfg.NATSPassword,
-		Token: cfg.NATSToken, CAFile: cfg.NATSCA, CertFile: cfg.NATSCert, KeyFile: cfg.NATSKey, InboxPrefix: cfg.NATSInbox,
-	}, log, natsconn.Hooks{
+	conn := cfg.NATS
+	conn.URLs, conn.Name = natsURL, "omicsq-worker "+cfg.WorkerID
+	nc, err := natsconn.Connect(ctx, conn, log, natsconn.Hooks{
 		OnDisconnect: func() { m.SetNATSConnected(false) },
 		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },
 	})

@@ -23,18 +23,18 @@ func configTable() string {
 	fs.SetOutput(io.Discard)
 	var b strings.Builder
 	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
-	for _, s := range settings(c) {
-		s.bind(fs, s.flag, s.usage)
-		def := fs.Lookup(s.flag).DefValue
+	for _, s := range flagTable(c) {
+		s.Bind(fs, s.Flag, s.Usage)
+		def := fs.Lookup(s.Flag).DefValue
 		switch {
-		case s.flag == "worker-id":
+		case s.Flag == "worker-id":
 			def = "host name"
 		case def == "":
 			def = "—"
 		default:
 			def = "`" + def + "`"
 		}
-		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s |\n", s.flag, s.env, def, s.usage)
+		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s |\n", s.Flag, s.Env, def, s.Usage)
 	}
 	return b.String()
 }

@@ -1,4 +1,4 @@
-package main
+package samplesheet
 
 import (
 	"bytes"
@@ -16,6 +16,12 @@ import (
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
+// Columns that are not request fields.
+const (
+	csvKeyColumn       = "key"
+	csvInputJSONColumn = "input_json"
+)
+
 // csvAliases are short column names for RunOption fields.
 var csvAliases = map[string]string{
 	"FailureMode":    "Option.FailureMode",
@@ -27,7 +33,7 @@ var csvAliases = map[string]string{
 type csvColumn struct {
 	name string // as written in the header
 	path string // request field path, or csvKeyColumn / csvInputJSONColumn
-	kind fieldKind
+	kind submit.FieldKind
 }
 
 // csvHeader maps the header row to columns. Columns are API field names
@@ -43,17 +49,17 @@ func csvHeader(header []string) ([]csvColumn, error) {
 		if a, ok := csvAliases[h]; ok {
 			path = a
 		}
-		var kind fieldKind
+		var kind submit.FieldKind
 		switch path {
 		case csvKeyColumn, csvInputJSONColumn:
 		case "":
 			return nil, fmt.Errorf("header: column %d has no name", i+1)
 		default:
-			k, ok := requestFields[path]
+			k, ok := submit.RequestFields[path]
 			if !ok {
 				return nil, fmt.Errorf("header: column %q is not a RunApplication field, key or input_json (names are case-sensitive)", submit.SafeFieldName(h))
 			}
-			if k == kindObject {
+			if k == submit.KindObject {
 				return nil, fmt.Errorf("header: column %q is an object; use one column per field, e.g. %s.FailureMode", submit.SafeFieldName(h), h)
 			}
 			kind = k
@@ -70,33 +76,31 @@ func csvHeader(header []string) ([]csvColumn, error) {
 // parseCSV reads a sample sheet: a header row, then one run per row. Cells
 // are trimmed; an empty cell means the field is absent; rows whose cells
 // are all empty are skipped.
-func (p *parser) parseCSV(name, dir string, data []byte) ([]item, []*itemError) {
-	fileLoc := location{File: name, Index: -1, kind: formatCSV}
+func (p *Parser) parseCSV(name, dir string, data []byte) ([]Request, []*Error) {
+	fileLoc := Location{File: name, Index: -1, kind: FormatCSV}
 	r := csv.NewReader(bytes.NewReader(data))
 	r.ReuseRecord = false
 	header, err := r.Read()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, []*itemError{{Loc: fileLoc, Code: codeSyntax, Reason: "the file is empty; want a header row and one row per run"}}
+			return nil, []*Error{{Loc: fileLoc, Code: CodeSyntax, Reason: "the file is empty; want a header row and one row per run"}}
 		}
-		return nil, []*itemError{{Loc: csvErrLoc(fileLoc, 1, err), Code: codeSyntax, Reason: csvReason(err)}}
+		return nil, []*Error{{Loc: csvErrLoc(fileLoc, 1, err), Code: CodeSyntax, Reason: csvReason(err)}}
 	}
 	cols, err := csvHeader(header)
 	if err != nil {
 		l := fileLoc
 		l.Row = 1
-		return nil, []*itemError{{Loc: l, Code: codeSyntax, Reason: err.Error()}}
+		return nil, []*Error{{Loc: l, Code: CodeSyntax, Reason: err.Error()}}
 	}
-	var items []item
-	var errs []*itemError
-	row := 1
-	for {
+	var reqs []Request
+	var errs []*Error
+	for row := 2; ; row++ {
 		rec, err := r.Read()
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		row++
-		loc := location{File: name, Index: -1, Row: row, kind: formatCSV}
+		loc := Location{File: name, Index: -1, Row: row, kind: FormatCSV}
 		if len(rec) > 0 {
 			// FieldPos panics unless the last Read returned a record.
 			loc.Line, _ = r.FieldPos(0)
@@ -104,34 +108,34 @@ func (p *parser) parseCSV(name, dir string, data []byte) ([]item, []*itemError) 
 		if err != nil {
 			pe, ok := errors.AsType[*csv.ParseError](err)
 			if ok && errors.Is(pe.Err, csv.ErrFieldCount) {
-				errs = append(errs, &itemError{Loc: loc, Code: codeSyntax,
+				errs = append(errs, &Error{Loc: loc, Code: CodeSyntax,
 					Reason: fmt.Sprintf("the row has %d cells, the header %d", len(rec), len(cols))})
 				continue
 			}
 			// Quoting errors leave the reader out of step: stop here.
-			errs = append(errs, &itemError{Loc: csvErrLoc(fileLoc, row, err), Code: codeSyntax, Reason: csvReason(err)})
+			errs = append(errs, &Error{Loc: csvErrLoc(fileLoc, row, err), Code: CodeSyntax, Reason: csvReason(err)})
 			break
 		}
 		if allEmpty(rec) {
 			continue
 		}
-		if ierr := p.tooMany(loc); ierr != nil {
-			errs = append(errs, ierr)
+		if err := p.tooMany(loc); err != nil {
+			errs = append(errs, err)
 			break
 		}
-		if it, ierr := p.csvRow(loc, dir, cols, rec); ierr != nil {
-			errs = append(errs, ierr)
+		if req, err := p.csvRow(loc, dir, cols, rec); err != nil {
+			errs = append(errs, err)
 		} else {
-			items = append(items, it)
+			reqs = append(reqs, req)
 		}
 	}
-	if len(items) == 0 && len(errs) == 0 {
-		errs = append(errs, &itemError{Loc: fileLoc, Code: codeSyntax, Reason: "the file has a header but no rows"})
+	if len(reqs) == 0 && len(errs) == 0 {
+		errs = append(errs, &Error{Loc: fileLoc, Code: CodeSyntax, Reason: "the file has a header but no rows"})
 	}
-	return items, errs
+	return reqs, errs
 }
 
-func csvErrLoc(l location, row int, err error) location {
+func csvErrLoc(l Location, row int, err error) Location {
 	l.Row = row
 	if pe, ok := errors.AsType[*csv.ParseError](err); ok {
 		l.Line = pe.StartLine
@@ -159,9 +163,9 @@ func allEmpty(rec []string) bool {
 
 // csvRow builds the request JSON of one row, then validates it like any
 // other request.
-func (p *parser) csvRow(loc location, dir string, cols []csvColumn, rec []string) (item, *itemError) {
-	fail := func(field, code, reason string) (item, *itemError) {
-		return item{}, &itemError{Loc: loc, Field: field, Code: code, Reason: reason}
+func (p *Parser) csvRow(loc Location, dir string, cols []csvColumn, rec []string) (Request, *Error) {
+	fail := func(field, code, reason string) (Request, *Error) {
+		return Request{}, &Error{Loc: loc, Field: field, Code: code, Reason: reason}
 	}
 	top := map[string]any{}
 	nested := map[string]map[string]any{}
@@ -179,30 +183,9 @@ func (p *parser) csvRow(loc location, dir string, cols []csvColumn, rec []string
 			inputPath = cell
 			continue
 		}
-		var v any
-		switch c.kind {
-		case kindString:
-			v = cell
-		case kindBool:
-			b, err := strconv.ParseBool(cell)
-			if err != nil {
-				return fail(c.name, codeInvalidCell, "must be true or false")
-			}
-			v = b
-		case kindUint:
-			n, err := strconv.ParseUint(cell, 10, 64)
-			if err != nil {
-				return fail(c.name, codeInvalidCell, "must be a non-negative integer")
-			}
-			v = n
-		case kindList:
-			var list []string
-			for e := range strings.SplitSeq(cell, ";") {
-				if e = strings.TrimSpace(e); e != "" {
-					list = append(list, e)
-				}
-			}
-			v = list
+		v, reason := cellValue(c.kind, cell)
+		if reason != "" {
+			return fail(c.name, CodeInvalidCell, reason)
 		}
 		if parent, field, ok := strings.Cut(c.path, "."); ok {
 			if nested[parent] == nil {
@@ -216,44 +199,80 @@ func (p *parser) csvRow(loc location, dir string, cols []csvColumn, rec []string
 	for parent, m := range nested {
 		top[parent] = m
 	}
-	for field, def := range map[string]string{
-		"ApplicationId": p.defaults.ApplicationID,
-		"EnvironmentId": p.defaults.EnvironmentID,
-		"ProjectId":     p.defaults.ProjectID,
-	} {
-		if _, ok := top[field]; !ok && def != "" {
-			top[field] = def
-		}
-	}
+	p.applyDefaults(top)
 	if inputPath != "" {
 		if _, ok := top["InputBase64"]; ok {
-			return fail(csvInputJSONColumn, codeInputJSONFile, "input_json and InputBase64 are mutually exclusive")
+			return fail(csvInputJSONColumn, CodeInputJSONFile, "input_json and InputBase64 are mutually exclusive")
 		}
-		b64, ierr := p.inputJSON(dir, inputPath)
-		if ierr != "" {
-			return fail(csvInputJSONColumn, codeInputJSONFile, ierr)
+		b64, reason := p.inputJSON(dir, inputPath)
+		if reason != "" {
+			return fail(csvInputJSONColumn, CodeInputJSONFile, reason)
 		}
 		top["InputBase64"] = b64
 	}
 	body, err := json.Marshal(top)
 	if err != nil {
-		return fail("", codeInvalidCell, "the row cannot be encoded as JSON")
+		return fail("", CodeInvalidCell, "the row cannot be encoded as JSON")
 	}
-	return p.finish(loc, body, key, keyGiven)
+	return Validate(p.opts.Limits, loc, body, key, keyGiven)
+}
+
+// cellValue converts a non-empty cell to the JSON value of a field of kind;
+// the reason it returns on failure never quotes the cell.
+func cellValue(kind submit.FieldKind, cell string) (any, string) {
+	switch kind {
+	case submit.KindBool:
+		b, err := strconv.ParseBool(cell)
+		if err != nil {
+			return nil, "must be true or false"
+		}
+		return b, ""
+	case submit.KindUint:
+		n, err := strconv.ParseUint(cell, 10, 64)
+		if err != nil {
+			return nil, "must be a non-negative integer"
+		}
+		return n, ""
+	case submit.KindList:
+		var list []string
+		for e := range strings.SplitSeq(cell, ";") {
+			if e = strings.TrimSpace(e); e != "" {
+				list = append(list, e)
+			}
+		}
+		return list, ""
+	case submit.KindString:
+		return cell, ""
+	}
+	return nil, ""
+}
+
+// applyDefaults fills the fields of Options.Defaults a row left out.
+func (p *Parser) applyDefaults(top map[string]any) {
+	d := p.opts.Defaults
+	for field, def := range map[string]string{
+		"ApplicationId": d.ApplicationID,
+		"EnvironmentId": d.EnvironmentID,
+		"ProjectId":     d.ProjectID,
+	} {
+		if _, ok := top[field]; !ok && def != "" {
+			top[field] = def
+		}
+	}
 }
 
 // inputJSON reads an input_json file (relative to dir), checks it is one
 // JSON document within the input limit, and returns it base64-encoded.
 // The reason it returns on failure never names the path, which often
 // carries a sample identifier; the row number locates it.
-func (p *parser) inputJSON(dir, path string) (string, string) {
+func (p *Parser) inputJSON(dir, path string) (string, string) {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(dir, path)
 	}
-	if p.readFile == nil {
+	if p.opts.ReadFile == nil {
 		return "", "cannot read the file: input files are not available here"
 	}
-	data, err := p.readFile(path)
+	data, err := p.opts.ReadFile(path)
 	if err != nil {
 		if pe, ok := errors.AsType[*fs.PathError](err); ok {
 			return "", "cannot read the file: " + pe.Err.Error()
@@ -261,7 +280,7 @@ func (p *parser) inputJSON(dir, path string) (string, string) {
 		return "", "cannot read the file"
 	}
 	// What base64 of the file can occupy in a message of the size limit.
-	maxInput := p.lim.MaxRequestBytes
+	maxInput := p.opts.Limits.MaxRequestBytes
 	if maxInput <= 0 {
 		maxInput = submit.DefaultLimits().MaxRequestBytes
 	}

@@ -1,11 +1,12 @@
-package queue
+package client_test
 
 import (
 	"encoding/json"
-	"github.com/omicsq/omicsq/client"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/omicsq/omicsq/client"
 )
 
 // roundTrip checks that an accepted value re-encodes, that the encoding is
