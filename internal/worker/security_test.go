@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"bytes"
@@ -772,21 +772,21 @@ func TestEmbeddedServerLoopbackUnlessToldOtherwise(t *testing.T) {
 				"--metrics-addr", "127.0.0.1:0", "--log-format", "json"}
 			w := startRun(t, args, func(string) string { return "" })
 			w.stop()
-			var started, warned bool
+			var Started, warned bool
 			for _, line := range strings.Split(w.logs.String(), "\n") {
 				var rec struct{ Level, Msg, URL, Addr string }
 				if line == "" || json.Unmarshal([]byte(line), &rec) != nil {
 					continue
 				}
 				switch {
-				case strings.Contains(rec.Msg, "embedded NATS server started (loopback only)"):
-					started = rec.Level == "INFO"
+				case strings.Contains(rec.Msg, "embedded NATS server Started (loopback only)"):
+					Started = rec.Level == "INFO"
 				case strings.Contains(rec.Msg, "embedded NATS server listens beyond loopback"):
 					warned = rec.Level == "WARN" && strings.Contains(rec.Msg, "without authentication")
 				}
 			}
-			if started != c.loopback || warned == c.loopback {
-				t.Errorf("listen %s: 'loopback only' info logged %v, beyond-loopback warning logged %v\n%s", c.listen, started, warned, w.logs.String())
+			if Started != c.loopback || warned == c.loopback {
+				t.Errorf("listen %s: 'loopback only' info logged %v, beyond-loopback warning logged %v\n%s", c.listen, Started, warned, w.logs.String())
 			}
 			u := strings.TrimPrefix(w.st.NATSURL, "nats://")
 			host, _, err := net.SplitHostPort(u)

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"context"
@@ -70,7 +70,7 @@ func (e *testEnv) startNATS() {
 }
 
 type runningWorker struct {
-	st   started
+	st   Started
 	stop func()
 	errc chan error
 	logs *logcapture.Buffer
@@ -94,9 +94,9 @@ func (e *testEnv) startWorker(id string, extra ...string) *runningWorker {
 func startRun(t *testing.T, args []string, getenv func(string) string) *runningWorker {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan started, 1)
+	ready := make(chan Started, 1)
 	w := &runningWorker{errc: make(chan error, 1), logs: &logcapture.Buffer{}}
-	go func() { w.errc <- run(ctx, args, getenv, io.Discard, w.logs, ready) }()
+	go func() { w.errc <- Run(ctx, args, getenv, io.Discard, w.logs, ready) }()
 	select {
 	case w.st = <-ready:
 	case err := <-w.errc:

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"context"
@@ -123,7 +123,7 @@ func TestFaultyAPIEachRequestEndsOnce(t *testing.T) {
 	}
 }
 
-// A worker stopped mid-run and started again loses nothing and duplicates
+// A worker stopped mid-run and Started again loses nothing and duplicates
 // nothing.
 func TestWorkerRestartMidRunLosesNothing(t *testing.T) {
 	e := newTestEnv(t, sandbox.Options{Rate: 0})

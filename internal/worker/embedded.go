@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"flag"
@@ -55,7 +55,7 @@ func startEmbedded(cfg *config, log *slog.Logger) (*server.Server, error) {
 	if ip == nil || !ip.IsLoopback() {
 		log.Warn("embedded NATS server listens beyond loopback, without authentication", "addr", ns.Addr().String())
 	} else {
-		log.Info("embedded NATS server started (loopback only)", "url", ns.ClientURL(), "store_dir", cfg.StoreDir)
+		log.Info("embedded NATS server Started (loopback only)", "url", ns.ClientURL(), "store_dir", cfg.StoreDir)
 	}
 	return ns, nil
 }

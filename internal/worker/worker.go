@@ -1,0 +1,424 @@
+// Package worker is the omicsq worker process: configuration, wiring, the
+// embedded JetStream server, the in-process sandbox and the ordered
+// shutdown. cmd/worker runs it; tests and examples run it in-process.
+//
+// The worker pulls run requests from NATS JetStream and submits them to
+// the Tencent Cloud Omics RunApplication API, at most a configured rate across
+// every replica, with exactly-once effects: each request ends as one run group
+// (published to the results stream) or one dead letter.
+//
+// With no NATS URL it starts an embedded JetStream server on loopback, and
+// with --sandbox an in-process sandbox Omics API, so `go run ./cmd/worker
+// --sandbox` is a complete local system.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/omicsq/omicsq/internal/breaker"
+	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/natsconn"
+	"github.com/omicsq/omicsq/internal/pause"
+	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/ratelimit"
+	"github.com/omicsq/omicsq/internal/submission"
+	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/metrics"
+	"github.com/omicsq/omicsq/sandbox"
+)
+
+// Version is reported in the logs and omicsq_build_info; cmd/worker sets it
+// from the value its build stamps in.
+var Version = "dev"
+
+// ErrHelp is returned by Run when the arguments asked for help, which has
+// been printed.
+var ErrHelp = errors.New("help requested")
+
+// Started reports the addresses a running worker bound.
+type Started struct {
+	NATSURL     string
+	MetricsAddr string
+	SandboxAddr string
+	Sandbox     *sandbox.Server
+}
+
+// Run is the whole worker until ctx ends; main only wires signals. ready, when not nil,
+// receives the bound addresses once the worker consumes.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready chan<- Started) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flagErrHelp) {
+		return ErrHelp
+	}
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	log.Info("starting", "version", Version, "worker", cfg.WorkerID)
+
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg, metrics.BuildInfo{Version: Version, Revision: revision(), GoVersion: runtime.Version()})
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	// The order below is the reverse of the shutdown order at the end.
+	var st Started
+	natsURL := cfg.NATS.URLs
+	if natsURL == "" {
+		ns, err := startEmbedded(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			log.Info("embedded NATS server stopped")
+		}()
+		natsURL = ns.ClientURL()
+	}
+	st.NATSURL = natsURL
+	conn := cfg.NATS
+	conn.URLs, conn.Name = natsURL, "omicsq-worker "+cfg.WorkerID
+	nc, err := natsconn.Connect(ctx, conn, log, natsconn.Hooks{
+		OnDisconnect: func() { m.SetNATSConnected(false) },
+		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := nc.Drain(); err != nil {
+			nc.Close()
+		}
+		log.Info("NATS connection drained")
+	}()
+	m.SetNATSConnected(nc.IsConnected())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := setupTopology(ctx, js, cfg); err != nil {
+		return err
+	}
+
+	api, sb, err := newAPI(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if sb != nil {
+		defer sb.Close()
+		st.SandboxAddr, st.Sandbox = sb.Addr(), sb.Server()
+	}
+
+	account := "sandbox"
+	if !cfg.Sandbox {
+		account = cfg.accountHint()
+	}
+	runLimiter, err := newLimiter(ctx, js, cfg, account, "RunApplication", log)
+	if err != nil {
+		return err
+	}
+	defer runLimiter.Close()
+	describeLimiter, err := newLimiter(ctx, js, cfg, account, "DescribeRunGroups", log)
+	if err != nil {
+		return err
+	}
+	defer describeLimiter.Close()
+	configured, _ := runLimiter.Rates()
+	m.SetRateLimit(configured, configured)
+
+	led, err := ledger.Open(ctx, js, cfg.Topology.LedgerBucket)
+	if err != nil {
+		return err
+	}
+	controlKV, err := js.KeyValue(ctx, cfg.Topology.ControlBucket)
+	if err != nil {
+		return fmt.Errorf("bind bucket %s: %w", cfg.Topology.ControlBucket, err)
+	}
+	pauser := pause.New(controlKV, pause.Config{
+		Worker: cfg.WorkerID, ProbeInterval: cfg.PauseProbeInterval, UnreachableAfter: cfg.UnreachableAfter, Logger: log,
+		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, runLimiter) },
+		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
+	})
+
+	var brk *breaker.Breaker
+	if cfg.BreakerThreshold > 0 {
+		breakerKV, err := js.KeyValue(ctx, cfg.Topology.BreakerBucket)
+		if err != nil {
+			return fmt.Errorf("bind bucket %s: %w", cfg.Topology.BreakerBucket, err)
+		}
+		brk = breaker.New(breakerKV, breaker.Config{
+			Window: cfg.BreakerWindow, Threshold: cfg.BreakerThreshold, Actor: cfg.WorkerID, Logger: log,
+			OnOpen: func(t breaker.Trip) { m.BreakerOpened(t.Resource.Kind) },
+		})
+	}
+
+	proc := &queue.Processor{
+		Ledger: led, Outbox: &queue.JetStreamOutbox{JS: js, Topology: cfg.Topology}, API: api,
+		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
+		Policy: submission.Policy{
+			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,
+			MaxDeliveries: cfg.Topology.MaxDeliver, MaxPauseStrikes: cfg.MaxPauseStrikes, CreateSkew: 5 * time.Minute,
+		},
+		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
+		BreakerWindow: cfg.BreakerWindow, BreakerHold: cfg.BreakerHold,
+		Metrics: m, Log: log, Worker: cfg.WorkerID,
+	}
+	consumer := &queue.Consumer{
+		JS: js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
+		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, time.Second) },
+		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
+	}
+	if brk != nil {
+		proc.Breaker = brk // a nil *Breaker in the interface would not read as off
+	}
+	if cfg.Rate > 0 {
+		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
+	}
+
+	var httpSrv *http.Server
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		st.MetricsAddr = ln.Addr().String()
+		httpSrv = &http.Server{
+			Handler: metrics.NewHandler(reg, func() error {
+				return readiness(nc, consumer, pauser)
+			}),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+		serving := make(chan struct{})
+		go func() {
+			defer close(serving)
+			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "error", err)
+			}
+		}()
+		defer func() { <-serving }() // Shutdown (below) ends Serve; wait for it
+		log.Info("serving /metrics, /healthz and /readyz", "addr", st.MetricsAddr)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return consumer.Run(gctx) })
+	g.Go(func() error { return consumer.RunAdvisories(gctx) })
+	g.Go(func() error { consumer.RunStats(gctx, 10*time.Second); return nil })
+	g.Go(func() error { return pauser.Run(gctx) })
+	if brk != nil {
+		g.Go(func() error { return brk.Run(gctx) })
+	}
+	g.Go(func() error { reportRates(gctx, runLimiter, m); return nil })
+	log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
+		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
+	if ready != nil {
+		ready <- st
+	}
+	err = g.Wait()
+	log.Info("stopped consuming; shutting down", "cause", context.Cause(ctx))
+
+	// Shutdown order: the consumer has drained (in-flight messages finished
+	// or released); now stop serving metrics, then the deferred closes run:
+	// limiters, sandbox, NATS connection (drained), embedded server.
+	if httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func setupTopology(ctx context.Context, js jetstream.JetStream, cfg *config) error {
+	// A cluster may still be electing leaders right after start: retry briefly.
+	var err error
+	for attempt := 0; attempt < 30; attempt++ {
+		if cfg.Provision {
+			err = queue.Provision(ctx, js, cfg.Topology)
+		} else {
+			err = queue.Verify(ctx, js, cfg.Topology)
+		}
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("jetstream topology: %w", err)
+	}
+	return nil
+}
+
+// newAPI returns the Omics client, starting the in-process sandbox in
+// --sandbox mode.
+func newAPI(ctx context.Context, cfg *config, log *slog.Logger) (*submit.Client, *sandboxHandle, error) {
+	endpoint, insecure := cfg.Endpoint, cfg.InsecureHTTP
+	var cred common.CredentialIface
+	var sb *sandboxHandle
+	if cfg.Sandbox {
+		h, err := startSandbox(ctx, cfg, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		sb = h
+		endpoint, insecure = h.Addr(), true
+		cred = common.NewCredential(sandbox.DefaultSecretID, sandbox.DefaultSecretKey)
+		log.Warn("SANDBOX MODE: submitting to an in-process sandbox Omics API, not Tencent Cloud; no real run is created",
+			"sandbox_addr", h.Addr())
+	} else {
+		c, err := submit.CredentialFromEnvironment()
+		if err != nil {
+			return nil, nil, fmt.Errorf("tencent cloud credentials: %w", err)
+		}
+		cred = c
+	}
+	region := cfg.Region
+	if region == "" {
+		region = "ap-guangzhou"
+	}
+	client, err := submit.New(submit.Config{Region: region, Endpoint: endpoint, InsecureHTTP: insecure, Timeout: cfg.APITimeout, Credential: cred})
+	if err != nil {
+		if sb != nil {
+			sb.Close()
+		}
+		return nil, nil, err
+	}
+	return client, sb, nil
+}
+
+// limiter is the worker's view of a rate limiter (global or local).
+type limiter interface {
+	queue.Limiter
+	Ready(ctx context.Context, horizon time.Duration) error
+	Rates() (configured, effective float64)
+	Close() error
+}
+
+func newLimiter(ctx context.Context, js jetstream.JetStream, cfg *config, account, action string, log *slog.Logger) (limiter, error) {
+	if cfg.Rate == 0 {
+		return unlimited{}, nil
+	}
+	if cfg.RateLimitScope == "local" {
+		return ratelimit.NewLocal(cfg.Rate, cfg.Burst), nil
+	}
+	rc := ratelimit.Config{
+		Limit: int(cfg.Rate), Window: time.Second, Guard: cfg.RateLimitGuard, Burst: cfg.Burst,
+		Replicas: cfg.Topology.Replicas, Logger: log.With("limiter", action),
+	}
+	g, err := ratelimit.NewGlobal(ctx, js, ratelimit.Key(account, cfg.Region, action), rc)
+	if err != nil {
+		return nil, fmt.Errorf("rate limiter %s: %w", action, err)
+	}
+	return g, nil
+}
+
+// unlimited is the limiter of --rate 0 (a sandbox with its limit lifted,
+// benchmarks): it never waits.
+type unlimited struct{}
+
+func (unlimited) Wait(context.Context) (time.Duration, error) { return 0, nil }
+func (unlimited) Ready(context.Context, time.Duration) error  { return nil }
+func (unlimited) Throttled(context.Context)                   {}
+func (unlimited) Rates() (configured, effective float64)      { return 0, 0 }
+func (unlimited) Close() error                                { return nil }
+
+// accountHint identifies the quota the limiter is keyed by without holding
+// the secret: the SecretId (hashed by ratelimit.Key) or, for role-based
+// credentials, the role.
+func (c *config) accountHint() string {
+	if c.QuotaAccount != "" {
+		return c.QuotaAccount
+	}
+	for _, v := range []string{"TENCENTCLOUD_SECRET_ID", "TKE_ROLE_ARN"} {
+		if s := os.Getenv(v); s != "" {
+			return s
+		}
+	}
+	return "default"
+}
+
+// probeAPI asks whether RunApplication itself is allowed again, without
+// creating anything: a deliberately invalid call answered with a parameter
+// error proves the credentials and permissions work (submit's
+// ProbeRunApplication). It takes a RunApplication token like any call.
+func probeAPI(ctx context.Context, api *submit.Client, lim limiter) error {
+	if _, err := lim.Wait(ctx); err != nil {
+		return err
+	}
+	return api.ProbeRunApplication(ctx)
+}
+
+func readiness(nc *nats.Conn, c *queue.Consumer, p *pause.Controller) error {
+	if !nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	if !c.Bound() {
+		return errors.New("consumer not bound")
+	}
+	if s := p.State(); s.Paused {
+		return fmt.Errorf("submissions paused fleet-wide: %s (%s)", s.Reason, s.Code)
+	}
+	return nil
+}
+
+func reportRates(ctx context.Context, l limiter, m *metrics.Metrics) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastEffective float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			configured, effective := l.Rates()
+			if effective < lastEffective {
+				m.RateLimitDecrease()
+			}
+			lastEffective = effective
+			m.SetRateLimit(configured, effective)
+		}
+	}
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func revision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}
