@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // runApplication validates and executes a RunApplication call. A non-empty
@@ -30,7 +28,7 @@ func (s *Server) runApplication(c *call, body []byte, region string, commitFail 
 		c.fail(e)
 		return
 	}
-	group, duplicate := s.store.create(region, project, req, s.now())
+	id, duplicate := s.store.create(region, project, req, s.now())
 	if duplicate {
 		s.mu.Lock()
 		s.counts.duplicateNames++
@@ -42,7 +40,7 @@ func (s *Server) runApplication(c *call, body []byte, region string, commitFail 
 		s.commitThenFail(c, commitFail)
 		return
 	}
-	c.respond(outcomeSuccess, submit.RunApplicationResponse{RunGroupId: group.RunGroupId, RequestId: c.requestID})
+	c.respond(outcomeSuccess, runGroupIDAnswer{RunGroupId: id, RequestId: c.requestID})
 }
 
 func (s *Server) checkKnown(req *runApplicationRequest, project string) *apiError {
@@ -123,48 +121,63 @@ var (
 )
 
 func (s *Server) describeRunGroups(c *call, body []byte, region string) {
-	req, e := decodeDescribeRunGroups(body)
+	pk, f, offset, limit, e := s.listParams(body, region, describeRunGroupsFilters)
 	if e != nil {
 		c.fail(e)
 		return
+	}
+	total, page := s.store.describe(pk, runGroupFilter(f), offset, limit, s.now())
+	c.respond(outcomeSuccess, describeRunGroupsAnswer{TotalCount: total, RunGroups: page, RequestId: c.requestID})
+}
+
+// listParams decodes and checks the parameters DescribeRunGroups and
+// DescribeRuns share: the project, Limit (1 to 100, default 10), Offset
+// and Filters whose names are in filterNames.
+func (s *Server) listParams(body []byte, region string, filterNames []string) (projectKey, []filterClause, uint64, uint64, *apiError) {
+	req, e := decodeListRequest(body)
+	if e != nil {
+		return projectKey{}, nil, 0, 0, e
 	}
 	project := DefaultProjectID
 	if req.ProjectId != nil {
 		project = *req.ProjectId
 		if project == "" {
-			c.fail(errorf(codeInvalidParameterValue, "ProjectId: must not be empty"))
-			return
+			return projectKey{}, nil, 0, 0, errorf(codeInvalidParameterValue, "ProjectId: must not be empty")
 		}
-		if project != DefaultProjectID && s.known.projects != nil && !s.known.projects[project] {
-			c.fail(errorf(codeProjectNotExist, "the project (ProjectId) does not exist"))
-			return
+		if e := s.checkProject(project); e != nil {
+			return projectKey{}, nil, 0, 0, e
 		}
 	}
 	limit := uint64(defaultDescribeLimit)
 	if req.Limit != nil {
 		limit = *req.Limit
 		if limit < 1 || limit > maxDescribeLimit {
-			c.fail(errorf(codeInvalidParameterValue, "Limit: must be 1 to %d", maxDescribeLimit))
-			return
+			return projectKey{}, nil, 0, 0, errorf(codeInvalidParameterValue, "Limit: must be 1 to %d", maxDescribeLimit)
 		}
 	}
 	var offset uint64
 	if req.Offset != nil {
 		offset = *req.Offset
 	}
-	f, e := parseFilters(req.Filters)
+	f, e := parseFilters(req.Filters, filterNames)
 	if e != nil {
-		c.fail(e)
-		return
+		return projectKey{}, nil, 0, 0, e
 	}
-	total, page := s.store.describe(projectKey{region, project}, f, offset, limit, s.now())
-	c.respond(outcomeSuccess, submit.DescribeRunGroupsResponse{TotalCount: total, RunGroups: page, RequestId: c.requestID})
+	return projectKey{region, project}, f, offset, limit, nil
 }
 
-// decodeDescribeRunGroups decodes strictly: keys match case-sensitively,
-// each at most once, and unknown keys are UnknownParameter, as the API
-// treats them.
-func decodeDescribeRunGroups(body []byte) (*submit.DescribeRunGroupsRequest, *apiError) {
+// checkProject answers ProjectNotExist for a project outside KnownProjects.
+func (s *Server) checkProject(project string) *apiError {
+	if project != DefaultProjectID && s.known.projects != nil && !s.known.projects[project] {
+		return errorf(codeProjectNotExist, "the project (ProjectId) does not exist")
+	}
+	return nil
+}
+
+// decodeListRequest decodes strictly: keys match case-sensitively, each at
+// most once, and unknown keys are UnknownParameter, as the API treats
+// them.
+func decodeListRequest(body []byte) (*listRequest, *apiError) {
 	if !utf8.Valid(body) {
 		return nil, errorf(codeInvalidParameter, "the request body is not valid UTF-8")
 	}
@@ -180,7 +193,7 @@ func decodeDescribeRunGroups(body []byte) (*submit.DescribeRunGroupsRequest, *ap
 			return nil, e
 		}
 	}
-	var req submit.DescribeRunGroupsRequest
+	var req listRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&req); err != nil {
 		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
@@ -234,12 +247,13 @@ func checkExactKeys(data []byte, prefix string, allowed map[string]bool) *apiErr
 	return nil
 }
 
-// parseFilters turns DescribeRunGroups filters into a matcher.
-func parseFilters(filters []submit.Filter) (runGroupFilter, *apiError) {
-	f := make(runGroupFilter, 0, len(filters))
+// parseFilters turns list filters into clauses; names outside allowed are
+// InvalidParameterValue.
+func parseFilters(filters []filter, allowed []string) ([]filterClause, *apiError) {
+	f := make([]filterClause, 0, len(filters))
 	for _, fl := range filters {
-		if !slices.Contains(describeRunGroupsFilters, fl.Name) {
-			return nil, errorf(codeInvalidParameterValue, "Filters.Name: must be one of %s", strings.Join(describeRunGroupsFilters, ", "))
+		if !slices.Contains(allowed, fl.Name) {
+			return nil, errorf(codeInvalidParameterValue, "Filters.Name: must be one of %s", strings.Join(allowed, ", "))
 		}
 		if len(fl.Values) == 0 {
 			return nil, errorf(codeInvalidParameterValue, "Filters.Values: must not be empty")

@@ -43,9 +43,11 @@ type Faults struct {
 	// (counted as outcome "throttled_fault"); nothing is done. Decided only
 	// when InternalError was not.
 	ThrottleP float64 `json:"throttle_p"`
-	// CommitThenFailP is the probability that a RunApplication call creates
-	// its run group and then fails as one of CommitThenFailModes. Other
-	// actions ignore it.
+	// CommitThenFailP is the probability that a call of an action that
+	// changes state (RunApplication, RetryRuns, TerminateRunGroup) makes
+	// its change, creating a run group or stopping runs, and then fails as
+	// one of CommitThenFailModes. Calls answered with an error, and the
+	// other actions, ignore it.
 	CommitThenFailP float64 `json:"commit_then_fail_p"`
 	// CommitThenFailModes are the failure modes used; empty means all of
 	// AllCommitFailModes.
@@ -167,7 +169,7 @@ func (p *faultPicker) decide(action string) faultDecision {
 		d.internalError = true
 	case throttle < f.ThrottleP:
 		d.throttle = true
-	case action == actionRunApplication && commit < f.CommitThenFailP:
+	case slices.Contains(committingActions, action) && commit < f.CommitThenFailP:
 		modes := f.CommitThenFailModes
 		if len(modes) == 0 {
 			modes = AllCommitFailModes

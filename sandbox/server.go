@@ -1,10 +1,12 @@
 // Package sandbox is a local stand-in for the Tencent Cloud Healthcare Omics
 // API (version 2022-11-28): the real wire protocol and TC3-HMAC-SHA256
 // signature verification, RunApplication and DescribeRunGroups with the
-// API's validation and error codes, a per-action rate limit, seeded fault
-// injection (including run groups created behind a failed answer),
-// optional eventual consistency of DescribeRunGroups, and server-side
-// statistics that tests and benchmarks judge a client by.
+// API's validation and error codes, DescribeRuns, RetryRuns and
+// TerminateRunGroup over an optional execution model of the runs, a
+// per-action rate limit, seeded fault injection (including run groups
+// created behind a failed answer), optional eventual consistency of the
+// list actions, and server-side statistics that tests and benchmarks judge
+// a client by. It shares no code or types with the client it tests.
 //
 // Embed it with New and serve it with Listen (or any http.Server), or run
 // cmd/omics-sim. docs/sandbox.md lists every knob, the statistics fields
@@ -14,6 +16,7 @@ package sandbox
 import (
 	"context"
 	crand "crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -49,12 +52,20 @@ const MaxBodyBytes = 10 << 20
 const (
 	actionRunApplication    = "RunApplication"
 	actionDescribeRunGroups = "DescribeRunGroups"
+	actionDescribeRuns      = "DescribeRuns"
+	actionRetryRuns         = "RetryRuns"
+	actionTerminateRunGroup = "TerminateRunGroup"
 	// actionOther buckets the statistics of calls naming any other action,
 	// so a caller cannot grow the statistics without bound.
 	actionOther = "_other"
 )
 
-var modelledActions = []string{actionRunApplication, actionDescribeRunGroups}
+var modelledActions = []string{actionRunApplication, actionDescribeRunGroups, actionDescribeRuns,
+	actionRetryRuns, actionTerminateRunGroup}
+
+// committingActions change state, so commit-then-fail faults apply to
+// them: the change is made, then the answer fails.
+var committingActions = []string{actionRunApplication, actionRetryRuns, actionTerminateRunGroup}
 
 // Outcomes recorded in Stats.Calls besides API error codes.
 const (
@@ -87,8 +98,11 @@ type Options struct {
 	// SetVisibility. The zero value shows every group at once, in creation
 	// order.
 	Visibility Visibility
-	// Seed seeds fault decisions, run-group IDs and visibility draws, each
-	// from its own stream.
+	// Execution is the initial execution model of the runs; see
+	// SetExecution. The zero value leaves every run Pending.
+	Execution Execution
+	// Seed seeds fault decisions, run-group IDs, RunUuids, visibility draws
+	// and run lifecycles, each from its own stream.
 	Seed int64
 	// KnownApplications, KnownEnvironments, KnownProjects and KnownTables
 	// are the resources that exist. nil accepts any well-formed ID; a
@@ -189,6 +203,9 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Visibility.Validate(); err != nil {
 		return nil, err
 	}
+	if err := opts.Execution.Validate(); err != nil {
+		return nil, err
+	}
 	switch {
 	case opts.MaxSkew < 0:
 		return nil, errors.New("sandbox: MaxSkew must not be negative")
@@ -219,7 +236,7 @@ func New(opts Options) (*Server, error) {
 			tables:       toSet(opts.KnownTables),
 		},
 		log:   opts.Logger,
-		store: newStore(opts.Seed, opts.Visibility),
+		store: newStore(opts.Seed, opts.Visibility, opts.Execution),
 		done:  make(chan struct{}),
 		cred:  credentials{secretID: opts.SecretID, secretKey: opts.SecretKey, token: opts.Token},
 		rate:  opts.Rate,
@@ -313,16 +330,28 @@ func (s *Server) SetEnvironmentAvailable(id string, available bool) {
 }
 
 // SetRunGroupStatus sets the Status (and UpdateTime) of a created run
-// group, for tests of clients that watch statuses. It returns false if no
-// such group exists.
+// group and of all its runs, for tests of clients that watch statuses. The
+// status then stays until the next SetRunGroupStatus, whatever the
+// execution model says; TerminateRunGroup on a group set to a status that
+// is not terminal clears it. It returns false if no such group exists.
 func (s *Server) SetRunGroupStatus(runGroupID, status string) bool {
 	return s.store.setStatus(runGroupID, status, s.now())
 }
 
-// RunGroups returns every created run group in creation order. The
-// returned Option and NFOption values are shared with the server: do not
-// modify them.
-func (s *Server) RunGroups() []RunGroup { return s.store.all() }
+// RunGroups returns every created run group in creation order, with its
+// status at the server clock's now. The returned Option and NFOption
+// values are shared with the server: do not modify them.
+func (s *Server) RunGroups() []RunGroup { return s.store.all(s.now()) }
+
+// Runs returns the runs of a run group as DescribeRuns reports them now,
+// in row order, or nil if no such group exists.
+func (s *Server) Runs(runGroupID string) []Run { return s.store.runsOf(runGroupID, s.now()) }
+
+// Retries returns, for every run group RetryRuns was applied to, the
+// RunGroupIds it created from it in creation order, including those behind
+// a commit-then-fail answer. A client that retries each failed group
+// exactly once leaves one ID per key.
+func (s *Server) Retries() map[string][]string { return s.store.retriesCopy() }
 
 // Close releases calls held by latency and hang faults (they then proceed,
 // or drop their connection) and makes later ones return at once. The
@@ -427,11 +456,22 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	s.dispatch(c, body, region, fd.commitFail)
+}
+
+// dispatch runs the action of an admitted call that no fault answered.
+func (s *Server) dispatch(c *call, body []byte, region string, commitFail CommitFailMode) {
 	switch c.action {
 	case actionRunApplication:
-		s.runApplication(c, body, region, fd.commitFail)
+		s.runApplication(c, body, region, commitFail)
 	case actionDescribeRunGroups:
 		s.describeRunGroups(c, body, region)
+	case actionDescribeRuns:
+		s.describeRuns(c, body, region)
+	case actionRetryRuns:
+		s.retryRuns(c, body, region, commitFail)
+	case actionTerminateRunGroup:
+		s.terminateRunGroup(c, body, region, commitFail)
 	}
 }
 
@@ -612,6 +652,19 @@ func (c *call) finish(outcome string) {
 func newRequestID() string {
 	var u [16]byte
 	_, _ = crand.Read(u[:]) // never fails (crypto/rand documents it)
+	return formatUUID(u)
+}
+
+// randomUUID returns a version 4 UUID drawn from rng, so RunUuids are
+// reproducible per seed.
+func randomUUID(rng *rand.Rand) string {
+	var u [16]byte
+	binary.LittleEndian.PutUint64(u[:8], rng.Uint64())
+	binary.LittleEndian.PutUint64(u[8:], rng.Uint64())
+	return formatUUID(u)
+}
+
+func formatUUID(u [16]byte) string {
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
 	var b [36]byte

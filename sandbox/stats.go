@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -21,14 +22,24 @@ type Stats struct {
 	Faults Faults `json:"faults"`
 	// Visibility is the current DescribeRunGroups lag and page order.
 	Visibility Visibility `json:"visibility"`
+	// Execution is the current execution model.
+	Execution Execution `json:"execution"`
 	// ForcedError is the code ForceError set, or empty.
 	ForcedError string `json:"forced_error"`
 	// Actions holds per-action statistics, keyed by action name;
 	// "_other" collects calls naming any action the sandbox does not model.
 	Actions map[string]ActionStats `json:"actions"`
-	// RunGroupsCreated counts run groups created, including those whose
-	// caller got a commit-then-fail answer.
+	// RunGroupsCreated counts run groups created, by RunApplication and
+	// RetryRuns, including those whose caller got a commit-then-fail answer.
 	RunGroupsCreated int `json:"run_groups_created"`
+	// RetryGroupsCreated counts the run groups RetryRuns created (included
+	// in RunGroupsCreated), RetriedGroups the distinct groups they were
+	// retried from, and MaxRetryGroupsPerGroup the most groups created
+	// from one of them. A client that retries each failed group once keeps
+	// MaxRetryGroupsPerGroup at most 1; Server.Retries has the detail.
+	RetryGroupsCreated     int `json:"retry_groups_created"`
+	RetriedGroups          int `json:"retried_groups"`
+	MaxRetryGroupsPerGroup int `json:"max_retry_groups_per_group"`
 	// DuplicateNameRejections counts RunApplication calls answered
 	// InvalidParameterValue.DuplicateName.
 	DuplicateNameRejections int64 `json:"duplicate_name_rejections"`
@@ -94,7 +105,8 @@ type FaultCounts struct {
 
 // Stats returns a snapshot of the statistics, without the run-group list.
 func (s *Server) Stats() Stats {
-	created, vis := s.store.count(), s.store.visibility()
+	created, vis, exec := s.store.count(), s.store.visibility(), s.store.execution()
+	retried, sources, maxPerSource := s.store.retryStats()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{
@@ -102,9 +114,13 @@ func (s *Server) Stats() Stats {
 		Rate:                    s.rate,
 		Faults:                  s.faults.faults.clone(),
 		Visibility:              vis,
+		Execution:               exec,
 		ForcedError:             s.forced,
 		Actions:                 make(map[string]ActionStats, len(s.actions)),
 		RunGroupsCreated:        created,
+		RetryGroupsCreated:      retried,
+		RetriedGroups:           sources,
+		MaxRetryGroupsPerGroup:  maxPerSource,
 		DuplicateNameRejections: s.counts.duplicateNames,
 		ForcedErrors:            s.counts.forcedErrors,
 		AnsweredAfterClientGone: s.counts.answeredAfterClientGone,
@@ -141,6 +157,9 @@ func (s *Server) Stats() Stats {
 //	PUT  /sandbox/faults                replace the Faults (JSON body)
 //	GET  /sandbox/visibility            the current Visibility
 //	PUT  /sandbox/visibility            replace the Visibility (JSON body)
+//	GET  /sandbox/execution             the current Execution
+//	PUT  /sandbox/execution             replace the Execution (JSON body)
+//	GET  /sandbox/retries               Server.Retries as JSON
 //	GET  /sandbox/force-error           {"code": "..."}
 //	PUT  /sandbox/force-error           {"code": "..."}; "" stops forcing
 func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
@@ -180,6 +199,21 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeControlJSON(w, http.StatusOK, s.Visibility())
+	case path == "execution" && r.Method == http.MethodGet:
+		writeControlJSON(w, http.StatusOK, s.Execution())
+	case path == "execution" && r.Method == http.MethodPut:
+		var e Execution
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&e); err != nil {
+			writeControlError(w, http.StatusBadRequest, "execution: "+err.Error())
+			return
+		}
+		if err := s.SetExecution(e); err != nil {
+			writeControlError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeControlJSON(w, http.StatusOK, s.Execution())
+	case path == "retries" && r.Method == http.MethodGet:
+		writeControlJSON(w, http.StatusOK, s.Retries())
 	case path == "force-error" && (r.Method == http.MethodGet || r.Method == http.MethodPut):
 		if r.Method == http.MethodPut {
 			var body struct {
@@ -197,12 +231,15 @@ func (s *Server) serveControl(w http.ResponseWriter, r *http.Request) {
 		code := s.forced
 		s.mu.Unlock()
 		writeControlJSON(w, http.StatusOK, map[string]string{"code": code})
-	case path == "stats" || path == "run-groups" || path == "faults" || path == "visibility" || path == "force-error":
+	case slices.Contains(controlPaths, path):
 		writeControlError(w, http.StatusMethodNotAllowed, "method not allowed")
 	default:
 		writeControlError(w, http.StatusNotFound, "no such sandbox endpoint")
 	}
 }
+
+// controlPaths are the endpoints serveControl knows, for 405 versus 404.
+var controlPaths = []string{"stats", "run-groups", "faults", "visibility", "execution", "retries", "force-error"}
 
 func writeControlJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)

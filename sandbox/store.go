@@ -7,22 +7,23 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // DefaultProjectID is the ID of each region's default project: the project
-// of a RunApplication or DescribeRunGroups call without ProjectId. Naming it
-// explicitly selects the same project.
+// of a call without ProjectId. Naming it explicitly selects the same
+// project.
 const DefaultProjectID = "prj-sandbox-default"
 
-// RunGroup is a run group the sandbox created: what DescribeRunGroups
-// reports, plus the region it lives in.
+// RunGroup is a run group in the sandbox's registry: what DescribeRunGroups
+// reports, plus where it lives and where it came from.
 type RunGroup struct {
 	// Region is the X-TC-Region of the call that created the group; each
 	// region has its own projects, as on Tencent Cloud.
 	Region string `json:"Region"`
-	submit.RunGroup
+	// RetriedFrom is the RunGroupId that RetryRuns re-executed to create
+	// this group; empty for a group RunApplication created.
+	RetriedFrom string `json:"RetriedFrom,omitempty"`
+	DescribedRunGroup
 }
 
 // RunGroupRef identifies a created run group in Stats.
@@ -32,11 +33,6 @@ type RunGroupRef struct {
 	ProjectID  string `json:"project_id"`
 	Region     string `json:"region"`
 }
-
-// Run-group status values. The API does not enumerate them (omics-api.md
-// §3.1); the sandbox creates groups as StatusPending and never advances
-// them on its own (see Server.SetRunGroupStatus).
-const StatusPending = "Pending"
 
 // Times are reported in China Standard Time, like the API's examples.
 var chinaStandardTime = time.FixedZone("CST", 8*60*60)
@@ -48,24 +44,52 @@ type nameKey struct {
 	name string
 }
 
+// storedRun is one run of a group. Its status is not stored: it follows
+// from the plan, the termination and the clock (storedGroup.stateOf).
+type storedRun struct {
+	uuid         string
+	tableRowUUID string
+	plan         *runPlan  // nil: no execution model, the run stays Pending
+	terminatedAt time.Time // set by TerminateRunGroup if the run had not ended
+}
+
 type storedGroup struct {
-	region     string
-	group      submit.RunGroup
-	foldedName string // lowercase Name, for the fuzzy Name filter
+	seq    int // creation order
+	region string
+	// info holds the fields fixed at creation; Status, RunStatusCounts,
+	// ExecutionTime, ErrorMessage and UpdateTime are derived on read.
+	info            DescribedRunGroup
+	created         time.Time
+	cacheClearDelay uint64
+	runs            []*storedRun
+	foldedName      string // lowercase Name, for the fuzzy Name filter
 	// visibleFrom is when DescribeRunGroups starts to see the group
 	// (Visibility.Lag); the zero time means at once.
 	visibleFrom time.Time
+	// override is the status SetRunGroupStatus set (for every run), and
+	// overrideAt when; "" lets the runs decide.
+	override   string
+	overrideAt time.Time
+	// retriedFrom and generation record RetryRuns lineage: generation is
+	// 0 for a RunApplication group and one more than its source's for a
+	// retry.
+	retriedFrom string
+	generation  int
 }
 
 // store holds the run groups: its own lock, so listing never blocks the
-// rate limiter.
+// rate limiter. Server.mu is never taken while holding mu.
 type store struct {
 	mu        sync.RWMutex
 	rng       *rand.Rand // run-group IDs, reproducible per seed
+	runRng    *rand.Rand // RunUuids
+	execRng   *rand.Rand // run lifecycles
+	exec      Execution
 	groups    []*storedGroup
 	byID      map[string]*storedGroup
 	byName    map[nameKey]*storedGroup
 	byProject map[projectKey][]*storedGroup
+	retries   map[string][]string // source RunGroupId → groups RetryRuns created from it
 
 	// visMu guards vis and visRng. DescribeRunGroups reads them without
 	// holding mu exclusively; create takes visMu while holding mu, never
@@ -75,50 +99,71 @@ type store struct {
 	visRng *rand.Rand // lags and page orders
 }
 
-func newStore(seed int64, vis Visibility) *store {
+func newStore(seed int64, vis Visibility, exec Execution) *store {
+	// Each random stream is distinct from the others and from the fault
+	// picker's, so enabling one feature does not change another's draws.
 	return &store{
-		// A stream distinct from the fault picker's, so enabling faults does
-		// not change the IDs.
 		rng:       rand.New(rand.NewPCG(uint64(seed), 0x5eed1d)),
+		runRng:    rand.New(rand.NewPCG(uint64(seed), 0x7a1d)),
+		execRng:   rand.New(rand.NewPCG(uint64(seed), 0xe0ec)),
+		exec:      exec.clone(),
 		byID:      make(map[string]*storedGroup),
 		byName:    make(map[nameKey]*storedGroup),
 		byProject: make(map[projectKey][]*storedGroup),
+		retries:   make(map[string][]string),
 		vis:       vis,
-		// Distinct from the ID and fault streams, so enabling lag or
-		// reordering changes neither.
-		visRng: rand.New(rand.NewPCG(uint64(seed), 0x1a6)),
+		visRng:    rand.New(rand.NewPCG(uint64(seed), 0x1a6)),
 	}
 }
 
-// create stores a run group for a validated request, or reports that the
-// name is taken in the project.
-func (st *store) create(region, project string, req *runApplicationRequest, now time.Time) (submit.RunGroup, bool) {
+// create stores a run group for a validated request and returns its ID,
+// or reports that the name is taken in the project.
+func (st *store) create(region, project string, req *runApplicationRequest, now time.Time) (string, bool) {
 	pk := projectKey{region, project}
 	nk := nameKey{pk, req.Name}
-	g := newRunGroup(project, req, now)
+	sg := newGroup(region, project, req, now)
 
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if _, taken := st.byName[nk]; taken {
-		return submit.RunGroup{}, true
+		return "", true
 	}
+	rows := req.TableRowUuids
+	if len(rows) == 0 {
+		// A singleton, or a batch of "all rows": the sandbox has no table
+		// contents, so either is one run.
+		rows = []string{""}
+	}
+	st.insert(sg, rows, now)
+	st.byName[nk] = sg
+	return sg.info.RunGroupId, false
+}
+
+// insert gives sg an ID and one run per row, and registers it. st.mu must
+// be held.
+func (st *store) insert(sg *storedGroup, rows []string, now time.Time) {
 	for {
-		g.RunGroupId = runGroupID(st.rng)
-		if _, taken := st.byID[g.RunGroupId]; !taken {
+		sg.info.RunGroupId = runGroupID(st.rng)
+		if _, taken := st.byID[sg.info.RunGroupId]; !taken {
 			break
 		}
 	}
-	sg := &storedGroup{region: region, group: g, foldedName: strings.ToLower(g.Name), visibleFrom: st.visibleFrom(now)}
+	sg.runs = make([]*storedRun, len(rows))
+	for i, row := range rows {
+		sg.runs[i] = &storedRun{uuid: randomUUID(st.runRng), tableRowUUID: row, plan: st.exec.plan(st.execRng, now)}
+	}
+	sg.info.TotalRun = uint64(len(rows))
+	sg.seq = len(st.groups)
+	sg.visibleFrom = st.visibleFrom(now)
+	pk := projectKey{sg.region, sg.info.ProjectId}
 	st.groups = append(st.groups, sg)
-	st.byID[g.RunGroupId] = sg
-	st.byName[nk] = sg
+	st.byID[sg.info.RunGroupId] = sg
 	st.byProject[pk] = append(st.byProject[pk], sg)
-	return g, false
 }
 
-func newRunGroup(project string, req *runApplicationRequest, now time.Time) submit.RunGroup {
-	ts := now.In(chinaStandardTime).Format(time.RFC3339)
-	g := submit.RunGroup{
+func newGroup(region, project string, req *runApplicationRequest, now time.Time) *storedGroup {
+	ts := apiTime(now)
+	g := DescribedRunGroup{
 		ProjectId:     project,
 		ApplicationId: req.ApplicationId,
 		AccessMode:    deref(req.AccessMode, defaultAccessMode),
@@ -126,15 +171,11 @@ func newRunGroup(project string, req *runApplicationRequest, now time.Time) subm
 		TableId:       deref(req.TableId, ""),
 		Name:          req.Name,
 		Description:   deref(req.Description, ""),
-		Status:        StatusPending,
 		Type:          "WDL",
 		WorkDir:       deref(req.WorkDir, ""),
-		Option:        req.Option.toRunGroup(),
-		NFOption:      req.NFOption.toRunGroup(),
-		TotalRun:      1,
-		ExecutionTime: &submit.ExecutionTime{SubmitTime: ts},
+		Option:        req.Option.toWire(),
+		NFOption:      req.NFOption.toWire(),
 		CreateTime:    ts,
-		UpdateTime:    ts,
 	}
 	if req.NFOption != nil {
 		g.Type = "NEXTFLOW"
@@ -144,19 +185,19 @@ func newRunGroup(project string, req *runApplicationRequest, now time.Time) subm
 	} else {
 		g.InputType, g.Input = "JSON", string(req.input)
 	}
-	if n := len(req.TableRowUuids); n > 0 {
-		g.TotalRun = uint64(n)
+	sg := &storedGroup{region: region, info: g, created: now, foldedName: strings.ToLower(g.Name)}
+	if req.CacheClearDelay != nil {
+		sg.cacheClearDelay = *req.CacheClearDelay
 	}
-	g.RunStatusCounts = []submit.RunStatusCount{{Status: StatusPending, Count: g.TotalRun}}
-	return g
+	return sg
 }
 
-// toRunGroup copies the options into the shape DescribeRunGroups reports.
-func (o *runOption) toRunGroup() *submit.RunOption {
+// toWire copies the options into the shape the list actions report.
+func (o *runOption) toWire() *RunOption {
 	if o == nil {
 		return nil
 	}
-	return &submit.RunOption{
+	return &RunOption{
 		FailureMode:             o.FailureMode,
 		UseCallCache:            o.UseCallCache,
 		UseErrorOnHold:          o.UseErrorOnHold,
@@ -166,11 +207,11 @@ func (o *runOption) toRunGroup() *submit.RunOption {
 	}
 }
 
-func (o *nfOption) toRunGroup() *submit.NFOption {
+func (o *nfOption) toWire() *NFOption {
 	if o == nil {
 		return nil
 	}
-	return &submit.NFOption{
+	return &NFOption{
 		Config:    o.Config,
 		Profile:   o.Profile,
 		Report:    o.Report,
@@ -204,26 +245,67 @@ func runGroupID(rng *rand.Rand) string {
 		idAnimals[rng.IntN(len(idAnimals))], rng.IntN(1_000_000))
 }
 
-// runGroupFilter is a list of clauses that must all match (Filters are
-// AND-ed); a clause matches when any of its values does.
-type runGroupFilter []filterClause
+// snapshot is the group as the API reports it at now.
+func (sg *storedGroup) snapshot(now time.Time) DescribedRunGroup {
+	sum := sg.summary(now)
+	g := sg.info
+	g.Status = sum.status
+	g.RunStatusCounts = sum.counts
+	g.ExecutionTime = &ExecutionTime{SubmitTime: g.CreateTime, StartTime: apiTime(sum.start), EndTime: apiTime(sum.end)}
+	g.UpdateTime = apiTime(sum.updated)
+	if strings.EqualFold(sum.status, StatusFailed) {
+		g.ErrorMessage = sum.message
+	}
+	return g
+}
 
+// runSnapshot is run r of sg as DescribeRuns reports it at now.
+func (sg *storedGroup) runSnapshot(r *storedRun, now time.Time) Run {
+	st := sg.stateOf(r, now)
+	cache := &RunCache{CacheClearDelay: sg.cacheClearDelay}
+	if sg.cacheClearDelay > 0 && !st.end.IsZero() {
+		clear := st.end.Add(time.Duration(sg.cacheClearDelay) * time.Hour)
+		cache.CacheClearTime, cache.CacheCleared = apiTime(clear), !now.Before(clear)
+	}
+	return Run{
+		RunUuid:       r.uuid,
+		ProjectId:     sg.info.ProjectId,
+		ApplicationId: sg.info.ApplicationId,
+		RunGroupId:    sg.info.RunGroupId,
+		EnvironmentId: sg.info.EnvironmentId,
+		TableId:       sg.info.TableId,
+		TableRowUuid:  r.tableRowUUID,
+		Status:        st.status,
+		Input:         sg.info.Input,
+		Option:        sg.info.Option,
+		ExecutionTime: &ExecutionTime{SubmitTime: sg.info.CreateTime, StartTime: apiTime(st.start), EndTime: apiTime(st.end)},
+		Cache:         cache,
+		ErrorMessage:  st.message,
+		CreateTime:    sg.info.CreateTime,
+		UpdateTime:    apiTime(st.updated),
+	}
+}
+
+// filterClause is one filter of a list action; a clause matches when any
+// of its values does, and a list of clauses when all do (AND).
 type filterClause struct {
-	field  string   // Name, RunGroupId, Status, ApplicationId or Type
+	field  string   // a filter name of the action
 	values []string // lowercase for Name
 }
 
-func (f runGroupFilter) matches(sg *storedGroup) bool {
+type runGroupFilter []filterClause
+
+func (f runGroupFilter) matches(sg *storedGroup, now time.Time) bool {
 	for _, c := range f {
-		if !c.matches(sg) {
+		if !c.matchesGroup(sg, now) {
 			return false
 		}
 	}
 	return true
 }
 
-func (c filterClause) matches(sg *storedGroup) bool {
-	g := &sg.group
+func (c filterClause) matchesGroup(sg *storedGroup, now time.Time) bool {
+	g := &sg.info
 	switch c.field {
 	case "Name":
 		// Case-insensitive substring: the API's exact-or-fuzzy rule is
@@ -233,7 +315,7 @@ func (c filterClause) matches(sg *storedGroup) bool {
 	case "RunGroupId":
 		return slices.Contains(c.values, g.RunGroupId)
 	case "Status":
-		return slices.Contains(c.values, g.Status)
+		return slices.Contains(c.values, sg.summary(now).status)
 	case "ApplicationId":
 		return slices.Contains(c.values, g.ApplicationId)
 	case "Type":
@@ -245,7 +327,7 @@ func (c filterClause) matches(sg *storedGroup) bool {
 // describe returns the total number of groups of the project matching f
 // and visible at now, and the page [offset, offset+limit) of them: in
 // creation order, or in a fresh random order with Visibility.ReorderPages.
-func (st *store) describe(pk projectKey, f runGroupFilter, offset, limit uint64, now time.Time) (uint64, []submit.RunGroup) {
+func (st *store) describe(pk projectKey, f runGroupFilter, offset, limit uint64, now time.Time) (uint64, []DescribedRunGroup) {
 	var shuffle *rand.Rand
 	st.visMu.Lock()
 	if st.vis.ReorderPages {
@@ -257,34 +339,36 @@ func (st *store) describe(pk projectKey, f runGroupFilter, offset, limit uint64,
 
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	page := make([]submit.RunGroup, 0, min(limit, 100))
+	page := make([]DescribedRunGroup, 0, min(limit, maxDescribeLimit))
 	if shuffle != nil {
 		var matched []*storedGroup
 		for _, sg := range st.byProject[pk] {
-			if sg.visibleAt(now) && f.matches(sg) {
+			if sg.visibleAt(now) && f.matches(sg, now) {
 				matched = append(matched, sg)
 			}
 		}
 		shuffle.Shuffle(len(matched), func(i, j int) { matched[i], matched[j] = matched[j], matched[i] })
 		total := uint64(len(matched))
 		for i := offset; i < total && uint64(len(page)) < limit; i++ {
-			page = append(page, matched[i].group)
+			page = append(page, matched[i].snapshot(now))
 		}
 		return total, page
 	}
 	var total uint64
 	for _, sg := range st.byProject[pk] {
-		if !sg.visibleAt(now) || !f.matches(sg) {
+		if !sg.visibleAt(now) || !f.matches(sg, now) {
 			continue
 		}
 		if total >= offset && uint64(len(page)) < limit {
-			page = append(page, sg.group)
+			page = append(page, sg.snapshot(now))
 		}
 		total++
 	}
 	return total, page
 }
 
+// setStatus overrides the status of every run of a group, for tests of
+// clients that watch statuses.
 func (st *store) setStatus(id, status string, now time.Time) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -292,18 +376,31 @@ func (st *store) setStatus(id, status string, now time.Time) bool {
 	if !ok {
 		return false
 	}
-	sg.group.Status = status
-	sg.group.UpdateTime = now.In(chinaStandardTime).Format(time.RFC3339)
-	sg.group.RunStatusCounts = []submit.RunStatusCount{{Status: status, Count: sg.group.TotalRun}}
+	sg.override, sg.overrideAt = status, now
 	return true
 }
 
-func (st *store) all() []RunGroup {
+func (st *store) all(now time.Time) []RunGroup {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	out := make([]RunGroup, len(st.groups))
 	for i, sg := range st.groups {
-		out[i] = RunGroup{Region: sg.region, RunGroup: sg.group}
+		out[i] = RunGroup{Region: sg.region, RetriedFrom: sg.retriedFrom, DescribedRunGroup: sg.snapshot(now)}
+	}
+	return out
+}
+
+// runsOf returns the runs of group id at now, or nil if there is none.
+func (st *store) runsOf(id string, now time.Time) []Run {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	sg, ok := st.byID[id]
+	if !ok {
+		return nil
+	}
+	out := make([]Run, len(sg.runs))
+	for i, r := range sg.runs {
+		out[i] = sg.runSnapshot(r, now)
 	}
 	return out
 }
@@ -313,7 +410,7 @@ func (st *store) refs() []RunGroupRef {
 	defer st.mu.RUnlock()
 	out := make([]RunGroupRef, len(st.groups))
 	for i, sg := range st.groups {
-		out[i] = RunGroupRef{RunGroupID: sg.group.RunGroupId, Name: sg.group.Name, ProjectID: sg.group.ProjectId, Region: sg.region}
+		out[i] = RunGroupRef{RunGroupID: sg.info.RunGroupId, Name: sg.info.Name, ProjectID: sg.info.ProjectId, Region: sg.region}
 	}
 	return out
 }
@@ -322,4 +419,16 @@ func (st *store) count() int {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	return len(st.groups)
+}
+
+func (st *store) setExecution(e Execution) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.exec = e
+}
+
+func (st *store) execution() Execution {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.exec.clone()
 }

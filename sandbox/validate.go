@@ -136,7 +136,7 @@ func decodeRunApplication(body []byte) (*runApplicationRequest, *apiError) {
 		case "ApplicationVersionId":
 			r.ApplicationVersionId, e = jsonString(key, v)
 		case "Option":
-			r.Option, e = decodeRunOption(v)
+			r.Option, e = decodeRunOption("Option", v)
 		case "NFOption":
 			r.NFOption, e = decodeNFOption(v)
 		case "WorkDir":
@@ -186,11 +186,19 @@ func (r *runApplicationRequest) blanksAreAbsent() {
 		&r.ApplicationVersionId, &r.WorkDir, &r.AccessMode} {
 		blankIsAbsent(p)
 	}
-	if o := r.Option; o != nil {
+	r.Option.blanksAreAbsent()
+	r.NFOption.blanksAreAbsent()
+}
+
+func (o *runOption) blanksAreAbsent() {
+	if o != nil {
 		blankIsAbsent(&o.FailureMode)
 		blankIsAbsent(&o.FinalWorkflowOutputsDir)
 	}
-	if o := r.NFOption; o != nil {
+}
+
+func (o *nfOption) blanksAreAbsent() {
+	if o != nil {
 		for _, p := range []**string{&o.Config, &o.Profile, &o.NFVersion, &o.LaunchDir} {
 			blankIsAbsent(p)
 		}
@@ -223,8 +231,8 @@ func (r *runApplicationRequest) validate() *apiError {
 	if r.AccessMode != nil && !slices.Contains(accessModes, *r.AccessMode) {
 		return errorf(codeInvalidParameterValue, "AccessMode: must be %s", strings.Join(accessModes, " or "))
 	}
-	if o := r.Option; o != nil && o.FailureMode != nil && !slices.Contains(failureModes, *o.FailureMode) {
-		return errorf(codeInvalidRunOption, "Option.FailureMode: must be %s", strings.Join(failureModes, " or "))
+	if e := r.Option.validate("Option"); e != nil {
+		return e
 	}
 	if m := r.TimeoutNotificationMinutes; m != nil && (*m < minTimeoutNotificationMinutes || *m > maxTimeoutNotificationMinutes) {
 		return errorf(codeInvalidTimeoutMinutes, "TimeoutNotificationMinutes: must be %d to %d minutes",
@@ -232,6 +240,14 @@ func (r *runApplicationRequest) validate() *apiError {
 	}
 	if r.WorkDir != nil && strings.HasPrefix(*r.WorkDir, cosScheme) && (r.NFOption == nil || r.NFOption.LaunchDir == nil) {
 		return errorf(codeMissingParameter, "NFOption.LaunchDir: the parameter is required when WorkDir is a COS path")
+	}
+	return nil
+}
+
+// validate checks the FailureMode of a RunOption given as parameter name.
+func (o *runOption) validate(name string) *apiError {
+	if o != nil && o.FailureMode != nil && !slices.Contains(failureModes, *o.FailureMode) {
+		return errorf(codeInvalidRunOption, "%s.FailureMode: must be %s", name, strings.Join(failureModes, " or "))
 	}
 	return nil
 }
@@ -254,16 +270,18 @@ func decodeBase64(s string) ([]byte, bool) {
 	return doc, err == nil
 }
 
-func decodeRunOption(v []byte) (*runOption, *apiError) {
+// decodeRunOption decodes a RunOption object given as the parameter name
+// (RunApplication's Option, RetryRuns' WDLOption).
+func decodeRunOption(name string, v []byte) (*runOption, *apiError) {
 	if isNull(v) {
 		return nil, nil
 	}
 	if !isObject(v) {
-		return nil, errorf(codeInvalidParameter, "Option: must be an object")
+		return nil, errorf(codeInvalidParameter, "%s: must be an object", name)
 	}
 	o := &runOption{}
-	err := decodeObject(v, "Option", runOptionKeys, func(key string, v []byte) *apiError {
-		field := "Option." + key
+	err := decodeObject(v, name, runOptionKeys, func(key string, v []byte) *apiError {
+		field := name + "." + key
 		var e *apiError
 		switch key {
 		case "FailureMode":

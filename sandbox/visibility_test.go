@@ -298,7 +298,7 @@ func TestVisibilityValidate(t *testing.T) {
 		}
 	}
 	// The widest span draws without overflowing.
-	st := newStore(1, Visibility{LagMax: time.Duration(1<<63 - 1)})
+	st := newStore(1, Visibility{LagMax: time.Duration(1<<63 - 1)}, Execution{})
 	st.mu.Lock()
 	if from := st.visibleFrom(time.Unix(0, 0)); from.Before(time.Unix(0, 0)) {
 		t.Errorf("visibleFrom with the widest span = %v, before creation", from)

@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("write listening address: %w", err)
 	}
 	logger.Info("omics-sim started", "addr", l.Addr(), "rate", cfg.opts.Rate, "seed", cfg.opts.Seed,
-		"faults", cfg.opts.Faults, "visibility", cfg.opts.Visibility)
+		"faults", cfg.opts.Faults, "visibility", cfg.opts.Visibility, "execution", cfg.opts.Execution)
 
 	<-ctx.Done()
 	logger.Info("omics-sim shutting down", "cause", context.Cause(ctx))
@@ -84,9 +84,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 const usageHeader = `omics-sim serves the sandbox Tencent Cloud Healthcare Omics API (2022-11-28)
-over plain HTTP: RunApplication and DescribeRunGroups with TC3-HMAC-SHA256
-verification, a per-action rate limit, fault injection, optional
-DescribeRunGroups lag and reordering, and statistics at GET /sandbox/stats.
+over plain HTTP: RunApplication, DescribeRunGroups, DescribeRuns, RetryRuns
+and TerminateRunGroup with TC3-HMAC-SHA256 verification, a per-action rate
+limit, fault injection, optional DescribeRunGroups lag and reordering, an
+optional execution model that moves runs from Pending through Running to
+Succeeded or Failed, and statistics at GET /sandbox/stats.
 On startup it prints "omics-sim listening on HOST:PORT" to stdout.
 Probabilities P are numbers from 0 to 1, decided per admitted call.
 
@@ -121,7 +123,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&o.Visibility.Lag, "describe-lag", 0, "`DURATION` a new run group stays invisible to DescribeRunGroups (its Name is still taken at once)")
 	fs.DurationVar(&o.Visibility.LagMax, "describe-lag-max", 0, "if above --describe-lag, each run group's lag is drawn uniformly from [--describe-lag, `DURATION`]")
 	fs.BoolVar(&o.Visibility.ReorderPages, "describe-reorder", false, "DescribeRunGroups lists matches in a fresh random order on each call, so offset paging may skip or repeat groups")
-	fs.Int64Var(&o.Seed, "seed", 1, "`SEED` of the fault decisions, run-group IDs and describe lags (same seed, same sequence for a sequential client)")
+	addExecutionFlags(fs, &o.Execution)
+	fs.Int64Var(&o.Seed, "seed", 1, "`SEED` of the fault decisions, run-group IDs, describe lags and run lifecycles (same seed, same sequence for a sequential client)")
 	fs.Var((*stringList)(&o.KnownApplications), "known-applications", "comma-separated application `IDS` that exist (default: any well-formed ID)")
 	fs.Var((*stringList)(&o.KnownEnvironments), "known-environments", "comma-separated environment `IDS` that exist (default: any)")
 	fs.Var((*stringList)(&o.KnownProjects), "known-projects", "comma-separated project `IDS` that exist besides the default project (default: any)")
@@ -135,6 +138,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q; all settings are flags (see --help)", fs.Arg(0))
+	}
+	if err := checkExecutionFlags(fs, o.Execution); err != nil {
+		return config{}, err
 	}
 	switch {
 	case o.MaxSkew <= 0:
@@ -153,6 +159,52 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return config{}, errors.New("--secret-id and --secret-key must not be empty")
 	}
 	return cfg, nil
+}
+
+// addExecutionFlags binds the execution model's flags to e.
+func addExecutionFlags(fs *flag.FlagSet, e *sandbox.Execution) {
+	fs.BoolVar(&e.Enabled, "execution", false, "model run execution: each run goes Pending, Running, then Succeeded or Failed (default: runs stay Pending)")
+	fs.DurationVar(&e.QueueDelay, "execution-queue-delay", 0, "`DURATION` each run stays Pending (needs --execution)")
+	fs.DurationVar(&e.DurationMin, "execution-duration", 0, "`DURATION` each run stays Running, or the shortest with --execution-duration-max (needs --execution)")
+	fs.DurationVar(&e.DurationMax, "execution-duration-max", 0, "if above --execution-duration, each run's duration is drawn uniformly from [--execution-duration, `DURATION`]")
+	fs.Var((*probability)(&e.FailureRate), "execution-failure-rate", "probability `P` that a run ends Failed instead of Succeeded (needs --execution)")
+	fs.Var((*messageList)(&e.FailureMessages), "execution-failure-message", "ErrorMessage `TEXT` of failed runs; repeat the flag for several, one is drawn per failed run (needs --execution)")
+	fs.IntVar(&e.RetryLimit, "retry-limit", 0, fmt.Sprintf("`N` RetryRuns in a row on one lineage before FailedOperation.RetryLimitExceeded; 0 means %d", sandbox.DefaultRetryLimit))
+}
+
+// checkExecutionFlags rejects execution settings that would silently do
+// nothing because --execution is off, and invalid combinations.
+func checkExecutionFlags(fs *flag.FlagSet, e sandbox.Execution) error {
+	var orphan string
+	fs.Visit(func(f *flag.Flag) {
+		if orphan == "" && strings.HasPrefix(f.Name, "execution-") && !e.Enabled {
+			orphan = f.Name
+		}
+	})
+	switch {
+	case orphan != "":
+		return fmt.Errorf("--%s needs --execution", orphan)
+	case e.QueueDelay < 0:
+		return errors.New("--execution-queue-delay must not be negative")
+	case e.DurationMin < 0:
+		return errors.New("--execution-duration must not be negative")
+	case e.DurationMax != 0 && e.DurationMax < e.DurationMin:
+		return errors.New("--execution-duration-max must be 0 or at least --execution-duration")
+	case e.RetryLimit < 0:
+		return fmt.Errorf("--retry-limit must be an integer >= 0 (0 means %d)", sandbox.DefaultRetryLimit)
+	}
+	return nil
+}
+
+// messageList is a repeatable flag.Value: each use appends one message,
+// since messages may contain commas.
+type messageList []string
+
+func (l *messageList) String() string { return strings.Join(*l, " | ") }
+
+func (l *messageList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
 }
 
 // probability is a flag.Value accepting a number from 0 to 1.

@@ -112,6 +112,11 @@ func TestFlagValidation(t *testing.T) {
 		{[]string{"--secret-key", ""}, []string{"--secret-key"}},
 		{[]string{"--log-level", "loud"}, []string{"log-level"}},
 		{[]string{"extra"}, []string{"unexpected argument"}},
+		{[]string{"--execution-duration", "1s"}, []string{"--execution-duration needs --execution"}},
+		{[]string{"--execution", "--execution-failure-rate", "1.1"}, []string{"execution-failure-rate", "probability"}},
+		{[]string{"--execution", "--execution-queue-delay", "-1s"}, []string{"--execution-queue-delay must not be negative"}},
+		{[]string{"--execution", "--execution-duration", "2s", "--execution-duration-max", "1s"}, []string{"--execution-duration-max must be 0 or at least"}},
+		{[]string{"--retry-limit", "-1"}, []string{"--retry-limit must be an integer >= 0"}},
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer
@@ -139,7 +144,9 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	for _, name := range []string{"listen", "secret-id", "secret-key", "token", "rate", "fault-internal-error", "fault-throttle",
 		"fault-commit-then-fail", "fault-commit-then-fail-modes", "fault-commit-then-fail-random", "fault-latency",
 		"fault-latency-p", "fault-actions", "describe-lag", "describe-lag-max", "describe-reorder", "seed", "known-applications", "known-environments", "known-projects",
-		"known-tables", "max-skew", "hang-timeout", "log-level", "calls/s", "omics-sim listening on HOST:PORT"} {
+		"known-tables", "max-skew", "hang-timeout", "log-level", "calls/s", "omics-sim listening on HOST:PORT",
+		"execution", "execution-queue-delay", "execution-duration", "execution-duration-max", "execution-failure-rate",
+		"execution-failure-message", "retry-limit"} {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("--help lacks %q", name)
 		}
@@ -164,5 +171,27 @@ func TestFlagsBuildOptions(t *testing.T) {
 	}
 	if _, err := sandbox.New(o); err != nil {
 		t.Errorf("sandbox.New rejects parsed options: %v", err)
+	}
+}
+
+func TestExecutionFlagsBuildOptions(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseFlags([]string{"--execution", "--execution-queue-delay", "1s", "--execution-duration", "2s",
+		"--execution-duration-max", "5s", "--execution-failure-rate", "0.2", "--execution-failure-message", "OOM, exit 137",
+		"--execution-failure-message", "disk full", "--retry-limit", "2"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.opts.Execution
+	if !e.Enabled || e.QueueDelay != time.Second || e.DurationMin != 2*time.Second || e.DurationMax != 5*time.Second ||
+		e.FailureRate != 0.2 || len(e.FailureMessages) != 2 || e.FailureMessages[0] != "OOM, exit 137" || e.RetryLimit != 2 {
+		t.Errorf("execution = %+v", e)
+	}
+	if _, err := sandbox.New(cfg.opts); err != nil {
+		t.Errorf("sandbox.New rejects parsed options: %v", err)
+	}
+	cfg, err = parseFlags(nil, io.Discard)
+	if err != nil || cfg.opts.Execution.Enabled {
+		t.Errorf("default: err %v, execution %+v; want off", err, cfg.opts.Execution)
 	}
 }
