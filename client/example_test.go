@@ -84,7 +84,9 @@ func startLocalWorker(ctx context.Context) (natsURL string, stop func()) {
 	ready := make(chan worker.Started, 1)
 	done := make(chan error, 1)
 	args := []string{"--sandbox", "--store-dir", dir, "--embedded-listen", "127.0.0.1:0", "--metrics-addr", "", "--log-level", "error"}
-	go func() { done <- worker.Run(wctx, args, func(string) string { return "" }, io.Discard, io.Discard, ready) }()
+	go func() {
+		done <- worker.Run(wctx, args, func(string) string { return "" }, io.Discard, io.Discard, ready)
+	}()
 	select {
 	case st := <-ready:
 		return st.NATSURL, func() {

@@ -1,5 +1,11 @@
 package client
 
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
 // Topology names the streams and subjects of the contract: where requests
 // are published and where results and dead letters appear. Workers and
 // producers must agree on it; the zero value is not useful, start from
@@ -20,6 +26,12 @@ type Topology struct {
 	// DLQPrefix: a dead letter is published to <prefix>.<key token>.
 	// Default omicsq.dlq.
 	DLQPrefix string
+	// StatusStream keeps run lifecycle events (StatusEvent). Default
+	// OMICSQ_STATUS.
+	StatusStream string
+	// StatusPrefix: events are published to <prefix>.<key token>.group and
+	// <prefix>.<key token>.run.<run token>. Default omicsq.status.
+	StatusPrefix string
 }
 
 // DefaultTopology returns the documented default names.
@@ -31,7 +43,24 @@ func DefaultTopology() Topology {
 		ResultsPrefix:   "omicsq.results",
 		DLQStream:       "OMICSQ_DLQ",
 		DLQPrefix:       "omicsq.dlq",
+		StatusStream:    "OMICSQ_STATUS",
+		StatusPrefix:    "omicsq.status",
 	}
+}
+
+// Validate reports every name that is empty or blank, in field order, as
+// "requests stream must not be empty" and so on.
+func (t Topology) Validate() error {
+	var errs []error
+	for _, n := range []struct{ name, value string }{
+		{"requests stream", t.RequestsStream}, {"requests subject", t.RequestsSubject}, {"results stream", t.ResultsStream},
+		{"results prefix", t.ResultsPrefix}, {"dlq stream", t.DLQStream}, {"dlq prefix", t.DLQPrefix},
+	} {
+		if strings.TrimSpace(n.value) == "" {
+			errs = append(errs, fmt.Errorf("%s must not be empty", n.name))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ResultSubject is the subject of key's result.
