@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/sandbox"
 )
 
@@ -37,18 +36,15 @@ func (e *env) deadLetters() []dlqEntry {
 
 // redriveAll does what `enqueue dlq redrive --all` does, without its
 // re-validation (so still-invalid requests go back too): every dead letter
-// is republished with queue.RedriveRequest (same key, fresh message ID),
-// with fix applied to its body, then deleted from the DLQ. It returns the
-// redriven entries.
+// is redriven with the public client's Redrive, which republishes it (same
+// key, fresh message ID) with fix applied to its body and then deletes it
+// from the DLQ. It returns the redriven entries.
 func (e *env) redriveAll(fix func(key string, body []byte) []byte) []dlqEntry {
 	e.t.Helper()
 	entries := e.deadLetters()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dlq, err := e.js.Stream(ctx, e.topo.DLQStream)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	c := client.New(e.js, client.WithTopology(e.topo.Topology))
 	for _, x := range entries {
 		body := []byte(x.dl.Request)
 		if len(body) == 0 { // not JSON: kept as raw_base64
@@ -57,11 +53,9 @@ func (e *env) redriveAll(fix func(key string, body []byte) []byte) []dlqEntry {
 				e.t.Fatalf("dead letter %d of %s kept no request (%v)", x.seq, x.dl.Key, err)
 			}
 		}
-		if err := queue.RedriveRequest(ctx, e.js, e.topo, x.dl.Key, x.seq, fix(x.dl.Key, body)); err != nil {
-			e.t.Fatalf("redrive %s: %v", x.dl.Key, err)
-		}
-		if err := dlq.DeleteMsg(ctx, x.seq); err != nil {
-			e.t.Fatalf("delete dead letter %d: %v", x.seq, err)
+		d := client.StoredDeadLetter{Sequence: x.seq, Subject: e.topo.DLQSubject(x.dl.Key), DeadLetter: &x.dl, Key: x.dl.Key}
+		if _, err := c.Redrive(ctx, d, fix(x.dl.Key, body)); err != nil {
+			e.t.Fatalf("redrive dead letter %d of %s: %v", x.seq, x.dl.Key, err)
 		}
 	}
 	return entries
@@ -78,6 +72,24 @@ func (e *env) republish(key, msgID string, body []byte) {
 	m.Header.Set(client.HeaderMsgID, msgID)
 	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
 		e.t.Fatal(err)
+	}
+}
+
+// redriveMessage publishes the message the public client's Redrive would
+// publish for the dead letter at dlqSeq (key kept, Nats-Msg-Id
+// <key>/redrive/<dlqSeq>, Omicsq-Redrive-Of: dlqSeq), but deletes nothing:
+// for a scenario whose dead state is laid out in the ledger, with no dead
+// letter stored at dlqSeq, where Redrive's delete would fail (or remove a
+// dead letter the scenario did not mean).
+func (e *env) redriveMessage(key string, dlqSeq uint64, body []byte) {
+	e.t.Helper()
+	m := nats.NewMsg(e.topo.RequestsSubject)
+	m.Data = body
+	m.Header.Set(client.HeaderKey, key)
+	m.Header.Set(client.HeaderMsgID, fmt.Sprintf("%s/redrive/%d", key, dlqSeq))
+	m.Header.Set(client.HeaderRedriveOf, fmt.Sprint(dlqSeq))
+	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+		e.t.Fatalf("redrive %s: %v", key, err)
 	}
 }
 

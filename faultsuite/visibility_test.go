@@ -3,7 +3,6 @@ package faultsuite
 import (
 	"github.com/omicsq/omicsq/client"
 
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -143,10 +142,14 @@ func TestRedriveOfAMaybeCreatedKey(t *testing.T) {
 	pin := w.identity()
 	w.put(ledger.Entry{State: ledger.StateDead, Calls: 2, MaybeCreated: true, Identity: &pin, DeadSequence: w.seq,
 		History: []client.Event{{At: time.Now().UTC(), Kind: "dead_letter", Outcome: "reconcile_exhausted", Code: "InvalidParameterValue.DuplicateName"}}})
+	// Only the ledger says the key is dead: the DLQ is empty when the first
+	// redrive goes out. So the redrives are published as messages
+	// (redriveMessage), not with the client's Redrive, whose delete would
+	// fail for the first and, for the second, remove one of the dead letters
+	// the first take-over stores (the original's reconcile_exhausted,
+	// republished from the ledger, and the identity_changed refusal).
 	edited := requestBody("crash-sample-renamed", appID)
-	if err := queue.RedriveRequest(context.Background(), w.js, w.topo, w.key, 1, edited); err != nil {
-		t.Fatal(err)
-	}
+	w.redriveMessage(w.key, 1, edited)
 	rs, ds, runs, _, _ := w.takeOver()
 	if len(rs) != 0 {
 		t.Errorf("the edited redrive produced a result %+v", rs)
@@ -165,9 +168,7 @@ func TestRedriveOfAMaybeCreatedKey(t *testing.T) {
 	}
 
 	// The plain redrive: looked up first, found, published; no call.
-	if err := queue.RedriveRequest(context.Background(), w.js, w.topo, w.key, 2, w.body); err != nil {
-		t.Fatal(err)
-	}
+	w.redriveMessage(w.key, 2, w.body)
 	rs, _, runs, describes, _ := w.takeOver()
 	if len(rs) != 1 || rs[0].RunGroupID != id || !rs[0].Reconciled {
 		t.Errorf("plain redrive: results %+v, want run group %s reconciled", rs, id)

@@ -111,11 +111,9 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	onceBody, onceB64 := panicTestBody(onceName, "1")
 	alwaysBody, alwaysB64 := panicTestBody(alwaysName, "2")
 	goodBody, goodB64 := panicTestBody(goodName, "3")
-	for _, p := range []struct {
-		key  string
-		body []byte
-	}{{"panic-once", onceBody}, {"panic-always", alwaysBody}} {
-		if _, err := PublishRequest(ctx, js, topo, p.key, p.body, nil); err != nil {
+	producer := client.New(js, client.WithTopology(topo.Topology))
+	for _, r := range []client.Request{{Key: "panic-once", Body: onceBody}, {Key: "panic-always", Body: alwaysBody}} {
+		if _, err := producer.Publish(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -125,7 +123,7 @@ func TestConsumerRecoversFromPanicWithoutLeakingIt(t *testing.T) {
 	// The consumer survived: a good message published after the panics is
 	// processed at once, long before the panicking ones come back (10 s).
 	published := time.Now()
-	if _, err := PublishRequest(ctx, js, topo, "good", goodBody, nil); err != nil {
+	if _, err := producer.Publish(ctx, client.Request{Key: "good", Body: goodBody}); err != nil {
 		t.Fatal(err)
 	}
 	results, err := js.Stream(ctx, topo.ResultsStream)

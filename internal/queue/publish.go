@@ -5,49 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/omicsq/omicsq/client"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/client"
 )
-
-// PublishRequest publishes one run request body under its idempotency key.
-// Nats-Msg-Id is the key, so a producer retry within the duplicate window is
-// dropped by the server; extra headers (e.g. redrive markers) are added as
-// given. It reports whether JetStream dropped it as a duplicate.
-func PublishRequest(ctx context.Context, js jetstream.JetStream, t Topology, key string, body []byte, extra nats.Header) (duplicate bool, err error) {
-	return publishRequestID(ctx, js, t, key, key, body, extra)
-}
-
-// RedriveRequest republishes a dead-lettered request. It keeps the key (so
-// the ledger still prevents a second run group) but uses a fresh message ID:
-// the original ID may still be inside the duplicate window.
-func RedriveRequest(ctx context.Context, js jetstream.JetStream, t Topology, key string, dlqSeq uint64, body []byte) error {
-	h := nats.Header{}
-	h.Set(client.HeaderRedriveOf, fmt.Sprint(dlqSeq))
-	_, err := publishRequestID(ctx, js, t, key, fmt.Sprintf("%s/redrive/%d", key, dlqSeq), body, h)
-	return err
-}
-
-func publishRequestID(ctx context.Context, js jetstream.JetStream, t Topology, key, msgID string, body []byte, extra nats.Header) (bool, error) {
-	if err := client.ValidateKey(key); err != nil {
-		return false, err
-	}
-	m := nats.NewMsg(t.RequestsSubject)
-	m.Data = body
-	for k, vs := range extra {
-		for _, v := range vs {
-			m.Header.Add(k, v)
-		}
-	}
-	m.Header.Set(client.HeaderKey, key)
-	m.Header.Set(client.HeaderMsgID, msgID)
-	ack, err := js.PublishMsg(ctx, m)
-	if err != nil {
-		return false, fmt.Errorf("publish request: %w", err)
-	}
-	return ack.Duplicate, nil
-}
 
 // PublishResult publishes r to its per-request subject. The results stream
 // keeps one message per subject and refuses the rest, so a second publish for

@@ -65,7 +65,11 @@ func TestResultsAreExactlyOncePerKey(t *testing.T) {
 	}
 }
 
-func TestPublishRequestDeduplicatesByKey(t *testing.T) {
+// A dead letter lands on its key's DLQ subject with the headers an operator
+// filters by, and its message ID (prefixed dlq/) makes a retried publish of
+// the same failure a no-op while another failure of the key lands again.
+// (Requests are published by the public client: see client/client_test.go.)
+func TestDeadLettersAreDeduplicatedByFailure(t *testing.T) {
 	ctx := context.Background()
 	ns := natstest.Server(t, nil)
 	_, js := natstest.Connect(t, ns)
@@ -73,22 +77,34 @@ func TestPublishRequestDeduplicatesByKey(t *testing.T) {
 	if err := Provision(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
-	if dup, err := PublishRequest(ctx, js, topo, "k1", []byte(`{}`), nil); err != nil || dup {
-		t.Fatalf("first publish = %v, %v", dup, err)
+	d := client.DeadLetter{Key: "k1", Request: []byte(`{"Name":"n"}`), Reason: client.ReasonPermanentError,
+		Error: client.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist"}}
+	for _, msgID := range []string{"k1/1/1", "k1/1/1", "k1/2/1"} {
+		if err := PublishDeadLetter(ctx, js, topo, d, msgID); err != nil {
+			t.Fatalf("publish dead letter %s: %v", msgID, err)
+		}
 	}
-	if dup, err := PublishRequest(ctx, js, topo, "k1", []byte(`{}`), nil); err != nil || !dup {
-		t.Fatalf("second publish = %v, %v; want duplicate", dup, err)
+	s, err := js.Stream(ctx, topo.DLQStream)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := RedriveRequest(ctx, js, topo, "k1", 7, []byte(`{}`)); err != nil {
-		t.Fatalf("redrive within the window: %v", err)
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s, _ := js.Stream(ctx, topo.RequestsStream)
-	info, _ := s.Info(ctx)
 	if info.State.Msgs != 2 {
-		t.Fatalf("requests stream holds %d messages, want 2 (original + redrive)", info.State.Msgs)
+		t.Fatalf("DLQ holds %d messages, want 2 (the retried publish dropped)", info.State.Msgs)
 	}
-	if _, err := PublishRequest(ctx, js, topo, "has space", nil, nil); err == nil {
-		t.Fatal("a key with a space was accepted")
+	m, err := s.GetLastMsgForSubject(ctx, topo.DLQSubject("k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(client.HeaderKey) != "k1" || m.Header.Get(client.HeaderReason) != string(client.ReasonPermanentError) ||
+		m.Header.Get(client.HeaderErrorCode) != "ResourceNotFound.ApplicationNotExist" || m.Header.Get(client.HeaderMsgID) != "dlq/k1/2/1" {
+		t.Errorf("dead letter headers: %v", m.Header)
+	}
+	if got, err := client.DecodeDeadLetter(m.Data); err != nil || got.Key != "k1" || got.Reason != client.ReasonPermanentError {
+		t.Errorf("dead letter body: %+v, %v", got, err)
 	}
 }
 

@@ -274,9 +274,7 @@ func TestWorkerSubmitsTheAllowedCorpus(t *testing.T) {
 			body, _ = json.Marshal(m)
 		}
 		names[name] = true
-		if _, err := queue.PublishRequest(context.Background(), e.js, e.topo, fmt.Sprintf("corpus-%03d", i), body, nil); err != nil {
-			t.Fatal(err)
-		}
+		e.publish(fmt.Sprintf("corpus-%03d", i), body)
 	}
 	e.startWorker("w1")
 	results, dead := e.waitSettled(len(files), 60*time.Second)

@@ -906,14 +906,17 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("producer: watch results: %v", err)
 	}
-	for i, key := range []string{"perm-1", "perm-2"} {
-		if _, err := queue.PublishRequest(ctx, pjs, topo, key, request(fmt.Sprintf("perm-sample-%d", i)), nil); err != nil {
-			t.Fatalf("producer: publish: %v", err)
+	producer := client.New(pjs, client.WithTopology(topo.Topology))
+	publish := func(key string, body []byte) {
+		t.Helper()
+		if _, err := producer.Publish(ctx, client.Request{Key: key, Body: body}); err != nil {
+			t.Fatalf("producer: publish %s: %v", key, err)
 		}
 	}
-	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-bad", []byte(`{"Name":"x"}`), nil); err != nil {
-		t.Fatal(err)
+	for i, key := range []string{"perm-1", "perm-2"} {
+		publish(key, request(fmt.Sprintf("perm-sample-%d", i)))
 	}
+	publish("perm-bad", []byte(`{"Name":"x"}`))
 	got := map[string]bool{}
 	deadline := time.Now().Add(30 * time.Second)
 	for len(got) < 2 && time.Now().Before(deadline) {
@@ -938,9 +941,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 
 	// A systemic failure: the worker writes the pause flag, probes, resumes.
 	sb.ForceError("AuthFailure.SecretIdNotFound")
-	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-3", request("perm-sample-3"), nil); err != nil {
-		t.Fatal(err)
-	}
+	publish("perm-3", request("perm-sample-3"))
 	waitMetric(t, w1.st.MetricsAddr, `omicsq_paused{reason="auth"} 1`, 20*time.Second)
 	sb.ForceError("")
 	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-3"), 30*time.Second)
@@ -948,9 +949,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 
 	// A bind-only worker on the provisioned topology.
 	w2 := startAs("omicsq-worker-bind", "--provision=false")
-	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-4", request("perm-sample-4"), nil); err != nil {
-		t.Fatal(err)
-	}
+	publish("perm-4", request("perm-sample-4"))
 	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-4"), 30*time.Second)
 
 	// A DLQ operator lists, shows, checks for a result, redrives and deletes.
@@ -980,11 +979,18 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if _, err := ojs.Stream(ctx, topo.RequestsStream); err != nil {
 		t.Fatalf("operator: requests stream: %v", err)
 	}
-	if err := queue.RedriveRequest(ctx, ojs, topo, "perm-bad", dead.Sequence, []byte(`{"Name":"x"}`)); err != nil {
-		t.Fatalf("operator: redrive: %v", err)
+	// The client's Redrive republishes and then deletes the dead letter, as
+	// enqueue dlq redrive does.
+	operator := client.New(ojs, client.WithTopology(topo.Topology))
+	stored, err := operator.DeadLetterAt(ctx, dead.Sequence)
+	if err != nil || stored.Key != "perm-bad" {
+		t.Fatalf("operator: show through the client: %+v, %v", stored, err)
 	}
-	if err := dlq.DeleteMsg(ctx, dead.Sequence); err != nil {
-		t.Fatalf("operator: delete: %v", err)
+	if _, err := operator.Redrive(ctx, stored, []byte(`{"Name":"x"}`)); err != nil {
+		t.Fatalf("operator: redrive and delete: %v", err)
+	}
+	if _, err := dlq.GetMsg(ctx, dead.Sequence); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("operator: the redriven dead letter is still there: %v", err)
 	}
 	deadline = time.Now().Add(20 * time.Second)
 	for {
@@ -1033,9 +1039,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	if err := pnc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := queue.PublishRequest(ctx, pjs, topo, "perm-5", request("perm-sample-5"), nil); err != nil {
-		t.Fatal(err)
-	}
+	publish("perm-5", request("perm-sample-5"))
 	natstest.WaitLastMsg(t, results, topo.ResultSubject("perm-5"), 30*time.Second) // the worker got it, not the producer
 	if strings.Contains(eavesdropped.String(), "perm-sample") {
 		t.Error("a producer read a request delivered to a worker")

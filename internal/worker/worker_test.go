@@ -126,7 +126,7 @@ func startRun(t *testing.T, args []string, getenv func(string) string) *runningW
 
 func (e *testEnv) publish(key string, body []byte) {
 	e.t.Helper()
-	if _, err := queue.PublishRequest(context.Background(), e.js, e.topo, key, body, nil); err != nil {
+	if _, err := client.New(e.js, client.WithTopology(e.topo.Topology)).Publish(context.Background(), client.Request{Key: key, Body: body}); err != nil {
 		e.t.Fatal(err)
 	}
 }
