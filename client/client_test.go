@@ -145,7 +145,7 @@ func TestWatchSettlesEachKeyOnce(t *testing.T) {
 	before := pub("before")
 	result("before") // stored before the watch: found by direct get
 	old := pub("old")
-	dead("old", old.Sequence) // the dead letter of an earlier publish
+	dead("old", old.Sequence)   // the dead letter of an earlier publish
 	renewed := pub("old-again") // stands for the key's next publish
 	renewed.Key = "old"
 	after, never := pub("after"), pub("never")
@@ -252,6 +252,69 @@ func TestDeadLettersListAndRedrive(t *testing.T) {
 	}
 	if _, err := c.LatestDeadLetter(ctx, "d1"); !errors.Is(err, client.ErrNotFound) {
 		t.Errorf("the redriven dead letter is still there: %v", err)
+	}
+}
+
+// A request's message ID is its key, so publishing it again within the
+// duplicate window is dropped; a redrive keeps the key but gets a fresh
+// message ID, <key>/redrive/<dead letter's sequence>, so it is not dropped
+// even within that window, and redriving the same dead letter again is. A
+// key that is not a valid key publishes nothing.
+func TestPublishDeduplicatesByKeyAndRedriveByDeadLetter(t *testing.T) {
+	t.Parallel()
+	js, topo := setup(t)
+	ctx := context.Background()
+	c := client.New(js, client.WithTopology(topo.Topology))
+	first, err := c.Publish(ctx, client.Request{Key: "k1", Body: body("k1")})
+	if err != nil || first.Duplicate || first.Key != "k1" {
+		t.Fatalf("first publish = %+v, %v", first, err)
+	}
+	again, err := c.Publish(ctx, client.Request{Key: "k1", Body: body("k1")})
+	if err != nil || !again.Duplicate || again.Sequence != first.Sequence {
+		t.Fatalf("second publish = %+v, %v; want a duplicate of sequence %d", again, err, first.Sequence)
+	}
+	dl := client.DeadLetter{Key: "k1", Request: body("k1"), Reason: client.ReasonRetriesExhausted, StreamSequence: first.Sequence,
+		Error: client.Failure{Class: "ambiguous", Code: "InternalError"}}
+	if err := queue.PublishDeadLetter(ctx, js, topo, dl, "k1/1"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.LatestDeadLetter(ctx, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Redrive(ctx, d, body("k1"))
+	if err != nil || p.Duplicate || p.Key != "k1" || p.Sequence == first.Sequence {
+		t.Fatalf("redrive within the window = %+v, %v", p, err)
+	}
+	s, err := js.Stream(ctx, topo.RequestsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetMsg(ctx, p.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := m.Header.Get(client.HeaderMsgID); id != fmt.Sprintf("k1/redrive/%d", d.Sequence) {
+		t.Errorf("redrive message ID %q, want k1/redrive/%d", id, d.Sequence)
+	}
+	if m.Header.Get(client.HeaderKey) != "k1" || m.Header.Get(client.HeaderRedriveOf) != fmt.Sprint(d.Sequence) {
+		t.Errorf("redrive headers: %v", m.Header)
+	}
+	// The same dead letter again: the publish is a duplicate, and the dead
+	// letter, already deleted, cannot be deleted twice.
+	if p2, err := c.Redrive(ctx, d, body("k1")); !errors.Is(err, client.ErrNotDeleted) || !p2.Duplicate || p2.Sequence != p.Sequence {
+		t.Errorf("second redrive of dead letter %d = %+v, %v; want a duplicate and ErrNotDeleted", d.Sequence, p2, err)
+	}
+	var ie *client.InvalidRequestError
+	if _, err := c.Publish(ctx, client.Request{Key: "has space", Body: body("x")}); !errors.As(err, &ie) || ie.Code != client.CodeInvalidKey {
+		t.Errorf("a key with a space: %v, want an invalid key", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Errorf("requests stream holds %d messages, want 2 (the original and the redrive)", info.State.Msgs)
 	}
 }
 

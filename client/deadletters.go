@@ -63,6 +63,41 @@ func (s StoredDeadLetter) FailedAt() time.Time {
 	return s.Stored
 }
 
+// DeadLetterSummary is a stored dead letter in one line: what an operator
+// sorts and selects by (enqueue dlq list --json prints one per line).
+type DeadLetterSummary struct {
+	// Seq is the dead letter's sequence in the dead-letter stream.
+	Seq    uint64           `json:"seq"`
+	Key    string           `json:"key"`
+	Reason DeadLetterReason `json:"reason"`
+	Code   string           `json:"code"`
+	// Field is the request field the error names, if any.
+	Field string `json:"field,omitempty"`
+	// FailedAt is StoredDeadLetter.FailedAt, in UTC.
+	FailedAt   time.Time `json:"failed_at"`
+	Attempts   int       `json:"attempts"`
+	Deliveries uint64    `json:"deliveries"`
+	// Raw: the original request was not JSON (the dead letter keeps it in
+	// RawBase64), so it cannot be edited or re-validated.
+	Raw bool `json:"raw,omitempty"`
+	// Unreadable: the message is not a dead-letter document (see
+	// StoredDeadLetter.Err); Key, Reason and Code come from its headers,
+	// FailedAt is when it was stored, Field, Attempts and Deliveries are
+	// unknown.
+	Unreadable bool `json:"unreadable,omitempty"`
+}
+
+// Summary is s in one line.
+func (s StoredDeadLetter) Summary() DeadLetterSummary {
+	sum := DeadLetterSummary{Seq: s.Sequence, Key: s.Key, Reason: s.Reason(), Code: s.Code(), FailedAt: s.FailedAt().UTC(),
+		Unreadable: s.DeadLetter == nil}
+	if d := s.DeadLetter; d != nil {
+		sum.Field, sum.Attempts, sum.Deliveries = d.Error.Field, d.Attempts, d.Deliveries
+		sum.Raw = len(d.Request) == 0
+	}
+	return sum
+}
+
 // DeadLetterFilter selects dead letters; zero fields match everything.
 type DeadLetterFilter struct {
 	Key    string

@@ -55,6 +55,7 @@ func (t Topology) Validate() error {
 	for _, n := range []struct{ name, value string }{
 		{"requests stream", t.RequestsStream}, {"requests subject", t.RequestsSubject}, {"results stream", t.ResultsStream},
 		{"results prefix", t.ResultsPrefix}, {"dlq stream", t.DLQStream}, {"dlq prefix", t.DLQPrefix},
+		{"status stream", t.StatusStream}, {"status prefix", t.StatusPrefix},
 	} {
 		if strings.TrimSpace(n.value) == "" {
 			errs = append(errs, fmt.Errorf("%s must not be empty", n.name))

@@ -195,8 +195,8 @@ func TestDryRunAcceptsTheAllowedCorpus(t *testing.T) {
 	// One file per run: the page's two examples share a Name, which enqueue
 	// refuses within one run (run-group names must be unique).
 	for _, f := range allowed {
-		if r := runWith(t, nil, "", "--dry-run", f); r.code != 0 {
-			t.Errorf("enqueue --dry-run %s: exit %d\n%s", filepath.Base(f), r.code, r.stderr)
+		if r := runWith(t, nil, "", "--dry-run", f); r.Code != 0 {
+			t.Errorf("enqueue --dry-run %s: exit %d\n%s", filepath.Base(f), r.Code, r.Stderr)
 		}
 	}
 	forbidden, _ := filepath.Glob("../../testdata/runapplication/forbidden/*.json")
@@ -216,8 +216,8 @@ func TestDryRunAcceptsTheAllowedCorpus(t *testing.T) {
 			continue // the API's 10 MB body limit; enqueue's own bound is --max-message-bytes
 		}
 		r := runWith(t, nil, "", "--dry-run", f)
-		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, code) || (field != "-" && !strings.Contains(r.stdout+r.stderr, field)) {
-			t.Errorf("%s: exit %d, want a refusal naming %s %s\n%s%s", filepath.Base(f), r.code, code, field, r.stdout, r.stderr)
+		if r.Code == 0 || !strings.Contains(r.Stdout+r.Stderr, code) || (field != "-" && !strings.Contains(r.Stdout+r.Stderr, field)) {
+			t.Errorf("%s: exit %d, want a refusal naming %s %s\n%s%s", filepath.Base(f), r.Code, code, field, r.Stdout, r.Stderr)
 		}
 	}
 }

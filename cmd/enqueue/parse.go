@@ -21,7 +21,7 @@ type (
 // checks keys and names across all of them.
 func readInputs(c *config, f samplesheet.Format, files []string, stdin io.Reader) ([]item, []*samplesheet.Error, error) {
 	p := samplesheet.NewParser(samplesheet.Options{
-		Limits: c.limits, MaxRequests: c.maxRequests, Defaults: c.defaults, ReadFile: os.ReadFile,
+		Limits: c.Limits, MaxRequests: c.MaxRequests, Defaults: c.defaults, ReadFile: os.ReadFile,
 	})
 	var items []item
 	var invalid []*samplesheet.Error

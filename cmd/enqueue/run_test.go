@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
-	"github.com/omicsq/omicsq/client"
 	"io"
 	"os"
 	"path/filepath"
@@ -19,88 +16,31 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/omicsq/omicsq/internal/logcapture"
-	"github.com/omicsq/omicsq/internal/natstest"
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/operate/operatetest"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/samplesheet"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
-// env is an embedded JetStream server, optionally provisioned by the
-// worker's own queue.Provision, and a way to run enqueue against it.
-type env struct {
-	t    *testing.T
-	url  string
-	js   jetstream.JetStream
-	topo queue.Topology
-}
+// env is the test bed (an embedded JetStream server, optionally
+// provisioned by the worker's own queue.Provision) and a way to run enqueue
+// against it.
+type env struct{ *operatetest.Env }
 
-func newEnv(t *testing.T, provision bool) *env {
-	t.Helper()
-	ns := natstest.Server(t, nil)
-	_, js := natstest.Connect(t, ns)
-	e := &env{t: t, url: ns.ClientURL(), js: js, topo: queue.DefaultTopology()}
-	if provision {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		defer cancel()
-		if err := queue.Provision(ctx, js, e.topo); err != nil {
-			t.Fatalf("provision: %v", err)
-		}
-	}
-	return e
-}
-
-type result struct {
-	code           int
-	stdout, stderr string
-}
-
-func (r result) lines() []string {
-	return strings.Split(strings.TrimSpace(r.stdout), "\n")
-}
+func newEnv(t *testing.T, provision bool) *env { return &env{operatetest.New(t, provision)} }
 
 // run runs enqueue with NATS_URL pointing at the server.
-func (e *env) run(stdin string, args ...string) result {
-	e.t.Helper()
-	return runWith(e.t, map[string]string{"NATS_URL": e.url}, stdin, args...)
+func (e *env) run(stdin string, args ...string) operatetest.Result {
+	e.T.Helper()
+	return runWith(e.T, map[string]string{"NATS_URL": e.URL}, stdin, args...)
 }
 
-func runWith(t *testing.T, envVars map[string]string, stdin string, args ...string) result {
+func runWith(t *testing.T, envVars map[string]string, stdin string, args ...string) operatetest.Result {
 	t.Helper()
-	var out, errOut logcapture.Buffer
-	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Second)
-	defer cancel()
-	code := run(ctx, args, strings.NewReader(stdin), &out, &errOut, func(k string) string { return envVars[k] })
-	return result{code: code, stdout: out.String(), stderr: errOut.String()}
-}
-
-// messages returns every message stored in a stream, in order.
-func (e *env) messages(stream string) []*jetstream.RawStreamMsg {
-	e.t.Helper()
-	ctx := e.t.Context()
-	s, err := e.js.Stream(ctx, stream)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		out = append(out, m)
-	}
-	return out
+	return operatetest.Run(t, envVars, func(ctx context.Context, stdout, stderr io.Writer, getenv func(string) string) int {
+		return run(ctx, args, strings.NewReader(stdin), stdout, stderr, getenv)
+	})
 }
 
 // worker is a stand-in for the real worker: a NATS participant on the
@@ -113,10 +53,10 @@ type worker struct {
 }
 
 func (e *env) startWorker() *worker {
-	e.t.Helper()
-	cons, err := e.js.Consumer(e.t.Context(), e.topo.RequestsStream, e.topo.Consumer)
+	e.T.Helper()
+	cons, err := e.JS.Consumer(e.T.Context(), e.Topo.RequestsStream, e.Topo.Consumer)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	w := &worker{}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
@@ -127,13 +67,13 @@ func (e *env) startWorker() *worker {
 		req, verr := submit.DecodeRunApplication(m.Data(), submit.DefaultLimits())
 		var err error
 		if verr != nil || strings.HasPrefix(req.Name, "fail-") {
-			err = queue.PublishDeadLetter(ctx, e.js, e.topo, client.DeadLetter{
+			err = queue.PublishDeadLetter(ctx, e.JS, e.Topo, client.DeadLetter{
 				Key: key, Request: json.RawMessage(m.Data()), Reason: "permanent_error",
 				Error:    client.Failure{Class: "permanent", Code: "ResourceNotFound.ApplicationNotExist", Message: "the application (ApplicationId) does not exist"},
 				Attempts: 1, Deliveries: 1, FailedAt: time.Now().UTC(), Worker: "fake", StreamSequence: md.Sequence.Stream,
 			}, fmt.Sprintf("%s/%d", key, md.Sequence.Stream))
 		} else {
-			_, err = queue.PublishResult(ctx, e.js, e.topo, client.Result{Key: key, RunGroupID: "run-" + client.KeyToken(key)[:12],
+			_, err = queue.PublishResult(ctx, e.JS, e.Topo, client.Result{Key: key, RunGroupID: "run-" + client.KeyToken(key)[:12],
 				Attempts: 1, SubmittedAt: time.Now().UTC(), Worker: "fake"})
 		}
 		if err == nil {
@@ -146,10 +86,10 @@ func (e *env) startWorker() *worker {
 		}
 	})
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	w.cc = cc
-	e.t.Cleanup(w.stop)
+	e.T.Cleanup(w.stop)
 	return w
 }
 
@@ -173,11 +113,11 @@ func TestPublishAndDuplicates(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, true)
 	r := e.run("", "../../examples/seed-examples.json")
-	if r.code != exitOK {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	if r.Code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
 	}
 	keys := map[string]string{} // location -> key
-	for _, l := range r.lines() {
+	for _, l := range r.Lines() {
 		m := publishedLine.FindStringSubmatch(l)
 		if m == nil || m[3] != "published" {
 			t.Fatalf("unexpected line %q", l)
@@ -193,7 +133,7 @@ func TestPublishAndDuplicates(t *testing.T) {
 	if len(errs) != 0 || len(items) != 2 {
 		t.Fatalf("parse: %d items, errors %v", len(items), errs)
 	}
-	msgs := e.messages(e.topo.RequestsStream)
+	msgs := e.Messages(e.Topo.RequestsStream)
 	if len(msgs) != 2 {
 		t.Fatalf("requests stream holds %d messages, want 2", len(msgs))
 	}
@@ -202,9 +142,9 @@ func TestPublishAndDuplicates(t *testing.T) {
 		if keys[it.Loc.String()] != it.Key {
 			t.Errorf("%s printed key %q, want %q", it.Loc, keys[it.Loc.String()], it.Key)
 		}
-		if m.Subject != e.topo.RequestsSubject || m.Header.Get(client.HeaderKey) != it.Key || m.Header.Get(client.HeaderMsgID) != it.Key {
+		if m.Subject != e.Topo.RequestsSubject || m.Header.Get(client.HeaderKey) != it.Key || m.Header.Get(client.HeaderMsgID) != it.Key {
 			t.Errorf("message %d: subject %q key %q msg id %q, want %q and %q", i, m.Subject,
-				m.Header.Get(client.HeaderKey), m.Header.Get(client.HeaderMsgID), e.topo.RequestsSubject, it.Key)
+				m.Header.Get(client.HeaderKey), m.Header.Get(client.HeaderMsgID), e.Topo.RequestsSubject, it.Key)
 		}
 		want := canonical(t, string(it.Body))
 		if !bytes.Equal(m.Data, want) {
@@ -217,20 +157,20 @@ func TestPublishAndDuplicates(t *testing.T) {
 
 	// The same file again: same keys, dropped as duplicates.
 	r2 := e.run("", "../../examples/seed-examples.json")
-	if r2.code != exitOK {
-		t.Fatalf("second run: exit %d\n%s", r2.code, r2.stderr)
+	if r2.Code != exitOK {
+		t.Fatalf("second run: exit %d\n%s", r2.Code, r2.Stderr)
 	}
-	for _, l := range r2.lines() {
+	for _, l := range r2.Lines() {
 		m := publishedLine.FindStringSubmatch(l)
 		if m == nil || m[3] != "duplicate" || keys[m[1]] != m[2] {
 			t.Errorf("second run: unexpected line %q", l)
 		}
 	}
-	if n := len(e.messages(e.topo.RequestsStream)); n != 2 {
+	if n := len(e.Messages(e.Topo.RequestsStream)); n != 2 {
 		t.Errorf("after the second run the stream holds %d messages, want 2", n)
 	}
-	if !strings.Contains(r2.stderr, "0 published, 2 duplicates") {
-		t.Errorf("second run summary: %s", r2.stderr)
+	if !strings.Contains(r2.Stderr, "0 published, 2 duplicates") {
+		t.Errorf("second run summary: %s", r2.Stderr)
 	}
 }
 
@@ -238,31 +178,31 @@ func TestInvalidInputPublishesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, true)
 	r := e.run("", "../../examples/invalid.jsonl", "../../examples/seed-examples.json")
-	if r.code != exitFailed {
-		t.Fatalf("exit %d, want %d\n%s", r.code, exitFailed, r.stderr)
+	if r.Code != exitFailed {
+		t.Fatalf("exit %d, want %d\n%s", r.Code, exitFailed, r.Stderr)
 	}
-	if n := len(e.messages(e.topo.RequestsStream)); n != 0 {
+	if n := len(e.Messages(e.Topo.RequestsStream)); n != 0 {
 		t.Fatalf("%d messages published from an invalid run", n)
 	}
 	for i := 1; i <= 12; i++ {
-		if !strings.Contains(r.stderr, fmt.Sprintf("examples/invalid.jsonl:%d: ", i)) {
+		if !strings.Contains(r.Stderr, fmt.Sprintf("examples/invalid.jsonl:%d: ", i)) {
 			t.Errorf("stderr lacks an error for line %d", i)
 		}
 	}
-	if !strings.Contains(r.stderr, "12 of 14 requests are invalid; nothing was published") || r.stdout != "" {
-		t.Errorf("stdout %q\nstderr %s", r.stdout, r.stderr)
+	if !strings.Contains(r.Stderr, "12 of 14 requests are invalid; nothing was published") || r.Stdout != "" {
+		t.Errorf("stdout %q\nstderr %s", r.Stdout, r.Stderr)
 	}
 
 	// --publish-valid publishes the valid ones and still fails.
 	stdin := `{` + base + `,"Name":"ok-1"}` + "\n" + `{` + base + `}` + "\n"
 	r = e.run(stdin, "--publish-valid", "--format", "jsonl", "-")
-	if r.code != exitFailed {
-		t.Fatalf("--publish-valid: exit %d, want %d\n%s", r.code, exitFailed, r.stderr)
+	if r.Code != exitFailed {
+		t.Fatalf("--publish-valid: exit %d, want %d\n%s", r.Code, exitFailed, r.Stderr)
 	}
-	if !strings.Contains(r.stderr, "stdin:2: Name: MissingParameter") || !strings.HasPrefix(r.stdout, "stdin:1 ") {
-		t.Errorf("--publish-valid output:\nstdout %s\nstderr %s", r.stdout, r.stderr)
+	if !strings.Contains(r.Stderr, "stdin:2: Name: MissingParameter") || !strings.HasPrefix(r.Stdout, "stdin:1 ") {
+		t.Errorf("--publish-valid output:\nstdout %s\nstderr %s", r.Stdout, r.Stderr)
 	}
-	if n := len(e.messages(e.topo.RequestsStream)); n != 1 {
+	if n := len(e.Messages(e.Topo.RequestsStream)); n != 1 {
 		t.Errorf("--publish-valid published %d messages, want 1", n)
 	}
 }
@@ -271,14 +211,14 @@ func TestMissingStreams(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
 	r := e.run("", "../../examples/seed-examples.json")
-	if r.code != exitFailed || !strings.Contains(r.stderr, "stream OMICSQ_REQUESTS not found: is a worker running? (it creates the streams)") {
-		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	if r.Code != exitFailed || !strings.Contains(r.Stderr, "stream OMICSQ_REQUESTS not found: is a worker running? (it creates the streams)") {
+		t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
 	}
 	r = e.run("", "dlq", "list")
-	if r.code != exitFailed || !strings.Contains(r.stderr, "stream OMICSQ_DLQ not found: is a worker running?") {
-		t.Fatalf("dlq list: exit %d\n%s", r.code, r.stderr)
+	if r.Code != exitFailed || !strings.Contains(r.Stderr, "stream OMICSQ_DLQ not found: is a worker running?") {
+		t.Fatalf("dlq list: exit %d\n%s", r.Code, r.Stderr)
 	}
-	names := e.js.StreamNames(t.Context())
+	names := e.JS.StreamNames(t.Context())
 	for name := range names.Name() {
 		t.Errorf("enqueue created stream %s", name)
 	}
@@ -306,11 +246,11 @@ func TestWait(t *testing.T) {
 	w := e.startWorker()
 	r := e.run("", "--wait", "--timeout", "30s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
 	w.check(t)
-	if r.code != exitFailed {
-		t.Fatalf("exit %d, want %d (one dead letter)\nstdout:\n%s\nstderr:\n%s", r.code, exitFailed, r.stdout, r.stderr)
+	if r.Code != exitFailed {
+		t.Fatalf("exit %d, want %d (one dead letter)\nstdout:\n%s\nstderr:\n%s", r.Code, exitFailed, r.Stdout, r.Stderr)
 	}
 	resolved := map[string]string{}
-	for _, l := range r.lines() {
+	for _, l := range r.Lines() {
 		f := strings.Fields(l)
 		if len(f) >= 3 && (f[2] == "run-group" || f[2] == "dead-letter") {
 			resolved[f[0]] = l
@@ -323,8 +263,8 @@ func TestWait(t *testing.T) {
 			t.Errorf("%s: line %q, want it to contain %q", row, l, want)
 		}
 	}
-	if !strings.Contains(r.stderr, "wait: 2 succeeded, 1 dead-lettered") {
-		t.Errorf("summary missing:\n%s", r.stderr)
+	if !strings.Contains(r.Stderr, "wait: 2 succeeded, 1 dead-lettered") {
+		t.Errorf("summary missing:\n%s", r.Stderr)
 	}
 
 	// Re-run with the worker stopped: the results already exist and are
@@ -333,19 +273,19 @@ func TestWait(t *testing.T) {
 	// it at once instead of leaving it pending until the timeout.
 	w.stop()
 	r = e.run("", "--wait", "--timeout", "10s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
-	if r.code != exitFailed {
-		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, exitFailed, r.stdout, r.stderr)
+	if r.Code != exitFailed {
+		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.Code, exitFailed, r.Stdout, r.Stderr)
 	}
 	for _, want := range []string{sheet + ":row2 ", sheet + ":row4 "} {
-		if !strings.Contains(r.stdout, want) || !regexp.MustCompile(regexp.QuoteMeta(want)+`\S+ run-group run-`).MatchString(r.stdout) {
-			t.Errorf("re-run: no run-group line for %s:\n%s", want, r.stdout)
+		if !strings.Contains(r.Stdout, want) || !regexp.MustCompile(regexp.QuoteMeta(want)+`\S+ run-group run-`).MatchString(r.Stdout) {
+			t.Errorf("re-run: no run-group line for %s:\n%s", want, r.Stdout)
 		}
 	}
-	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ dead-letter ResourceNotFound.ApplicationNotExist`).MatchString(r.stdout) {
-		t.Errorf("re-run: row3 should report its dead letter:\n%s", r.stdout)
+	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ dead-letter ResourceNotFound.ApplicationNotExist`).MatchString(r.Stdout) {
+		t.Errorf("re-run: row3 should report its dead letter:\n%s", r.Stdout)
 	}
-	if !strings.Contains(r.stderr, "wait: 2 succeeded, 1 dead-lettered") || strings.Contains(r.stderr, "pending") {
-		t.Errorf("re-run summary:\n%s", r.stderr)
+	if !strings.Contains(r.Stderr, "wait: 2 succeeded, 1 dead-lettered") || strings.Contains(r.Stderr, "pending") {
+		t.Errorf("re-run summary:\n%s", r.Stderr)
 	}
 }
 
@@ -355,10 +295,10 @@ func TestWaitAllSucceed(t *testing.T) {
 	w := e.startWorker()
 	r := e.run("", "--wait", "--quiet", "../../examples/seed-examples.json")
 	w.check(t)
-	if r.code != exitOK || r.stdout != "" || !strings.Contains(r.stderr, "wait: 2 succeeded, 0 dead-lettered") {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	if r.Code != exitOK || r.Stdout != "" || !strings.Contains(r.Stderr, "wait: 2 succeeded, 0 dead-lettered") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if n := len(e.messages(e.topo.ResultsStream)); n != 2 {
+	if n := len(e.Messages(e.Topo.ResultsStream)); n != 2 {
 		t.Errorf("results stream holds %d results, want 2", n)
 	}
 }
@@ -367,8 +307,8 @@ func TestWaitTimeoutWithoutWorker(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, true)
 	r := e.run("", "--wait", "--timeout", "300ms", "../../examples/tencent-docs/singleton.json")
-	if r.code != exitTimeout || !strings.Contains(r.stdout, " pending") || !strings.Contains(r.stderr, "1 pending after 300ms") {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	if r.Code != exitTimeout || !strings.Contains(r.Stdout, " pending") || !strings.Contains(r.Stderr, "1 pending after 300ms") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
 	}
 }
 
@@ -381,16 +321,16 @@ func TestProgressOnLargeInput(t *testing.T) {
 		fmt.Fprintf(&b, `{`+base+`,"Name":"bulk-%04d"}`+"\n", i)
 	}
 	r := e.run(b.String(), "-")
-	if r.code != exitOK {
-		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	if r.Code != exitOK {
+		t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
 	}
-	if got := len(r.lines()); got != n {
+	if got := len(r.Lines()); got != n {
 		t.Errorf("%d output lines, want %d", got, n)
 	}
-	if !strings.Contains(r.stderr, "enqueue: published 1000 of 1001") {
-		t.Errorf("no progress line:\n%s", r.stderr)
+	if !strings.Contains(r.Stderr, "enqueue: published 1000 of 1001") {
+		t.Errorf("no progress line:\n%s", r.Stderr)
 	}
-	if got := len(e.messages(e.topo.RequestsStream)); got != n {
+	if got := len(e.Messages(e.Topo.RequestsStream)); got != n {
 		t.Errorf("stream holds %d messages, want %d", got, n)
 	}
 }
@@ -424,8 +364,8 @@ func TestUsageAndOfflineModes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			r := runWith(t, off, "{}", tc.args...)
-			if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.want) {
-				t.Errorf("exit %d (want %d)\nstdout:\n%s\nstderr:\n%s\nwant %q", r.code, tc.code, r.stdout, r.stderr, tc.want)
+			if r.Code != tc.code || !strings.Contains(r.Stdout+r.Stderr, tc.want) {
+				t.Errorf("exit %d (want %d)\nstdout:\n%s\nstderr:\n%s\nwant %q", r.Code, tc.code, r.Stdout, r.Stderr, tc.want)
 			}
 		})
 	}
@@ -434,42 +374,29 @@ func TestUsageAndOfflineModes(t *testing.T) {
 func TestEnvironmentSecretsAreNotEchoed(t *testing.T) {
 	t.Parallel()
 	r := runWith(t, map[string]string{"NATS_URL": "nats://127.0.0.1:1", "OMICSQ_MAX_MESSAGE_BYTES": "s3cret-value"}, "", "x.json")
-	if r.code != exitUsage || strings.Contains(r.stderr, "s3cret-value") || !strings.Contains(r.stderr, "OMICSQ_MAX_MESSAGE_BYTES") {
-		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	if r.Code != exitUsage || strings.Contains(r.Stderr, "s3cret-value") || !strings.Contains(r.Stderr, "OMICSQ_MAX_MESSAGE_BYTES") {
+		t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
 	}
 	r = runWith(t, map[string]string{"NATS_URL": "nats://alice:pw-s3cret@127.0.0.1:1"}, "",
 		"--connect-timeout", "200ms", "../../examples/tencent-docs/singleton.json")
-	if r.code != exitFailed || strings.Contains(r.stderr, "pw-s3cret") || strings.Contains(r.stderr, "alice") {
-		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	if r.Code != exitFailed || strings.Contains(r.Stderr, "pw-s3cret") || strings.Contains(r.Stderr, "alice") {
+		t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
 	}
 }
 
-func TestParseFlagsInterspersed(t *testing.T) {
+// Flags and files interleave; the environment presets the flags, which
+// override it; the subject flag is spelled --subject.
+func TestParseRunArgs(t *testing.T) {
 	t.Parallel()
-	c := newConfig()
-	var wait bool
-	fs := newFlagSetForTest()
-	pos, err := parseFlags(fs, append(topoFlags(c), flagDef{"wait", "", "", boolFlag(&wait)}),
-		[]string{"a.json", "--wait", "-", "--subject", "x.y", "--", "--not-a-flag"}, func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
+	getenv := func(k string) string {
+		return map[string]string{"OMICSQ_REQUESTS_SUBJECT": "env.req", "OMICSQ_DLQ_PREFIX": "env.dlq"}[k]
 	}
-	if !wait || c.topo.RequestsSubject != "x.y" || strings.Join(pos, " ") != "a.json - --not-a-flag" {
-		t.Errorf("wait %v subject %q positional %q", wait, c.topo.RequestsSubject, pos)
+	c, _, files, code := parseRunArgs([]string{"a.json", "--wait", "-", "--dlq-prefix", "flag.dlq", "--", "--not-a-flag"}, io.Discard, getenv)
+	if c == nil || !c.wait || c.Topo.RequestsSubject != "env.req" || c.Topo.DLQPrefix != "flag.dlq" || strings.Join(files, " ") != "a.json - --not-a-flag" {
+		t.Fatalf("exit %d, config %+v, files %q", code, c, files)
 	}
-	// The environment presets, flags override.
-	c = newConfig()
-	pos, err = parseFlags(newFlagSetForTest(), topoFlags(c), []string{"--dlq-prefix", "flag.dlq"},
-		func(k string) string {
-			return map[string]string{"OMICSQ_REQUESTS_SUBJECT": "env.req", "OMICSQ_DLQ_PREFIX": "env.dlq"}[k]
-		})
-	if err != nil || len(pos) != 0 || c.topo.RequestsSubject != "env.req" || c.topo.DLQPrefix != "flag.dlq" {
-		t.Errorf("err %v subject %q dlq prefix %q", err, c.topo.RequestsSubject, c.topo.DLQPrefix)
+	c, _, _, _ = parseRunArgs([]string{"--subject", "x.y", "a.json"}, io.Discard, getenv)
+	if c == nil || c.Topo.RequestsSubject != "x.y" {
+		t.Errorf("--subject: %+v", c)
 	}
-}
-
-func newFlagSetForTest() *flag.FlagSet {
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
 }

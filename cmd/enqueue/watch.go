@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
-	"unicode"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/operate"
 )
 
 // publishAll publishes items in order, progressEvery at a time (the client
@@ -36,7 +35,7 @@ func publishAll(ctx context.Context, cl *client.Client, c *config, items []item,
 		if be, ok := errors.AsType[*client.BatchError](err); ok {
 			loc := chunk[be.Index].Loc
 			if errors.Is(err, client.ErrNoStream) {
-				return acks, dups, fmt.Errorf("%s: no stream stores subject %s: check --subject (is a worker running? it creates the streams)", loc, c.topo.RequestsSubject)
+				return acks, dups, fmt.Errorf("%s: no stream stores subject %s: check --subject (is a worker running? it creates the streams)", loc, c.Topo.RequestsSubject)
 			}
 			return acks, dups, fmt.Errorf("%s: %w", loc, be.Err)
 		}
@@ -112,14 +111,14 @@ func (t *waitTally) print(stdout io.Writer, loc location, o client.Outcome, quie
 		if code == "" {
 			code = "unknown"
 		}
-		fmt.Fprintf(stdout, "%s %s dead-letter %s: %s\n", loc, o.Key, printable(code), printable(message))
+		fmt.Fprintf(stdout, "%s %s dead-letter %s: %s\n", loc, o.Key, operate.Printable(code), operate.Printable(message))
 	case o.Result == nil:
 		t.unreadable++
 		fmt.Fprintf(stdout, "%s %s result-unreadable (stream sequence %d)\n", loc, o.Key, o.Sequence)
 	default:
 		t.ok++
 		if !quiet {
-			fmt.Fprintf(stdout, "%s %s run-group %s\n", loc, o.Key, printable(o.Result.RunGroupID))
+			fmt.Fprintf(stdout, "%s %s run-group %s\n", loc, o.Key, operate.Printable(o.Result.RunGroupID))
 		}
 	}
 }
@@ -146,15 +145,4 @@ func (t *waitTally) summary(stderr io.Writer, interrupted bool, timeout time.Dur
 		return exitTimeout
 	}
 	return exitOK
-}
-
-// printable replaces control characters in text from the streams, so a
-// message cannot drive the terminal.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == unicode.ReplacementChar {
-			return ' '
-		}
-		return r
-	}, s)
 }

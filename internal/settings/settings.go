@@ -9,6 +9,8 @@ package settings
 import (
 	"flag"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 )
 
@@ -21,6 +23,12 @@ type Bind func(fs *flag.FlagSet, name, usage string)
 type Setting struct {
 	Flag, Env, Usage string
 	Bind             Bind
+}
+
+// Row is a Setting written as a row of a table: flag, variable, usage and
+// binding in that order, so a table in another package needs no field keys.
+func Row(flag, env, usage string, bind Bind) Setting {
+	return Setting{Flag: flag, Env: env, Usage: usage, Bind: bind}
 }
 
 // String binds a string flag to p.
@@ -46,6 +54,36 @@ func Float(p *float64, def float64) Bind {
 // Duration binds a duration flag to p.
 func Duration(p *time.Duration, def time.Duration) Bind {
 	return func(fs *flag.FlagSet, n, u string) { fs.DurationVar(p, n, def, u) }
+}
+
+// Strings binds a repeatable string flag to p: each use appends its value.
+func Strings(p *[]string) Bind {
+	return func(fs *flag.FlagSet, n, u string) { fs.Var((*stringList)(p), n, u) }
+}
+
+// stringList is the flag.Value of Strings.
+type stringList []string
+
+func (s *stringList) String() string {
+	if s == nil { // the flag package may ask a nil receiver
+		return ""
+	}
+	return strings.Join(*s, ",")
+}
+
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// ParseCommand parses the command line of the command named name, as Parse
+// does, on a flag set that reports to w and whose usage (--help, or a flag
+// error) is usage followed by the flags and their defaults.
+func ParseCommand(name, usage string, w io.Writer, table []Setting, args []string, getenv func(string) string) ([]string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(w)
+	fs.Usage = func() {
+		fmt.Fprint(w, usage)
+		fs.PrintDefaults()
+	}
+	return Parse(fs, table, args, getenv)
 }
 
 // Parse defines table on fs (a usage names its variable), presets the

@@ -124,3 +124,33 @@ func TestSharedRows(t *testing.T) {
 		t.Errorf("requests rows %+v: want the stream, then the subject under the caller's flag name", requests)
 	}
 }
+
+// Rows written as a table, a repeatable flag, and a command's usage.
+func TestRowStringsAndParseCommand(t *testing.T) {
+	var sets []string
+	var name string
+	table := []settings.Setting{
+		settings.Row("set", "", "an edit (repeatable)", settings.Strings(&sets)),
+		settings.Row("name", "NAME", "the name", settings.String(&name, "x")),
+	}
+	var out strings.Builder
+	pos, err := settings.ParseCommand("cmd sub", "Usage: cmd sub\n", &out, table,
+		[]string{"--set", "a=1", "arg", "--set", "b=2"}, envOf(map[string]string{"NAME": "env"}))
+	if err != nil || strings.Join(sets, " ") != "a=1 b=2" || name != "env" || strings.Join(pos, " ") != "arg" || out.Len() != 0 {
+		t.Fatalf("sets %q name %q positional %q err %v output %q", sets, name, pos, err, out.String())
+	}
+	sets = nil
+	_, err = settings.ParseCommand("cmd sub", "Usage: cmd sub\n", &out, table, []string{"--help"}, envOf(nil))
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help = %v, want flag.ErrHelp", err)
+	}
+	want := "Usage: cmd sub\n  -name string\n    \tthe name (env NAME) (default \"x\")\n  -set value\n    \tan edit (repeatable)\n"
+	if out.String() != want {
+		t.Errorf("usage\n%q, want\n%q", out.String(), want)
+	}
+	out.Reset()
+	if _, err := settings.ParseCommand("cmd sub", "Usage: cmd sub\n", &out, table, []string{"--nope"}, envOf(nil)); err == nil ||
+		!strings.HasPrefix(out.String(), "flag provided but not defined: -nope\nUsage: cmd sub\n") {
+		t.Errorf("unknown flag: %v\n%s", err, out.String())
+	}
+}

@@ -26,7 +26,7 @@ func NATS(o *natsconn.Options, urlDefault, urlUsage string) []Setting {
 
 // Topology are the flags naming the streams and subjects of the contract,
 // bound to t: requests (stream and subject), then outcomes (results and
-// dead letters), apart so the worker can list its consumer between them.
+// dead letters, lifecycle events), apart so the worker can list its consumer between them.
 // The subject flag is the command's own spelling (the worker's
 // --requests-subject, enqueue's --subject); its variable is one.
 func Topology(t *client.Topology, subjectFlag string) (requests, outcomes []Setting) {
@@ -40,6 +40,8 @@ func Topology(t *client.Topology, subjectFlag string) (requests, outcomes []Sett
 		{"results-prefix", "OMICSQ_RESULTS_PREFIX", "results are published to <prefix>.<key token>", String(&t.ResultsPrefix, def.ResultsPrefix)},
 		{"dlq-stream", "OMICSQ_DLQ_STREAM", "stream of dead letters", String(&t.DLQStream, def.DLQStream)},
 		{"dlq-prefix", "OMICSQ_DLQ_PREFIX", "dead letters are published to <prefix>.<key token>", String(&t.DLQPrefix, def.DLQPrefix)},
+		{"status-stream", "OMICSQ_STATUS_STREAM", "stream of run lifecycle events", String(&t.StatusStream, def.StatusStream)},
+		{"status-prefix", "OMICSQ_STATUS_PREFIX", "lifecycle events are published to <prefix>.<key token>.group and .run.<run token>", String(&t.StatusPrefix, def.StatusPrefix)},
 	}
 	return requests, outcomes
 }

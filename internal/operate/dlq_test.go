@@ -1,42 +1,41 @@
-package main
+package operate
 
 import (
-	"github.com/omicsq/omicsq/internal/redrive"
-
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"github.com/omicsq/omicsq/client"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/ledger"
+	"github.com/omicsq/omicsq/internal/operate/operatetest"
 	"github.com/omicsq/omicsq/internal/queue"
+	"github.com/omicsq/omicsq/internal/redrive"
 	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
 // deadLetter publishes a dead letter the way the worker does.
 func (e *env) deadLetter(key, msgID, reason, code, field, request, raw string) {
-	e.t.Helper()
+	e.T.Helper()
 	d := client.DeadLetter{Key: key, Reason: client.DeadLetterReason(reason), RawBase64: raw, Attempts: 1, Deliveries: 1,
 		Error:    client.Failure{Class: "permanent", Code: code, Field: field, Message: "rejected"},
 		FailedAt: time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC), Worker: "fake"}
 	if request != "" {
 		d.Request = json.RawMessage(request)
 	}
-	if err := queue.PublishDeadLetter(e.t.Context(), e.js, e.topo, d, msgID); err != nil {
-		e.t.Fatal(err)
+	if err := queue.PublishDeadLetter(e.T.Context(), e.JS, e.Topo, d, msgID); err != nil {
+		e.T.Fatal(err)
 	}
 }
 
 // dlqSeqs returns the sequences left in the DLQ stream.
 func (e *env) dlqSeqs() []uint64 {
-	e.t.Helper()
+	e.T.Helper()
 	var seqs []uint64
-	for _, m := range e.messages(e.topo.DLQStream) {
+	for _, m := range e.Messages(e.Topo.DLQStream) {
 		seqs = append(seqs, m.Sequence)
 	}
 	return seqs
@@ -59,18 +58,18 @@ func TestDLQ(t *testing.T) {
 	e.deadLetter("dl-f", "dl-f/1", "permanent_error", "ResourceNotFound.TableNotExist", "", req("dl-f", `,"TableId":"tab-1"`), "") // 6
 	e.deadLetter("dl-g", "dl-g/1", "permanent_error", "ResourceNotFound.TableNotExist", "", req("dl-g", `,"TableId":"tab-1"`), "") // 7
 	e.deadLetter("dl-g", "dl-g/2", "retries_exhausted", "InternalError", "", req("dl-g", `,"TableId":"tab-1"`), "")                // 8
-	if _, err := queue.PublishResult(t.Context(), e.js, e.topo, client.Result{Key: "dl-e", RunGroupID: "run-e", Attempts: 2}); err != nil {
+	if _, err := queue.PublishResult(t.Context(), e.JS, e.Topo, client.Result{Key: "dl-e", RunGroupID: "run-e", Attempts: 2}); err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("list", func(t *testing.T) {
-		r := e.run("", "dlq", "list")
-		if r.code != exitOK {
-			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		r := e.run("dlq", "list")
+		if r.Code != ExitOK {
+			t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
 		}
-		lines := r.lines()
+		lines := r.Lines()
 		if len(lines) != 9 || !strings.HasPrefix(lines[0], "SEQ") {
-			t.Fatalf("want a header and 8 rows:\n%s", r.stdout)
+			t.Fatalf("want a header and 8 rows:\n%s", r.Stdout)
 		}
 		for i, want := range []string{
 			"1 dl-a permanent_error " + notExist + " 2026-11-27T08:00:00Z 1",
@@ -82,20 +81,12 @@ func TestDLQ(t *testing.T) {
 				t.Errorf("row %q, want %q", row, want)
 			}
 		}
-		r = e.run("", "dlq", "list", "--code", notExist)
-		if got := len(r.lines()) - 1; got != 2 || !strings.Contains(r.stderr, "2 of 8 dead letters") {
-			t.Errorf("--code: %d rows\n%s%s", got, r.stdout, r.stderr)
+		r = e.run("dlq", "list", "--code", notExist)
+		if got := len(r.Lines()) - 1; got != 2 || !strings.Contains(r.Stderr, "2 of 8 dead letters") {
+			t.Errorf("--code: %d rows\n%s%s", got, r.Stdout, r.Stderr)
 		}
-		r = e.run("", "dlq", "list", "--json", "--reason", "invalid_request")
-		var got []listEntry
-		sc := bufio.NewScanner(strings.NewReader(r.stdout))
-		for sc.Scan() {
-			var le listEntry
-			if err := json.Unmarshal(sc.Bytes(), &le); err != nil {
-				t.Fatalf("--json line %q: %v", sc.Text(), err)
-			}
-			got = append(got, le)
-		}
+		r = e.run("dlq", "list", "--json", "--reason", "invalid_request")
+		got := jsonLines[client.DeadLetterSummary](t, r.Stdout)
 		if len(got) != 2 || got[0].Seq != 2 || got[0].Field != "Option.FailureMode" || got[0].Raw || got[1].Seq != 3 || !got[1].Raw || got[1].Key != "dl-c" {
 			t.Errorf("--json --reason: %+v", got)
 		}
@@ -103,58 +94,58 @@ func TestDLQ(t *testing.T) {
 
 	t.Run("show", func(t *testing.T) {
 		for _, args := range [][]string{{"dl-b"}, {"2"}, {"--key", "dl-b"}, {"--seq", "2"}} {
-			r := e.run("", append([]string{"dlq", "show"}, args...)...)
-			d, err := client.DecodeDeadLetter([]byte(r.stdout))
-			if r.code != exitOK || err != nil || d.Key != "dl-b" || !strings.Contains(r.stdout, "\n  \"request\": {") ||
-				!strings.Contains(r.stderr, "dead letter at sequence 2") {
-				t.Errorf("show %v: exit %d, decode %v\n%s%s", args, r.code, err, r.stdout, r.stderr)
+			r := e.run(append([]string{"dlq", "show"}, args...)...)
+			d, err := client.DecodeDeadLetter([]byte(r.Stdout))
+			if r.Code != ExitOK || err != nil || d.Key != "dl-b" || !strings.Contains(r.Stdout, "\n  \"request\": {") ||
+				!strings.Contains(r.Stderr, "dead letter at sequence 2") {
+				t.Errorf("show %v: exit %d, decode %v\n%s%s", args, r.Code, err, r.Stdout, r.Stderr)
 			}
 		}
 		// The latest dead letter of a key.
-		r := e.run("", "dlq", "show", "dl-a")
-		if !strings.Contains(r.stdout, "dl-a-v2") {
-			t.Errorf("show dl-a is not the latest:\n%s", r.stdout)
+		r := e.run("dlq", "show", "dl-a")
+		if !strings.Contains(r.Stdout, "dl-a-v2") {
+			t.Errorf("show dl-a is not the latest:\n%s", r.Stdout)
 		}
 		for _, args := range [][]string{{"no-such-key"}, {"999"}} {
-			r := e.run("", append([]string{"dlq", "show"}, args...)...)
-			if r.code != exitFailed || !strings.Contains(r.stderr, "no dead letter") {
-				t.Errorf("show %v: exit %d\n%s", args, r.code, r.stderr)
+			r := e.run(append([]string{"dlq", "show"}, args...)...)
+			if r.Code != ExitFailed || !strings.Contains(r.Stderr, "no dead letter") {
+				t.Errorf("show %v: exit %d\n%s", args, r.Code, r.Stderr)
 			}
 		}
 	})
 
-	runRedrive := func(args ...string) result {
+	runRedrive := func(args ...string) operatetest.Result {
 		t.Helper()
-		return e.run("", append([]string{"dlq", "redrive"}, args...)...)
+		return e.run(append([]string{"dlq", "redrive"}, args...)...)
 	}
 
 	t.Run("redrive", func(t *testing.T) {
 		// Re-validation rejects the unfixed request: nothing changes.
 		r := runRedrive("--key", "dl-b")
-		if r.code != exitFailed || !strings.Contains(r.stdout,
+		if r.Code != ExitFailed || !strings.Contains(r.Stdout,
 			"skipped seq=2 key=dl-b: re-validation failed: Option.FailureMode: InvalidParameterValue.InvalidRunOption: must be ContinueWhilePossible or NoNewCalls") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		// A bad edit is rejected too.
 		r = runRedrive("--key", "dl-f", "--set", "AccessMode=SHARED")
-		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=6 key=dl-f: re-validation failed: AccessMode: InvalidParameterValue: must be PRIVATE or PUBLIC") {
-			t.Fatalf("bad edit: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || !strings.Contains(r.Stdout, "skipped seq=6 key=dl-f: re-validation failed: AccessMode: InvalidParameterValue: must be PRIVATE or PUBLIC") {
+			t.Fatalf("bad edit: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		// A dry run changes nothing.
 		r = runRedrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--dry-run")
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "would redrive seq=2 key=dl-b" {
-			t.Fatalf("dry run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "would redrive seq=2 key=dl-b" {
+			t.Fatalf("dry run: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
-		if n := len(e.messages(e.topo.RequestsStream)); n != 0 || !slices.Equal(e.dlqSeqs(), []uint64{1, 2, 3, 4, 5, 6, 7, 8}) {
+		if n := len(e.Messages(e.Topo.RequestsStream)); n != 0 || !slices.Equal(e.dlqSeqs(), []uint64{1, 2, 3, 4, 5, 6, 7, 8}) {
 			t.Fatalf("something changed: %d requests, DLQ %v", n, e.dlqSeqs())
 		}
 
 		// The fix: republished under the same key, DLQ entry deleted.
 		r = runRedrive("--key", "dl-b", "--set", "Option.FailureMode=NoNewCalls", "--set", `Description="fixed by hand"`)
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=2 key=dl-b" {
-			t.Fatalf("redrive: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "redriven seq=2 key=dl-b" {
+			t.Fatalf("redrive: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
-		msgs := e.messages(e.topo.RequestsStream)
+		msgs := e.Messages(e.Topo.RequestsStream)
 		if len(msgs) != 1 {
 			t.Fatalf("%d requests published, want 1", len(msgs))
 		}
@@ -173,10 +164,10 @@ func TestDLQ(t *testing.T) {
 		// Selection by code: the newest dead letter of dl-a is redriven,
 		// the older one deleted as superseded.
 		r = runRedrive("--code", notExist)
-		if r.code != exitOK || r.stdout != "redriven seq=4 key=dl-a\ndeleted seq=1 key=dl-a: superseded by seq 4\n" {
-			t.Fatalf("--code: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || r.Stdout != "redriven seq=4 key=dl-a\ndeleted seq=1 key=dl-a: superseded by seq 4\n" {
+			t.Fatalf("--code: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
-		msgs = e.messages(e.topo.RequestsStream)
+		msgs = e.Messages(e.Topo.RequestsStream)
 		if len(msgs) != 2 || !strings.Contains(string(msgs[1].Data), `"Name":"dl-a-v2"`) || msgs[1].Header.Get(client.HeaderKey) != "dl-a" {
 			t.Errorf("dl-a redrive published %d messages; last %s", len(msgs), msgs[len(msgs)-1].Data)
 		}
@@ -193,14 +184,14 @@ func TestDLQ(t *testing.T) {
 			{[]string{"--key", "nobody"}, ""},
 		} {
 			r := runRedrive(tc.args...)
-			if r.code != exitFailed || !strings.Contains(r.stdout, tc.want) {
-				t.Errorf("redrive %v: exit %d\n%s%s", tc.args, r.code, r.stdout, r.stderr)
+			if r.Code != ExitFailed || !strings.Contains(r.Stdout, tc.want) {
+				t.Errorf("redrive %v: exit %d\n%s%s", tc.args, r.Code, r.Stdout, r.Stderr)
 			}
 		}
 		if got, want := e.dlqSeqs(), []uint64{3, 5, 6, 7, 8}; !slices.Equal(got, want) {
 			t.Errorf("DLQ holds %v, want %v", got, want)
 		}
-		if n := len(e.messages(e.topo.RequestsStream)); n != 2 {
+		if n := len(e.Messages(e.Topo.RequestsStream)); n != 2 {
 			t.Errorf("%d requests published in total, want 2", n)
 		}
 	})
@@ -214,8 +205,8 @@ func TestDLQ(t *testing.T) {
 			"would redrive seq=8 key=dl-g",
 			"would delete seq=7 key=dl-g: superseded by seq 8",
 		}
-		if got := r.lines(); !slices.Equal(got, want) || r.code != exitFailed {
-			t.Errorf("exit %d\n got %q\nwant %q", r.code, got, want)
+		if got := r.Lines(); !slices.Equal(got, want) || r.Code != ExitFailed {
+			t.Errorf("exit %d\n got %q\nwant %q", r.Code, got, want)
 		}
 		if got := e.dlqSeqs(); !slices.Equal(got, []uint64{3, 5, 6, 7, 8}) {
 			t.Errorf("dry run changed the DLQ: %v", got)
@@ -226,18 +217,18 @@ func TestDLQ(t *testing.T) {
 // pin writes key's ledger entry as the worker leaves it after a dead
 // letter: the identity of request pinned, maybeCreated as given.
 func (e *env) pin(key, request string, maybeCreated bool) {
-	e.t.Helper()
+	e.T.Helper()
 	r, err := submit.DecodeRunApplication([]byte(request), submit.DefaultLimits())
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	id := submission.IdentityOf(r, time.Now())
-	l, err := ledger.Open(e.t.Context(), e.js, e.topo.LedgerBucket)
+	l, err := ledger.Open(e.T.Context(), e.JS, e.Topo.LedgerBucket)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	if _, err := l.Put(e.t.Context(), ledger.Entry{Key: key, State: ledger.StateDead, Calls: 1, MaybeCreated: maybeCreated, Identity: &id}, 0); err != nil {
-		e.t.Fatal(err)
+	if _, err := l.Put(e.T.Context(), ledger.Entry{Key: key, State: ledger.StateDead, Calls: 1, MaybeCreated: maybeCreated, Identity: &id}, 0); err != nil {
+		e.T.Fatal(err)
 	}
 }
 
@@ -262,15 +253,15 @@ func TestDLQRedriveIdentity(t *testing.T) {
 	e.deadLetter("id-e", "id-e/1", "identity_changed", "", "", req("id-e-second", ""), "") // 5
 	e.pin("id-e", req("id-e-first", ""), true)
 
-	runRedrive := func(args ...string) result {
+	runRedrive := func(args ...string) operatetest.Result {
 		t.Helper()
-		return e.run("", append([]string{"dlq", "redrive"}, args...)...)
+		return e.run(append([]string{"dlq", "redrive"}, args...)...)
 	}
-	requests := func() int { return len(e.messages(e.topo.RequestsStream)) }
-	unchanged := func(t *testing.T, r result, wantRequests int, wantDLQ ...uint64) {
+	requests := func() int { return len(e.Messages(e.Topo.RequestsStream)) }
+	unchanged := func(t *testing.T, r operatetest.Result, wantRequests int, wantDLQ ...uint64) {
 		t.Helper()
 		if n := requests(); n != wantRequests {
-			t.Errorf("%d requests published, want %d\n%s%s", n, wantRequests, r.stdout, r.stderr)
+			t.Errorf("%d requests published, want %d\n%s%s", n, wantRequests, r.Stdout, r.Stderr)
 		}
 		if got := e.dlqSeqs(); !slices.Equal(got, wantDLQ) {
 			t.Errorf("DLQ holds %v, want %v", got, wantDLQ)
@@ -283,84 +274,84 @@ func TestDLQRedriveIdentity(t *testing.T) {
 
 	t.Run("edited Name refused", func(t *testing.T) {
 		r := runRedrive("--key", "id-a", "--set", "Name=other")
-		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
-			!strings.Contains(r.stderr, "0 redriven, 1 skipped (1 refused)") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || strings.TrimSpace(r.Stdout) != refusal(1, "id-a", "Name") ||
+			!strings.Contains(r.Stderr, "0 redriven, 1 skipped (1 refused)") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("edited ProjectId refused", func(t *testing.T) {
 		r := runRedrive("--key", "id-a", "--set", "ProjectId=prj-x")
-		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "ProjectId") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || strings.TrimSpace(r.Stdout) != refusal(1, "id-a", "ProjectId") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("other edit refused", func(t *testing.T) {
 		r := runRedrive("--key", "id-a", "--set", `Description="changed"`)
-		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "request") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || strings.TrimSpace(r.Stdout) != refusal(1, "id-a", "request") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("dry run shows the refusal", func(t *testing.T) {
 		r := runRedrive("--key", "id-a", "--set", "Name=other", "--dry-run")
-		if r.code != exitFailed || strings.TrimSpace(r.stdout) != refusal(1, "id-a", "Name") ||
-			!strings.Contains(r.stderr, "0 would redrive, 1 skipped (1 refused)") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || strings.TrimSpace(r.Stdout) != refusal(1, "id-a", "Name") ||
+			!strings.Contains(r.Stderr, "0 would redrive, 1 skipped (1 refused)") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("unedited dead letter of another request refused", func(t *testing.T) {
 		r := runRedrive("--key", "id-e")
-		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=5 key=id-e: "+redrive.RefusalHead+"this dead letter's Name differs") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || !strings.Contains(r.Stdout, "skipped seq=5 key=id-e: "+redrive.RefusalHead+"this dead letter's Name differs") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 	t.Run("unreadable ledger refuses edits only", func(t *testing.T) {
 		r := runRedrive("--key", "id-c", "--set", `Description="fixed"`, "--ledger-bucket", "NO_SUCH_LEDGER")
-		if r.code != exitFailed || !strings.Contains(r.stdout, "skipped seq=3 key=id-c: refused: the ledger (bucket NO_SUCH_LEDGER) could not be read") {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitFailed || !strings.Contains(r.Stdout, "skipped seq=3 key=id-c: refused: the ledger (bucket NO_SUCH_LEDGER) could not be read") {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 		r = runRedrive("--key", "id-c", "--ledger-bucket", "NO_SUCH_LEDGER", "--dry-run")
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "would redrive seq=3 key=id-c" ||
-			!strings.Contains(r.stderr, "without the ledger check") {
-			t.Fatalf("unedited: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "would redrive seq=3 key=id-c" ||
+			!strings.Contains(r.Stderr, "without the ledger check") {
+			t.Fatalf("unedited: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 0, 1, 2, 3, 4, 5)
 	})
 
 	t.Run("unedited redrive published", func(t *testing.T) {
 		r := runRedrive("--key", "id-a")
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=1 key=id-a" {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "redriven seq=1 key=id-a" {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 1, 2, 3, 4, 5)
 	})
 	t.Run("identity-preserving edit published", func(t *testing.T) {
 		r := runRedrive("--key", "id-d", "--set", `Name="id-d"`)
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=4 key=id-d" {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "redriven seq=4 key=id-d" {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 2, 2, 3, 5)
 	})
 	t.Run("edit of a definitely rejected key published", func(t *testing.T) {
 		r := runRedrive("--key", "id-b", "--set", "Name=other")
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=2 key=id-b" {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "redriven seq=2 key=id-b" {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 3, 3, 5)
-		msgs := e.messages(e.topo.RequestsStream)
+		msgs := e.Messages(e.Topo.RequestsStream)
 		if m := msgs[len(msgs)-1]; m.Header.Get(client.HeaderKey) != "id-b" || !strings.Contains(string(m.Data), `"Name":"other"`) {
 			t.Errorf("published %v %s", m.Header, m.Data)
 		}
 	})
 	t.Run("edit of a key without ledger entry published", func(t *testing.T) {
 		r := runRedrive("--key", "id-c", "--set", `Description="fixed"`)
-		if r.code != exitOK || strings.TrimSpace(r.stdout) != "redriven seq=3 key=id-c" {
-			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		if r.Code != ExitOK || strings.TrimSpace(r.Stdout) != "redriven seq=3 key=id-c" {
+			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		unchanged(t, r, 4, 5)
 	})

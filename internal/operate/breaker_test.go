@@ -1,8 +1,6 @@
-package main
+package operate
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -21,10 +19,10 @@ import (
 // breakers returns a Breaker on the env's bucket: what a worker records
 // failures with.
 func (e *env) breakers(bucket string) *breaker.Breaker {
-	e.t.Helper()
-	kv, err := e.js.KeyValue(e.t.Context(), bucket)
+	e.T.Helper()
+	kv, err := e.JS.KeyValue(e.T.Context(), bucket)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return breaker.New(kv, breaker.Config{Actor: "worker-1"})
 }
@@ -43,7 +41,7 @@ func trip(t *testing.T, b *breaker.Breaker, r breaker.Resource, code string, n i
 func TestBreakerCommands(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, true)
-	w := e.breakers(e.topo.BreakerBucket)
+	w := e.breakers(e.Topo.BreakerBucket)
 	const notExist = "ResourceNotFound.ApplicationNotExist"
 	typo := breaker.Resource{Kind: breaker.KindApplication, ID: "app-typo"}
 	gone := breaker.Resource{Kind: breaker.KindEnvironment, ID: "env-gone"}
@@ -52,13 +50,13 @@ func TestBreakerCommands(t *testing.T) {
 	id2 := trip(t, w, gone, "ResourceNotFound.EnvironmentNotExist", 6)
 	trip(t, w, counting, "ResourceNotFound.TableNotExist", 2)
 
-	r := e.run("", "breaker", "list")
-	if r.code != exitOK || !strings.Contains(r.stderr, "3 trips (2 open, 1 closed)") {
-		t.Fatalf("list: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r := e.run("breaker", "list")
+	if r.Code != ExitOK || !strings.Contains(r.Stderr, "3 trips (2 open, 1 closed)") {
+		t.Fatalf("list: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	lines := r.lines()
+	lines := r.Lines()
 	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "ID STATE CODE KIND RESOURCE KEYS FIRST FAILURE LAST FAILURE EDITS" {
-		t.Fatalf("list:\n%s", r.stdout)
+		t.Fatalf("list:\n%s", r.Stdout)
 	}
 	row := strings.Fields(lines[1])
 	if len(row) != 9 || row[0] != id || row[1] != "open" || row[2] != notExist || row[3] != "ApplicationId" || row[4] != "app-typo" ||
@@ -71,7 +69,7 @@ func TestBreakerCommands(t *testing.T) {
 	// KEYS counts the keys that opened it (the threshold: only that many
 	// digests are kept), not the sixth that failed after it opened.
 	if f := strings.Fields(lines[2]); f[0] != id2 || f[5] != "5" || !strings.Contains(lines[3], "closed") {
-		t.Fatalf("rows:\n%s", r.stdout)
+		t.Fatalf("rows:\n%s", r.Stdout)
 	}
 
 	// Usage errors change nothing and need no connection.
@@ -82,23 +80,23 @@ func TestBreakerCommands(t *testing.T) {
 		{"release", id, "--set", "Option.FailureMode=NoNewCalls"}, {"dead-letter", id, "--retention", "0s"},
 		{"reset"}, {"list", "--no-such-flag"},
 	} {
-		r := e.run("", append([]string{"breaker"}, args...)...)
-		if r.code != exitUsage {
-			t.Errorf("breaker %q: exit %d, want %d\n%s", args, r.code, exitUsage, r.stderr)
+		r := e.run(append([]string{"breaker"}, args...)...)
+		if r.Code != ExitUsage {
+			t.Errorf("breaker %q: exit %d, want %d\n%s", args, r.Code, ExitUsage, r.Stderr)
 		}
 	}
-	if r := e.run("", "breaker", "help"); r.code != exitOK || !strings.Contains(r.stderr, "enqueue breaker release     ID") {
-		t.Errorf("help: exit %d\n%s", r.code, r.stderr)
+	if r := e.run("breaker", "help"); r.Code != ExitOK || !strings.Contains(r.Stderr, "enqueue breaker release     ID") {
+		t.Errorf("help: exit %d\n%s", r.Code, r.Stderr)
 	}
 	if tr, _ := w.Get(t.Context(), id); tr.State != breaker.Open {
 		t.Fatalf("a usage error changed the trip: %+v", tr)
 	}
 
 	// Release with the corrected ApplicationId.
-	r = e.run("", "breaker", "release", id, "--set", "ApplicationId=app-correct", "--by", "alice", "--retention", "2h")
+	r = e.run("breaker", "release", id, "--set", "ApplicationId=app-correct", "--by", "alice", "--retention", "2h")
 	want := "released " + id + " ApplicationId=app-typo code=" + notExist + " keys=5 edits=ApplicationId=app-correct\n"
-	if r.code != exitOK || r.stdout != want || !strings.Contains(r.stderr, "submit the held requests again with ApplicationId=app-correct; kept until") {
-		t.Fatalf("release: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != ExitOK || r.Stdout != want || !strings.Contains(r.Stderr, "submit the held requests again with ApplicationId=app-correct; kept until") {
+		t.Fatalf("release: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	tr, err := w.Get(t.Context(), id)
 	if err != nil || tr.State != breaker.Released || tr.Edits["ApplicationId"] != "app-correct" || len(tr.Edits) != 1 ||
@@ -107,67 +105,59 @@ func TestBreakerCommands(t *testing.T) {
 	}
 	// The same again is fine (a JSON string value is unquoted); other
 	// edits, or a dead-letter, are refused.
-	if r := e.run("", "breaker", "release", "--set", `ApplicationId="app-correct"`, id); r.code != exitOK {
-		t.Errorf("the same release again: exit %d\n%s", r.code, r.stderr)
+	if r := e.run("breaker", "release", "--set", `ApplicationId="app-correct"`, id); r.Code != ExitOK {
+		t.Errorf("the same release again: exit %d\n%s", r.Code, r.Stderr)
 	}
 	for _, args := range [][]string{{"release", id, "--set", "ApplicationId=app-other"}, {"dead-letter", id}} {
-		r := e.run("", append([]string{"breaker"}, args...)...)
-		if r.code != exitFailed || !strings.Contains(r.stderr, "refused: the trip is not open") {
-			t.Errorf("breaker %q: exit %d\n%s", args, r.code, r.stderr)
+		r := e.run(append([]string{"breaker"}, args...)...)
+		if r.Code != ExitFailed || !strings.Contains(r.Stderr, "refused: the trip is not open") {
+			t.Errorf("breaker %q: exit %d\n%s", args, r.Code, r.Stderr)
 		}
 	}
 
 	// A release that sets the tripped field to the value that tripped it.
 	same := breaker.Resource{Kind: breaker.KindApplication, ID: "app-same"}
 	idSame := trip(t, w, same, notExist, 5)
-	if r := e.run("", "breaker", "release", idSame, "--set", "ApplicationId=app-same"); r.code != exitFailed ||
-		!strings.Contains(r.stderr, "refused: invalid edit: ApplicationId is set to the value that tripped") {
-		t.Errorf("release to the same value: exit %d\n%s", r.code, r.stderr)
+	if r := e.run("breaker", "release", idSame, "--set", "ApplicationId=app-same"); r.Code != ExitFailed ||
+		!strings.Contains(r.Stderr, "refused: invalid edit: ApplicationId is set to the value that tripped") {
+		t.Errorf("release to the same value: exit %d\n%s", r.Code, r.Stderr)
 	}
 
 	// Dead-letter the other one, then list as JSON.
-	r = e.run("", "breaker", "dead-letter", id2)
-	if r.code != exitOK || !strings.HasPrefix(r.stdout, "dead-lettered "+id2+" EnvironmentId=env-gone ") {
-		t.Fatalf("dead-letter: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = e.run("breaker", "dead-letter", id2)
+	if r.Code != ExitOK || !strings.HasPrefix(r.Stdout, "dead-lettered "+id2+" EnvironmentId=env-gone ") {
+		t.Fatalf("dead-letter: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	r = e.run("", "breaker", "list", "--json")
-	var got []breaker.Trip
-	sc := bufio.NewScanner(strings.NewReader(r.stdout))
-	for sc.Scan() {
-		var tr breaker.Trip
-		if err := json.Unmarshal(sc.Bytes(), &tr); err != nil {
-			t.Fatalf("--json line %q: %v", sc.Text(), err)
-		}
-		got = append(got, tr)
-	}
-	if r.code != exitOK || len(got) != 4 || got[0].ID != idSame || got[1].ID != id || got[1].State != breaker.Released ||
+	r = e.run("breaker", "list", "--json")
+	got := jsonLines[breaker.Trip](t, r.Stdout)
+	if r.Code != ExitOK || len(got) != 4 || got[0].ID != idSame || got[1].ID != id || got[1].State != breaker.Released ||
 		got[1].Edits["ApplicationId"] != "app-correct" || got[2].State != breaker.DeadLettered || got[3].State != breaker.Closed ||
-		!strings.Contains(r.stderr, "4 trips (1 open, 1 released, 1 dead_lettered, 1 closed)") {
-		t.Fatalf("list --json: exit %d %+v\n%s", r.code, got, r.stderr)
+		!strings.Contains(r.Stderr, "4 trips (1 open, 1 released, 1 dead_lettered, 1 closed)") {
+		t.Fatalf("list --json: exit %d %+v\n%s", r.Code, got, r.Stderr)
 	}
-	if !strings.Contains(r.stdout, `"resource":{"kind":"ApplicationId","id":"app-typo"}`) {
-		t.Errorf("--json layout:\n%s", r.stdout)
+	if !strings.Contains(r.Stdout, `"resource":{"kind":"ApplicationId","id":"app-typo"}`) {
+		t.Errorf("--json layout:\n%s", r.Stdout)
 	}
 
 	// Reset forgets a trip whatever its state.
 	for _, x := range []string{id, id2} {
-		r := e.run("", "breaker", "reset", x)
-		if r.code != exitOK || !strings.HasPrefix(r.stdout, "reset "+x+" ") {
-			t.Fatalf("reset %s: exit %d\n%s%s", x, r.code, r.stdout, r.stderr)
+		r := e.run("breaker", "reset", x)
+		if r.Code != ExitOK || !strings.HasPrefix(r.Stdout, "reset "+x+" ") {
+			t.Fatalf("reset %s: exit %d\n%s%s", x, r.Code, r.Stdout, r.Stderr)
 		}
 		if _, err := w.Get(t.Context(), x); !errors.Is(err, breaker.ErrNotFound) {
 			t.Fatalf("after reset: %v", err)
 		}
 	}
 	for _, sub := range []string{"release", "dead-letter", "reset"} {
-		r := e.run("", "breaker", sub, id)
-		if r.code != exitFailed || !strings.Contains(r.stderr, "no trip "+id) {
-			t.Errorf("%s of a reset trip: exit %d\n%s", sub, r.code, r.stderr)
+		r := e.run("breaker", sub, id)
+		if r.Code != ExitFailed || !strings.Contains(r.Stderr, "no trip "+id) {
+			t.Errorf("%s of a reset trip: exit %d\n%s", sub, r.Code, r.Stderr)
 		}
 	}
-	r = e.run("", "breaker", "list")
-	if r.code != exitOK || len(r.lines()) != 3 || !strings.Contains(r.stderr, "2 trips (1 open, 1 closed)") {
-		t.Fatalf("list after resets: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = e.run("breaker", "list")
+	if r.Code != ExitOK || len(r.Lines()) != 3 || !strings.Contains(r.Stderr, "2 trips (1 open, 1 closed)") {
+		t.Fatalf("list after resets: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 }
 
@@ -176,27 +166,27 @@ func TestBreakerCommands(t *testing.T) {
 func TestBreakerBucket(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	r := e.run("", "breaker", "list")
-	if r.code != exitFailed || !strings.Contains(r.stderr, "bucket OMICSQ_BREAKERS not found: is a worker running?") {
-		t.Fatalf("missing bucket: exit %d\n%s", r.code, r.stderr)
+	r := e.run("breaker", "list")
+	if r.Code != ExitFailed || !strings.Contains(r.Stderr, "bucket OMICSQ_BREAKERS not found: is a worker running?") {
+		t.Fatalf("missing bucket: exit %d\n%s", r.Code, r.Stderr)
 	}
-	if _, err := e.js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "OTHER_BREAKERS", History: 1}); err != nil {
+	if _, err := e.JS.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "OTHER_BREAKERS", History: 1}); err != nil {
 		t.Fatal(err)
 	}
-	r = e.run("", "breaker", "list", "--breaker-bucket", "OTHER_BREAKERS")
-	if r.code != exitOK || len(r.lines()) != 1 || !strings.Contains(r.stderr, "0 trips") {
-		t.Fatalf("empty list: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = e.run("breaker", "list", "--breaker-bucket", "OTHER_BREAKERS")
+	if r.Code != ExitOK || len(r.Lines()) != 1 || !strings.Contains(r.Stderr, "0 trips") {
+		t.Fatalf("empty list: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	id := trip(t, e.breakers("OTHER_BREAKERS"), breaker.Resource{Kind: breaker.KindProject, ID: "proj-x"}, "ResourceNotFound.ProjectNotExist", 5)
-	r = runWith(t, map[string]string{"NATS_URL": e.url, "OMICSQ_BREAKER_BUCKET": "OTHER_BREAKERS", "USER": "bob"}, "", "breaker", "release", id)
-	if r.code != exitOK || !strings.Contains(r.stdout, "edits=-") || !strings.Contains(r.stderr, "again as they are") {
-		t.Fatalf("release from the environment's bucket: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = runWith(t, map[string]string{"NATS_URL": e.URL, "OMICSQ_BREAKER_BUCKET": "OTHER_BREAKERS", "USER": "bob"}, "breaker", "release", id)
+	if r.Code != ExitOK || !strings.Contains(r.Stdout, "edits=-") || !strings.Contains(r.Stderr, "again as they are") {
+		t.Fatalf("release from the environment's bucket: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	if tr, err := e.breakers("OTHER_BREAKERS").Get(t.Context(), id); err != nil || tr.State != breaker.Released || !strings.HasPrefix(tr.ChangedBy, "bob") {
 		t.Fatalf("%+v, %v", tr, err)
 	}
-	if r := e.run("", "breaker", "list", "--breaker-bucket", " "); r.code != exitUsage {
-		t.Fatalf("empty bucket name: exit %d", r.code)
+	if r := e.run("breaker", "list", "--breaker-bucket", " "); r.Code != ExitUsage {
+		t.Fatalf("empty bucket name: exit %d", r.Code)
 	}
 }
 
@@ -234,9 +224,9 @@ func TestBreakerOperatorPermissions(t *testing.T) {
 	for _, args := range [][]string{
 		{"list"}, {"list", "--json"}, {"release", id1, "--set", "ApplicationId=app-correct"}, {"dead-letter", id2}, {"reset", id2},
 	} {
-		r := runWith(t, env, "", append([]string{"breaker"}, args...)...)
-		if r.code != exitOK || strings.Contains(r.stderr, "ermission") {
-			t.Fatalf("breaker %q as the operator: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
+		r := runWith(t, env, append([]string{"breaker"}, args...)...)
+		if r.Code != ExitOK || strings.Contains(r.Stderr, "ermission") {
+			t.Fatalf("breaker %q as the operator: exit %d\n%s%s", args, r.Code, r.Stdout, r.Stderr)
 		}
 	}
 	if tr, err := w.Get(t.Context(), id1); err != nil || tr.State != breaker.Released {

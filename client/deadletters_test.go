@@ -1,0 +1,68 @@
+package client_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/omicsq/omicsq/client"
+)
+
+// The summary's JSON is what enqueue dlq list --json prints (and the
+// console serves): its fields and tags are the contract.
+func TestDeadLetterSummary(t *testing.T) {
+	failed := time.Date(2026, 11, 27, 9, 0, 0, 0, time.FixedZone("CET", 3600))
+	stored := time.Date(2026, 11, 27, 8, 30, 0, 0, time.UTC)
+	h := nats.Header{}
+	h.Set(client.HeaderKey, "from-header")
+	h.Set(client.HeaderReason, string(client.ReasonInvalidRequest))
+	h.Set(client.HeaderErrorCode, "InvalidParameter")
+	dead := func(request string) *client.DeadLetter {
+		d := &client.DeadLetter{Key: "k-1", Reason: client.ReasonPermanentError, Attempts: 2, Deliveries: 3, FailedAt: failed,
+			Error: client.Failure{Class: "permanent", Code: "InvalidParameterValue", Field: "Option.FailureMode"}}
+		if request != "" {
+			d.Request = json.RawMessage(request)
+		} else {
+			d.RawBase64 = "bm90IGpzb24="
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name string
+		d    client.StoredDeadLetter
+		want string
+	}{
+		{"decoded", client.StoredDeadLetter{Sequence: 7, Stored: stored, Header: h, DeadLetter: dead(`{"Name":"x"}`), Key: "k-1"},
+			`{"seq":7,"key":"k-1","reason":"permanent_error","code":"InvalidParameterValue","field":"Option.FailureMode",` +
+				`"failed_at":"2026-11-27T08:00:00Z","attempts":2,"deliveries":3}`},
+		{"raw request", client.StoredDeadLetter{Sequence: 8, Stored: stored, Header: h, DeadLetter: dead(""), Key: "k-1"},
+			`{"seq":8,"key":"k-1","reason":"permanent_error","code":"InvalidParameterValue","field":"Option.FailureMode",` +
+				`"failed_at":"2026-11-27T08:00:00Z","attempts":2,"deliveries":3,"raw":true}`},
+		{"unreadable", client.StoredDeadLetter{Sequence: 9, Stored: stored, Header: h, Data: []byte("junk"), Key: "from-header"},
+			`{"seq":9,"key":"from-header","reason":"invalid_request","code":"InvalidParameter",` +
+				`"failed_at":"2026-11-27T08:30:00Z","attempts":0,"deliveries":0,"unreadable":true}`},
+	} {
+		got, err := json.Marshal(tc.d.Summary())
+		if err != nil || string(got) != tc.want {
+			t.Errorf("%s:\n got %s (%v)\nwant %s", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+func TestTopologyValidate(t *testing.T) {
+	if err := client.DefaultTopology().Validate(); err != nil {
+		t.Errorf("the default topology: %v", err)
+	}
+	topo := client.DefaultTopology()
+	topo.RequestsSubject, topo.DLQPrefix = "", " "
+	err := topo.Validate()
+	if err == nil || err.Error() != "requests subject must not be empty\ndlq prefix must not be empty" {
+		t.Errorf("empty and blank names: %v", err)
+	}
+	if err := (client.Topology{}).Validate(); err == nil || strings.Count(err.Error(), "must not be empty") != 8 {
+		t.Errorf("the zero topology: %v", err)
+	}
+}
