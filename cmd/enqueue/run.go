@@ -34,7 +34,7 @@ type config struct {
 	*operate.Config
 	defaults     samplesheet.Defaults
 	format       string
-	wait         bool
+	wait         waitMode
 	timeout      time.Duration
 	publishValid bool
 	dryRun       bool
@@ -44,13 +44,14 @@ type config struct {
 const enqueueUsage = `Usage: enqueue [flags] FILE...      (FILE "-" reads standard input)
        enqueue dlq list|show|redrive [flags] ...
        enqueue breaker list|release|dead-letter|reset [flags] ...
+       enqueue status [flags] KEY|FILE...
 
 Validates every run request in the files (JSON object or array, JSON Lines, or a CSV
 sample sheet), then publishes them to the omicsq requests stream. Nothing is published
 if any request is invalid, unless --publish-valid. See docs/enqueue.md.
 
-Exit status: 0 success; 1 invalid input, an error or a dead letter; 2 --wait timed out;
-64 usage error.
+Exit status: 0 success; 1 invalid input, an error, a dead letter or (--wait=completed) a
+failed run; 2 --wait timed out; 64 usage error.
 
 Every flag can also be set by the environment variable named in its description.
 
@@ -63,6 +64,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if len(args) > 0 && args[0] == "breaker" {
 		return operate.Breaker(ctx, args[1:], stdout, stderr, getenv)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return operate.Status(ctx, args[1:], stdout, stderr, getenv)
 	}
 	c, f, files, status := parseRunArgs(args, stderr, getenv)
 	if c == nil {
@@ -100,8 +104,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitFailed
 	}
 	code := exitOK
-	if c.wait {
-		code = waitOutcomes(ctx, s.Client, items, acks, c.timeout, stdout, stderr, c.quiet)
+	if c.wait != waitNone {
+		code = waitFor(ctx, s.Client, c, items, acks, stdout, stderr)
 	}
 	if len(invalid) > 0 {
 		return exitFailed
@@ -116,7 +120,7 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 	c = &config{Config: operate.NewConfig()}
 	table := slices.Concat(c.ConnFlags(), c.TopoFlags(), c.LimitFlags(), []settings.Setting{
 		settings.Row("format", "", "input format: auto (by extension, else by content), json, jsonl or csv", settings.String(&c.format, "auto")),
-		settings.Row("wait", "", "wait for each request's RunGroupId or dead letter", settings.Bool(&c.wait, false)),
+		settings.Row("wait", "", "wait for each request's RunGroupId or dead letter; --wait=completed: until each run group has a terminal status", c.wait.bind),
 		settings.Row("timeout", "", "with --wait: how long to wait after publishing", settings.Duration(&c.timeout, 5*time.Minute)),
 		settings.Row("publish-valid", "", "publish the valid requests even if some are invalid (the exit status is still 1)", settings.Bool(&c.publishValid, false)),
 		settings.Row("dry-run", "", "validate only; do not connect or publish", settings.Bool(&c.dryRun, false)),
@@ -138,7 +142,7 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 	if ferr != nil {
 		verr = errors.Join(verr, fmt.Errorf("--format %w", ferr))
 	}
-	if c.wait && c.timeout <= 0 {
+	if c.wait != waitNone && c.timeout <= 0 {
 		verr = errors.Join(verr, errors.New("--timeout must be positive"))
 	}
 	if len(files) == 0 {
@@ -179,4 +183,32 @@ func reportInputs(c *config, items []item, invalid []*samplesheet.Error, stdout,
 		return exitFailed, false
 	}
 	return exitOK, true
+}
+
+// waitMode is --wait: off, until submitted (--wait), or until each run
+// group is terminal (--wait=completed).
+type waitMode string
+
+const (
+	waitNone      waitMode = ""
+	waitSubmitted waitMode = "submitted"
+	waitCompleted waitMode = "completed"
+)
+
+func (w *waitMode) bind(fs *flag.FlagSet, name, usage string) { fs.Var(w, name, usage) }
+func (w *waitMode) String() string                            { return string(*w) }
+func (w *waitMode) IsBoolFlag() bool                          { return true } // --wait alone means submitted
+
+func (w *waitMode) Set(v string) error {
+	switch v {
+	case "true", string(waitSubmitted):
+		*w = waitSubmitted
+	case string(waitCompleted):
+		*w = waitCompleted
+	case "false":
+		*w = waitNone
+	default:
+		return fmt.Errorf("want submitted or completed")
+	}
+	return nil
 }

@@ -392,11 +392,34 @@ func TestParseRunArgs(t *testing.T) {
 		return map[string]string{"OMICSQ_REQUESTS_SUBJECT": "env.req", "OMICSQ_DLQ_PREFIX": "env.dlq"}[k]
 	}
 	c, _, files, code := parseRunArgs([]string{"a.json", "--wait", "-", "--dlq-prefix", "flag.dlq", "--", "--not-a-flag"}, io.Discard, getenv)
-	if c == nil || !c.wait || c.Topo.RequestsSubject != "env.req" || c.Topo.DLQPrefix != "flag.dlq" || strings.Join(files, " ") != "a.json - --not-a-flag" {
+	if c == nil || c.wait != waitSubmitted || c.Topo.RequestsSubject != "env.req" || c.Topo.DLQPrefix != "flag.dlq" || strings.Join(files, " ") != "a.json - --not-a-flag" {
 		t.Fatalf("exit %d, config %+v, files %q", code, c, files)
 	}
 	c, _, _, _ = parseRunArgs([]string{"--subject", "x.y", "a.json"}, io.Discard, getenv)
 	if c == nil || c.Topo.RequestsSubject != "x.y" {
 		t.Errorf("--subject: %+v", c)
+	}
+}
+
+func TestWaitModes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want waitMode
+	}{
+		{[]string{"a.json"}, waitNone},
+		{[]string{"--wait", "a.json"}, waitSubmitted},
+		{[]string{"--wait=submitted", "a.json"}, waitSubmitted},
+		{[]string{"--wait=completed", "a.json"}, waitCompleted},
+		{[]string{"--wait=false", "a.json"}, waitNone},
+	} {
+		c, _, _, code := parseRunArgs(tc.args, io.Discard, func(string) string { return "" })
+		if c == nil {
+			t.Errorf("%q: exit %d", tc.args, code)
+		} else if c.wait != tc.want {
+			t.Errorf("%q: wait %q, want %q", tc.args, c.wait, tc.want)
+		}
+	}
+	if c, _, _, code := parseRunArgs([]string{"--wait=done", "a.json"}, io.Discard, func(string) string { return "" }); c != nil || code != exitUsage {
+		t.Errorf("--wait=done: exit %d, want %d", code, exitUsage)
 	}
 }

@@ -56,13 +56,12 @@ type waitTally struct{ ok, dead, unreadable, pending int }
 // and returns the exit status: 1 if any request was dead-lettered (or its
 // result is unreadable), else 130 if interrupted or 2 if any is still
 // pending at the timeout, else 0.
-func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []client.Published, timeout time.Duration, stdout, stderr io.Writer, quiet bool) int {
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	w, err := cl.Watch(wctx, acks)
+// submitted lists the keys that got a result. ctx carries the deadline.
+func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []client.Published, timeout time.Duration, stdout, stderr io.Writer, quiet bool) (code int, submitted []string) {
+	w, err := cl.Watch(ctx, acks)
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueue: %v\n", err)
-		return exitFailed
+		return exitFailed, nil
 	}
 	defer w.Stop()
 	pending, order := map[string][]location{}, []string{}
@@ -82,6 +81,9 @@ func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []c
 		for _, loc := range pending[o.Key] {
 			t.print(stdout, loc, o, quiet)
 		}
+		if o.Result != nil {
+			submitted = append(submitted, o.Key)
+		}
 		delete(pending, o.Key)
 	}
 	for _, key := range order {
@@ -97,7 +99,7 @@ func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []c
 			}
 		}
 	}
-	return t.summary(stderr, ctx.Err() != nil, timeout)
+	return t.summary(stderr, errors.Is(ctx.Err(), context.Canceled), timeout), submitted
 }
 
 func (t *waitTally) print(stdout io.Writer, loc location, o client.Outcome, quiet bool) {
