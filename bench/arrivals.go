@@ -47,10 +47,13 @@ func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
 func (r *recorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
 func (r *recorder) WithGroup(string) slog.Handler            { return r }
 
-func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+func (r *recorder) Handle(ctx context.Context, rec slog.Record) error {
 	if rec.Message != "omics call" {
 		return nil
 	}
+	// Behind a tap (tap.go), the sandbox logs with the request's context,
+	// which carries the tap's record of the call: it gets the outcome.
+	tc := tapCallFrom(ctx)
 	a := arrival{At: rec.Time}
 	rec.Attrs(func(at slog.Attr) bool {
 		switch at.Key {
@@ -58,6 +61,9 @@ func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
 			a.Action = at.Value.String()
 		case "outcome":
 			a.Outcome = at.Value.String()
+			if tc != nil {
+				tc.setOutcome(a.Outcome)
+			}
 		case "request_id":
 			a.RequestID = at.Value.String()
 		case "duration":

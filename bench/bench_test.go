@@ -53,6 +53,37 @@ func TestHarnessSmoke(t *testing.T) {
 	if !strings.Contains(rowOf(md, "| 8 |"), "| 200 · 0 · 200 |") {
 		t.Fatalf("throughput run did not submit each of 200 requests exactly once:\n%s", md)
 	}
+
+	// A small faults run: SIGKILLs, commit-then-fail and InternalError;
+	// every request must end as exactly one result and one run group, with
+	// no dead letter, and the tap's log must agree with the sandbox.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(ctx, []string{"faults", "--worker-bin", bin, "--requests", "60", "--workers", "2", "--kill-every", "3s",
+		"--worker-flags", "recommended", "--timeout", "60s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench faults exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	md = stdout.String()
+	if !strings.Contains(md, "## Goodput under faults") {
+		t.Fatalf("faults report lacks its section:\n%s", md)
+	}
+	var rows []string
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, "| `--ack-wait") {
+			rows = append(rows, line)
+		}
+	}
+	if len(rows) != 2 {
+		t.Fatalf("faults report has %d rows for the run, want 2:\n%s", len(rows), md)
+	}
+	// results · dead letters · duplicates: every request exactly once.
+	if !strings.Contains(rows[0], "| 60 · 0 · 0 |") || strings.Contains(rows[0], "not drained") {
+		t.Errorf("faults run did not settle each of 60 requests exactly once:\n%s", rows[0])
+	}
+	if !strings.HasSuffix(strings.TrimSpace(rows[1]), "| ok |") {
+		t.Errorf("the tap's log disagrees with the sandbox's statistics:\n%s", rows[1])
+	}
 }
 
 func rowOf(md, prefix string) string {

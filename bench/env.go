@@ -236,9 +236,16 @@ type env struct {
 	js      jetstream.JetStream
 	topo    queue.Topology
 	sb      *sandbox.Server
-	sl      *sandbox.Listener
+	sl      apiListener
 	rec     *recorder // nil unless recording
+	tap     *tap      // nil unless tapping
 	workers []*proc
+}
+
+// apiListener serves the sandbox: sandbox.Listen's listener, or the tap's.
+type apiListener interface {
+	Addr() string
+	Close() error
 }
 
 type envOptions struct {
@@ -247,6 +254,16 @@ type envOptions struct {
 	SandboxRate int
 	// Record keeps the raw arrival log (see recorder).
 	Record bool
+	// Tap serves the sandbox behind a tap that records every call's
+	// arrival time, action and Name (see tap); it implies Record, whose
+	// records then carry the Name too.
+	Tap bool
+	// Sandbox adjusts the sandbox's options (faults, visibility, hang
+	// timeout) after the harness set Rate, Seed and Logger.
+	Sandbox func(*sandbox.Options)
+	// Topology adjusts the topology the harness provisions (the workers
+	// must be given the same values as flags).
+	Topology func(*queue.Topology)
 }
 
 func (h *harness) newEnv(ctx context.Context, name string, o envOptions) (*env, error) {
@@ -255,6 +272,9 @@ func (h *harness) newEnv(ctx context.Context, name string, o envOptions) (*env, 
 		return nil, err
 	}
 	e := &env{h: h, dir: dir, topo: benchTopology()}
+	if o.Topology != nil {
+		o.Topology(&e.topo)
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -293,17 +313,31 @@ func (h *harness) newEnv(ctx context.Context, name string, o envOptions) (*env, 
 	}
 
 	opts := sandbox.Options{Rate: o.SandboxRate, Seed: 1}
-	if o.Record {
+	if o.Record || o.Tap {
 		e.rec = &recorder{}
 		opts.Logger = slog.New(e.rec)
+	}
+	if o.Sandbox != nil {
+		o.Sandbox(&opts)
 	}
 	e.sb, err = sandbox.New(opts)
 	if err != nil {
 		return nil, err
 	}
-	e.sl, err = sandbox.Listen(ctx, "127.0.0.1:0", e.sb)
-	if err != nil {
-		return nil, err
+	// Only a listener that exists goes into e.sl (a nil pointer in the
+	// interface would not read as nil in close).
+	if o.Tap {
+		t, err := listenTap(ctx, "127.0.0.1:0", e.sb)
+		if err != nil {
+			return nil, err
+		}
+		e.tap, e.sl = t, t
+	} else {
+		l, err := sandbox.Listen(ctx, "127.0.0.1:0", e.sb)
+		if err != nil {
+			return nil, err
+		}
+		e.sl = l
 	}
 	ok = true
 	return e, nil
@@ -388,12 +422,17 @@ func requestBody(name string) []byte {
 	return body
 }
 
-// preload publishes n requests named prefix-<i> with queue.PublishRequest
-// (key = name), one acknowledged publish at a time.
+// preload publishes n requests named prefix-<i> (key = name), one
+// acknowledged publish at a time, with the headers of the message contract
+// (Omicsq-Key, and Nats-Msg-Id = key so a retried publish is dropped).
 func (e *env) preload(ctx context.Context, prefix string, n int) error {
 	for i := range n {
 		name := fmt.Sprintf("%s-%06d", prefix, i)
-		if _, err := queue.PublishRequest(ctx, e.js, e.topo, name, requestBody(name), nil); err != nil {
+		m := nats.NewMsg(e.topo.RequestsSubject)
+		m.Data = requestBody(name)
+		m.Header.Set(client.HeaderKey, name)
+		m.Header.Set(client.HeaderMsgID, name)
+		if _, err := e.js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("preload %s: %w", name, err)
 		}
 	}
@@ -401,7 +440,7 @@ func (e *env) preload(ctx context.Context, prefix string, n int) error {
 }
 
 // preloadAsync publishes n requests with asynchronous JetStream publishes,
-// with the headers queue.PublishRequest sets (Omicsq-Key and Nats-Msg-Id =
+// with the headers preload sets (Omicsq-Key and Nats-Msg-Id =
 // key), and waits for every acknowledgement.
 func preloadAsync(ctx context.Context, js jetstream.JetStream, t queue.Topology, prefix string, n int) error {
 	for i := range n {

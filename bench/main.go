@@ -6,6 +6,8 @@
 //	go run ./bench outside    [--rate 10] [--duration 60s]
 //	go run ./bench throughput [--requests 20000] [--concurrency 16,64,256] [--cpuprofile DIR]
 //	go run ./bench backlog    [--pending 100000] [--wait 20s] [--all-in-one=true]
+//	go run ./bench faults     [--requests 600] [--workers 3] [--ctf 0.30] [--internal-error 0.10]
+//	                          [--kill-every 5s] [--lag 0] [--timeout 150s] [--worker-flags FLAGS]...
 //	go run ./bench all        [--out FILE]
 //
 // Every subcommand also takes --out FILE (write the Markdown there too),
@@ -45,7 +47,7 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|all> [flags]
+const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|all> [flags]
        go run ./bench <subcommand> -h     (flags of a subcommand)
 `
 
@@ -74,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var out outsideConfig
 	var tp throughputConfig
 	var bl backlogConfig
+	var flt faultsConfig
 	switch sub {
 	case "limiter":
 		lim.flags(fs)
@@ -85,10 +88,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		tp.flags(fs)
 	case "backlog":
 		bl.flags(fs)
+	case "faults":
+		flt.flags(fs)
 	case "all":
 		// Registering a benchmark's flags sets its defaults; `all` exposes
 		// only the knobs that shorten a trial run.
-		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags} {
+		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags} {
 			f(flag.NewFlagSet("", flag.ContinueOnError))
 		}
 		fs.DurationVar(&lim.Duration, "duration", lim.Duration, "limiter: steady state per run")
@@ -127,10 +132,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"outside":    func() (string, error) { return runOutside(ctx, h, out) },
 		"throughput": func() (string, error) { return runThroughput(ctx, h, tp) },
 		"backlog":    func() (string, error) { return runBacklog(ctx, h, bl) },
+		"faults":     func() (string, error) { return runFaults(ctx, h, flt) },
 	}
 	order := []string{sub}
 	if sub == "all" {
-		order = []string{"limiter", "kill", "outside", "throughput", "backlog"}
+		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults"}
 	}
 	failed := false
 	for _, name := range order {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,6 +44,13 @@ type Consumer struct {
 	mu       sync.Mutex
 	inFlight int
 	bound    bool
+
+	// ackWait is the AckWait of the consumer as JetStream has it, in
+	// nanoseconds (0: not known yet, Topology.AckWait applies). Heartbeats
+	// follow it rather than the configured value: a consumer managed
+	// elsewhere, or re-provisioned by a replica with another --ack-wait
+	// during a rolling update, must still hear from this one in time.
+	ackWait atomic.Int64
 }
 
 // Bound reports whether the consumer is bound and pulling (for readiness).
@@ -68,6 +76,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bind consumer: %w", err)
 	}
+	c.observeAckWait(cons.CachedInfo())
 	c.mu.Lock()
 	c.bound = true
 	c.mu.Unlock()
@@ -200,7 +209,7 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg) {
 	hb.Add(1)
 	go func() {
 		defer hb.Done()
-		t := time.NewTicker(c.Topology.AckWait / 3)
+		t := time.NewTimer(c.heartbeatInterval())
 		defer t.Stop()
 		for {
 			select {
@@ -208,6 +217,7 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg) {
 				return
 			case <-t.C:
 				_ = m.InProgress()
+				t.Reset(c.heartbeatInterval())
 			}
 		}
 	}()
@@ -223,6 +233,37 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	if err != nil {
 		c.Log.Warn("could not settle the message; it will be redelivered", "seq", d.StreamSeq, "error", err)
+	}
+}
+
+// heartbeatInterval is how often a message in progress is signalled: a
+// third of the consumer's AckWait, so two signals in a row may be lost or
+// late (a stall, a NATS reconnect) before JetStream redelivers the message.
+// A dead replica's messages are redelivered between two thirds of AckWait
+// and AckWait after its last signal: a short AckWait is what brings them
+// back quickly (the ledger's lease keeps a redelivery that comes too early
+// from acting while the holder is alive).
+func (c *Consumer) heartbeatInterval() time.Duration {
+	w := time.Duration(c.ackWait.Load())
+	if w <= 0 {
+		w = c.Topology.AckWait
+	}
+	if w <= 0 {
+		w = DefaultTopology().AckWait
+	}
+	return max(w/3, 100*time.Millisecond)
+}
+
+// observeAckWait records the consumer's AckWait as JetStream reports it,
+// warning when it is not the configured one.
+func (c *Consumer) observeAckWait(info *jetstream.ConsumerInfo) {
+	if info == nil || info.Config.AckWait <= 0 {
+		return
+	}
+	w := info.Config.AckWait
+	if old := time.Duration(c.ackWait.Swap(int64(w))); old != w && w != c.Topology.AckWait {
+		c.Log.Warn("the consumer's AckWait is not the configured one; heartbeats follow the consumer's",
+			"consumer_ack_wait", w, "configured_ack_wait", c.Topology.AckWait)
 	}
 }
 
@@ -324,6 +365,7 @@ func (c *Consumer) refreshStats(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	c.observeAckWait(info)
 	var oldest time.Duration
 	if s, err := c.JS.Stream(ctx, c.Topology.RequestsStream); err == nil {
 		if si, err := s.Info(ctx); err == nil && si.State.Msgs > 0 {
