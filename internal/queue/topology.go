@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -65,11 +66,41 @@ type Topology struct {
 	// delivery limit, so it can never strand a message. Default 20.
 	MaxDeliver int
 	// AckWait is how long a delivered message may go without an ack or an
-	// in-progress signal before JetStream redelivers it. Default 60s.
+	// in-progress signal before JetStream redelivers it: how soon a killed
+	// worker's messages come back. Holders signal every AckWait/3, and the
+	// ledger's lease and in-flight deadline keep an early redelivery from
+	// calling while the holder may still be. Default 6s (bench faults:
+	// 60s left a killed replica's keys stranded for ~57 s).
 	AckWait time.Duration
 	// MaxAckPending bounds messages delivered but unacknowledged across the
 	// whole fleet. Default 1000.
 	MaxAckPending int
+
+	// Tracker provisions, and in bind-only mode requires, the run tracker's
+	// resources (internal/tracker): the status stream (client.Topology's
+	// StatusStream), RunsBucket and TrackerConsumer. Default true.
+	Tracker bool
+	// RunsBucket is the run tracker's KV bucket: one entry per request with
+	// a run group, holding the statuses whose events were published.
+	// Default OMICSQ_RUNS.
+	RunsBucket string
+	// TrackerConsumer is the durable consumer on the results stream through
+	// which the run tracker learns every run group created. Default
+	// omicsq-tracker.
+	TrackerConsumer string
+	// StatusMaxAge bounds retention of lifecycle events. Default 30 days.
+	StatusMaxAge time.Duration
+	// StatusDuplicateWindow is how long the status stream drops a
+	// re-published event with the same Nats-Msg-Id: far longer than a
+	// tracker fail-over. The events' once-only guarantee does not rest on it
+	// (each publish also expects its subject's last sequence), and the
+	// server holds every ID of the window in memory (at 20 run groups/s, a
+	// few events each, 24h would be millions), so it stays short. Default 1h.
+	StatusDuplicateWindow time.Duration
+	// RunsTTL bounds how long a runs entry outlives its last write; the
+	// tracker rewrites active entries well before it. Default 45 days, like
+	// the ledger.
+	RunsTTL time.Duration
 }
 
 // DefaultTopology returns the documented default names and limits.
@@ -88,23 +119,29 @@ func DefaultTopology() Topology {
 		LedgerTTL:       45 * 24 * time.Hour,
 		DuplicateWindow: time.Hour,
 		MaxMessageBytes: 1 << 20,
-		AckWait:         60 * time.Second,
+		AckWait:         6 * time.Second,
 		MaxDeliver:      20,
 		MaxAckPending:   1000,
+
+		Tracker:               true,
+		RunsBucket:            "OMICSQ_RUNS",
+		TrackerConsumer:       "omicsq-tracker",
+		StatusMaxAge:          30 * 24 * time.Hour,
+		StatusDuplicateWindow: time.Hour,
+		RunsTTL:               45 * 24 * time.Hour,
 	}
 }
 
-// Validate names the first settings that are out of range.
+// Validate names the settings that are out of range: the names producers
+// share (client.Topology.Validate), then the worker's own.
 func (t Topology) Validate() error {
-	var errs []error
-	for name, v := range map[string]string{
-		"requests stream": t.RequestsStream, "requests subject": t.RequestsSubject, "consumer": t.Consumer,
-		"results stream": t.ResultsStream, "results prefix": t.ResultsPrefix, "dlq stream": t.DLQStream,
-		"dlq prefix": t.DLQPrefix, "advisory stream": t.AdvisoryStream, "ledger bucket": t.LedgerBucket, "control bucket": t.ControlBucket,
-		"breaker bucket": t.BreakerBucket,
+	errs := []error{t.Topology.Validate()}
+	for _, n := range []struct{ name, value string }{
+		{"consumer", t.Consumer}, {"advisory stream", t.AdvisoryStream}, {"ledger bucket", t.LedgerBucket},
+		{"control bucket", t.ControlBucket}, {"breaker bucket", t.BreakerBucket},
 	} {
-		if v == "" {
-			errs = append(errs, fmt.Errorf("%s must not be empty", name))
+		if strings.TrimSpace(n.value) == "" {
+			errs = append(errs, fmt.Errorf("%s must not be empty", n.name))
 		}
 	}
 	if t.Replicas != 1 && t.Replicas != 3 && t.Replicas != 5 {
@@ -234,6 +271,82 @@ func (t Topology) buckets() []jetstream.KeyValueConfig {
 	}
 }
 
+// statusStream keeps the run tracker's lifecycle events. Limits retention
+// (readers come and go; nobody acks), several events per subject (one per
+// status), and a duplicate window that spans a tracker fail-over, so a
+// re-published event is dropped by the server too.
+func (t Topology) statusStream() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        t.StatusStream,
+		Description: "omicsq run lifecycle events: one per change of status of a run group or batch run",
+		Subjects:    []string{t.StatusPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      t.StatusMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Duplicates:  t.StatusDuplicateWindow,
+		AllowDirect: true,
+	}
+}
+
+// trackerConsumer is the run tracker's durable consumer on the results
+// stream: every result from the first, acked once its run group is recorded.
+func (t Topology) trackerConsumer() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       t.TrackerConsumer,
+		Description:   "omicsq run tracker: run groups to follow",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // a result must never be skipped: it is a run group nobody would follow
+		MaxAckPending: 1000,
+		Replicas:      t.Replicas,
+	}
+}
+
+func (t Topology) runsBucket() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: t.RunsBucket, Description: "omicsq run tracker: run groups and the events published",
+		History: 1, TTL: t.RunsTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas}
+}
+
+// ProvisionTracker creates or updates the run tracker's stream, consumer
+// and bucket (after the results stream exists). Provision calls it when
+// t.Tracker is set; the worker calls it apart, so that a tracker without its
+// resources does not stop submissions.
+func ProvisionTracker(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	if _, err := js.CreateOrUpdateStream(ctx, t.statusStream()); err != nil {
+		return fmt.Errorf("provision stream %s: %w", t.StatusStream, err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, t.ResultsStream, t.trackerConsumer()); err != nil {
+		return fmt.Errorf("provision consumer %s: %w", t.TrackerConsumer, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, t.runsBucket()); err != nil {
+		return fmt.Errorf("provision bucket %s: %w", t.RunsBucket, err)
+	}
+	return nil
+}
+
+// VerifyTracker checks that the run tracker's resources exist, naming the
+// way out for a deployment that manages its streams itself.
+func VerifyTracker(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	const hint = " (needed by the run tracker; create it, or run with --tracker=false)"
+	if _, err := js.Stream(ctx, t.StatusStream); err != nil {
+		return fmt.Errorf("bind stream %s: %w"+hint, t.StatusStream, err)
+	}
+	c, err := js.Consumer(ctx, t.ResultsStream, t.TrackerConsumer)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w"+hint, t.TrackerConsumer, err)
+	}
+	if c.CachedInfo().Config.AckPolicy != jetstream.AckExplicitPolicy {
+		return fmt.Errorf("bind consumer %s: ack policy must be explicit", t.TrackerConsumer)
+	}
+	if _, err := js.KeyValue(ctx, t.RunsBucket); err != nil {
+		return fmt.Errorf("bind bucket %s: %w"+hint, t.RunsBucket, err)
+	}
+	return nil
+}
+
 // Provision creates or updates every stream, the consumer and the buckets.
 // It is idempotent: workers starting together all call it safely.
 func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
@@ -252,6 +365,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("provision bucket %s: %w", cfg.Bucket, err)
 		}
+	}
+	if t.Tracker {
+		return ProvisionTracker(ctx, js, t)
 	}
 	return nil
 }
@@ -279,6 +395,9 @@ func Verify(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		if _, err := js.KeyValue(ctx, b); err != nil {
 			return fmt.Errorf("bind bucket %s: %w", b, err)
 		}
+	}
+	if t.Tracker {
+		return VerifyTracker(ctx, js, t)
 	}
 	return nil
 }
