@@ -60,7 +60,7 @@ func TestHarnessSmoke(t *testing.T) {
 	stdout.Reset()
 	stderr.Reset()
 	code = run(ctx, []string{"faults", "--worker-bin", bin, "--requests", "60", "--workers", "2", "--kill-every", "3s",
-		"--worker-flags", "recommended", "--timeout", "60s"}, &stdout, &stderr)
+		"--timeout", "60s"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("bench faults exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
 	}

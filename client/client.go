@@ -48,7 +48,9 @@ func WithPublishTimeout(d time.Duration) Option {
 	}
 }
 
-// New returns a Client over js.
+// New returns a Client over js. Create js with
+// jetstream.WithPublishAsyncTimeout (e.g. the publish timeout), so an
+// acknowledgement that never arrives does not stay pending in js forever.
 func New(js jetstream.JetStream, opts ...Option) *Client {
 	c := &Client{js: js, topo: DefaultTopology(), window: 256, timeout: 10 * time.Second}
 	for _, o := range opts {
@@ -92,9 +94,10 @@ func (c *Client) Publish(ctx context.Context, r Request) (Published, error) {
 	return Published{Key: r.Key, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
 }
 
-// BatchError reports the first request of a batch that was not published.
-// Every request before Index was; some after it may have been too (they
-// were in flight), and publishing the batch again is safe.
+// BatchError reports the first request of a batch whose publish was not
+// acknowledged. Every request before Index was published; Index and up to
+// the publish window after it may have been too (they were in flight when
+// the batch stopped), and publishing the batch again is safe.
 type BatchError struct {
 	Index int
 	Err   error
@@ -115,6 +118,16 @@ func (c *Client) PublishBatch(ctx context.Context, rs []Request) ([]Published, e
 		f := pending[0]
 		pending = pending[1:]
 		i := len(out)
+		// An answer already there wins over a cancelled context, so an
+		// acknowledged request is never reported as not published.
+		select {
+		case ack := <-f.Ok():
+			out = append(out, Published{Key: rs[i].Key, Sequence: ack.Sequence, Duplicate: ack.Duplicate})
+			return nil
+		case err := <-f.Err():
+			return &BatchError{Index: i, Err: c.publishError(err)}
+		default:
+		}
 		t := time.NewTimer(c.timeout)
 		defer t.Stop()
 		select {
@@ -136,6 +149,9 @@ func (c *Client) PublishBatch(ctx context.Context, rs []Request) ([]Published, e
 			}
 		}
 		m, err := c.requestMsg(r.Key, r.Key, r.Body, nil)
+		if err == nil {
+			err = ctx.Err() // publish nothing more once cancelled
+		}
 		if err == nil {
 			var f jetstream.PubAckFuture
 			if f, err = c.js.PublishMsgAsync(m); err == nil {

@@ -324,3 +324,27 @@ func TestMaxKeyBytesIsTheKeysBound(t *testing.T) {
 		t.Errorf("MaxKeyBytes = %d is not the bound ValidateKey applies", client.MaxKeyBytes)
 	}
 }
+
+// A cancelled context stops a batch: nothing more is published, and what
+// was acknowledged is reported as published.
+func TestPublishBatchStopsWhenCancelled(t *testing.T) {
+	t.Parallel()
+	js, topo := setup(t)
+	c := client.New(js, client.WithPublishWindow(8))
+	var reqs []client.Request
+	for i := range 200 {
+		reqs = append(reqs, client.Request{Key: fmt.Sprintf("c-%03d", i), Body: body(fmt.Sprintf("c-%03d", i))})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	acks, err := c.PublishBatch(ctx, reqs)
+	var be *client.BatchError
+	if !errors.As(err, &be) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled batch: %v", err)
+	}
+	s, _ := js.Stream(context.Background(), topo.RequestsStream)
+	info, _ := s.Info(context.Background())
+	if info.State.Msgs != uint64(len(acks)) || len(acks) != be.Index {
+		t.Errorf("stored %d, acknowledged %d, first unacknowledged %d: a cancelled batch must publish nothing unreported", info.State.Msgs, len(acks), be.Index)
+	}
+}

@@ -15,6 +15,9 @@ import (
 // when the tracker has published none (yet).
 func (c *Client) LatestStatus(ctx context.Context, key string) (e StatusEvent, ok bool, err error) {
 	s, err := c.js.Stream(ctx, c.topo.StatusStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return StatusEvent{}, false, nil // no tracker has run: no status yet
+	}
 	if err != nil {
 		return StatusEvent{}, false, fmt.Errorf("stream %s: %w", c.topo.StatusStream, err)
 	}
@@ -51,10 +54,14 @@ func (w *StatusWatcher) Stop() {
 
 // WatchStatus follows the run groups of keys to their terminal status. It
 // starts a consumer at the status stream's end, then reads each key's newest
-// stored event, so nothing is missed whenever it starts; a key's events are
-// delivered in order, and none after its terminal one.
+// stored event, so no terminal event is missed whenever it starts; a key's
+// events are delivered in stream order (an intermediate status may be
+// skipped when a newer one is read first), and none after its terminal one.
 func (c *Client) WatchStatus(ctx context.Context, keys []string) (*StatusWatcher, error) {
 	s, err := c.js.Stream(ctx, c.topo.StatusStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("stream %s not found: no worker with the run tracker (--tracker) has provisioned it", c.topo.StatusStream)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", c.topo.StatusStream, err)
 	}
@@ -102,9 +109,9 @@ func (c *Client) WatchStatus(ctx context.Context, keys []string) (*StatusWatcher
 		cc.Stop()
 	})
 	w.wg.Go(func() { dispatchStatus(wctx, keys, raw, w.out, cancel) })
-	// The stored events are read before returning, so a change published
-	// after WatchStatus returns is never what a key's watch starts from.
-	readLatest(wctx, s, c.topo, keys, send)
+	// Read concurrently with dispatch: Events is not read before
+	// WatchStatus returns, and many keys' stored events exceed the buffers.
+	w.wg.Go(func() { readLatest(wctx, s, c.topo, keys, send) })
 	return w, nil
 }
 

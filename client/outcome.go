@@ -28,8 +28,10 @@ type Outcome struct {
 	Sequence uint64
 	Stored   time.Time
 	Header   nats.Header
-	// Earlier marks a dead letter of an earlier publish of the key (before
-	// the one watched): it does not settle the request, it explains it.
+	// Earlier marks a dead letter that does not settle the request: one of
+	// an earlier publish of the key (before the one watched), or a
+	// duplicate_in_flight refusal while another message of the key was
+	// being called for. It explains a wait; it is not the outcome.
 	Earlier bool
 }
 
@@ -286,6 +288,11 @@ func (st *watchState) dispatch(ctx context.Context, out chan<- Outcome, done con
 }
 
 func (st *watchState) isEarlier(o Outcome, since uint64) bool {
+	if o.DeadLetter != nil && o.DeadLetter.Reason == ReasonDuplicateInFlight {
+		// Another message of the key was being called for: that one settles
+		// the key, not this refusal.
+		return true
+	}
 	if o.DeadLetter != nil && o.DeadLetter.StreamSequence != 0 {
 		return o.DeadLetter.StreamSequence < since
 	}

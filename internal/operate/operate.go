@@ -113,7 +113,9 @@ func Connect(ctx context.Context, c *Config, stderr io.Writer, level slog.Level)
 	if err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	// An async publish whose ack never comes is dropped after this, so a
+	// lost ack cannot pile up toward the client's pending limit.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)

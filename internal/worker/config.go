@@ -16,6 +16,7 @@ import (
 	"github.com/omicsq/omicsq/internal/retry"
 	"github.com/omicsq/omicsq/internal/settings"
 	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/internal/tracker"
 )
 
 // config is every worker setting. Each one is a flag and an environment
@@ -59,6 +60,12 @@ type config struct {
 	UnreachableAfter   time.Duration
 	DrainTimeout       time.Duration
 
+	// The run tracker (internal/tracker); Topology.Tracker turns it on.
+	TrackerShare    float64
+	TrackerInterval time.Duration
+	TrackerLeaseTTL time.Duration
+	TrackerProjects string
+
 	MetricsAddr string
 	LogFormat   string
 	LogLevel    string
@@ -94,6 +101,7 @@ func flagTable(c *config) []settings.Setting {
 		retryRows(c),
 		[]settings.Setting{settings.MessageLimit(&c.Limits)},
 		operationRows(c),
+		trackerRows(c),
 	)
 }
 
@@ -110,9 +118,9 @@ func serverRows(c *config) []settings.Setting {
 		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", str(&c.Endpoint, "omics.tencentcloudapi.com")},
 		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", boolean(&c.InsecureHTTP, false)},
 		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", str(&c.Region, "ap-guangzhou")},
-		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call", dur(&c.APITimeout, 30*time.Second)},
+		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call (an expired call is reconciled by a lookup, never resubmitted blind: see docs/reliability.md for sizing)", dur(&c.APITimeout, 5*time.Second)},
 
-		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica", integer(&c.Concurrency, 16)},
+		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica: enough that calls hanging until --api-timeout do not starve the limiter (see docs/reliability.md)", integer(&c.Concurrency, 32)},
 		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", settings.Float(&c.Rate, 20)},
 		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
 		{"rate-limit-scope", "OMICSQ_RATE_LIMIT_SCOPE", "global (shared through NATS by every replica) or local (this process only)", str(&c.RateLimitScope, "global")},
@@ -154,7 +162,7 @@ func retryRows(c *config) []settings.Setting {
 		{"retry-initial", "OMICSQ_RETRY_INITIAL", "mean delay before the first retry (exponential, jittered)", dur(&c.Retry.InitialInterval, r.InitialInterval)},
 		{"retry-max-interval", "OMICSQ_RETRY_MAX_INTERVAL", "cap of a single retry delay", dur(&c.Retry.MaxInterval, r.MaxInterval)},
 		{"lookup-horizon", "OMICSQ_LOOKUP_HORIZON", "how long a created run group may take to become visible to DescribeRunGroups: after a DuplicateName, lookups that find nothing are repeated until it", dur(&c.LookupHorizon, 5*time.Minute)},
-		{"lease-ttl", "OMICSQ_LEASE_TTL", "how long a worker's hold on a request lasts without renewal (a crashed worker's requests are free again after it)", dur(&c.LeaseTTL, 15*time.Second)},
+		{"lease-ttl", "OMICSQ_LEASE_TTL", "how long a worker's hold on a request lasts without renewal (a crashed worker's requests are free again after it)", dur(&c.LeaseTTL, 6*time.Second)},
 	})
 }
 
@@ -179,6 +187,32 @@ func operationRows(c *config) []settings.Setting {
 		{"log-level", "LOG_LEVEL", "debug, info, warn or error", str(&c.LogLevel, "info")},
 		{"worker-id", "OMICSQ_WORKER_ID", "this replica's name in results, dead letters and logs", str(&c.WorkerID, host)},
 	})
+}
+
+// trackerRows configure the run tracker and its lifecycle events.
+func trackerRows(c *config) []settings.Setting {
+	str, dur := settings.String, settings.Duration
+	t := queue.DefaultTopology()
+	return own([]setting{
+		{"tracker", "OMICSQ_TRACKER", "run the run tracker: one replica (leader-elected) follows every run group to a terminal status and publishes lifecycle events (docs/lifecycle.md)", settings.Bool(&c.Topology.Tracker, t.Tracker)},
+		{"tracker-share", "OMICSQ_TRACKER_SHARE", "share of the Describe rate (--rate, per action) the tracker may spend; the rest is left to reconciliation", settings.Float(&c.TrackerShare, tracker.DefaultShare)},
+		{"tracker-interval", "OMICSQ_TRACKER_INTERVAL", "time between the starts of the tracker's poll cycles", dur(&c.TrackerInterval, tracker.DefaultInterval)},
+		{"tracker-lease-ttl", "OMICSQ_TRACKER_LEASE_TTL", "lifetime of the tracker's leadership lease without renewal; another replica takes over within about twice this", dur(&c.TrackerLeaseTTL, tracker.DefaultLeaseTTL)},
+		{"tracker-projects", "OMICSQ_TRACKER_PROJECTS", "ProjectIds, comma-separated, whose run groups the tracker follows besides the default project's", str(&c.TrackerProjects, "")},
+		{"runs-bucket", "OMICSQ_RUNS_BUCKET", "KV bucket of the tracker: the run groups followed and the events published", str(&c.Topology.RunsBucket, t.RunsBucket)},
+		{"tracker-consumer", "OMICSQ_TRACKER_CONSUMER", "durable consumer through which the tracker reads the results stream", str(&c.Topology.TrackerConsumer, t.TrackerConsumer)},
+	})
+}
+
+// trackerProjects is --tracker-projects as a list.
+func (c *config) trackerProjects() []string {
+	var out []string
+	for _, p := range strings.Split(c.TrackerProjects, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // parseConfig reads the environment, then the flags, then validates.
@@ -223,6 +257,7 @@ func (c *config) validate() error {
 	c.checkOperation(p)
 	c.checkTopology(p)
 	c.checkRetry(p)
+	c.checkTracker(p)
 	if len(p.errs) == 0 {
 		// Backstops for what no flag sets.
 		if err := c.Retry.Validate(); err != nil {
@@ -275,10 +310,6 @@ func (c *config) checkAPI(p *problems) {
 	}
 	if c.APITimeout < time.Second {
 		p.bad("api-timeout", "must be at least 1s")
-	}
-	if c.Topology.AckWait <= c.APITimeout/3 {
-		// InProgress is sent every AckWait/3; a call must not outlast it unheard.
-		p.bad("ack-wait", "must be longer than a third of --api-timeout")
 	}
 	if !c.Sandbox && c.Region == "" {
 		p.bad("region", "must be set (e.g. ap-guangzhou)")
@@ -392,6 +423,35 @@ func (c *config) checkRetention(p *problems) {
 	}
 	if outlives(t.DLQMaxAge, t.LedgerTTL) {
 		p.bad("ledger-ttl", "must be at least --dlq-max-age (%v), got %v: a dead letter redriven after its ledger entry expired could be submitted twice", t.DLQMaxAge, t.LedgerTTL)
+	}
+}
+
+// checkTracker checks the run tracker's settings (only when it runs).
+func (c *config) checkTracker(p *problems) {
+	t := c.Topology
+	if !t.Tracker {
+		return
+	}
+	if !(c.TrackerShare > 0 && c.TrackerShare <= 1) {
+		p.bad("tracker-share", "must be above 0 and at most 1, got %v", c.TrackerShare)
+	}
+	if c.TrackerInterval < 100*time.Millisecond {
+		p.bad("tracker-interval", "must be at least 100ms, got %v", c.TrackerInterval)
+	}
+	if c.TrackerLeaseTTL < 3*time.Second {
+		p.bad("tracker-lease-ttl", "must be at least 3s, got %v", c.TrackerLeaseTTL)
+	}
+	for _, v := range []struct{ name, value string }{{"status-stream", t.StatusStream}, {"status-prefix", t.StatusPrefix},
+		{"runs-bucket", t.RunsBucket}, {"tracker-consumer", t.TrackerConsumer}} {
+		if strings.TrimSpace(v.value) == "" {
+			p.bad(v.name, "must not be empty while --tracker is on")
+		}
+	}
+	for _, other := range []string{t.ResultsPrefix, t.DLQPrefix, t.RequestsSubject} {
+		if t.StatusPrefix != "" && (other == t.StatusPrefix || strings.HasPrefix(other, t.StatusPrefix+".") ||
+			strings.HasPrefix(t.StatusPrefix, other+".")) {
+			p.bad("status-prefix", "must not overlap the results, dlq or requests subjects")
+		}
 	}
 }
 

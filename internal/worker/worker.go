@@ -39,6 +39,7 @@ import (
 	"github.com/omicsq/omicsq/internal/ratelimit"
 	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/internal/tracker"
 	"github.com/omicsq/omicsq/metrics"
 	"github.com/omicsq/omicsq/sandbox"
 )
@@ -50,6 +51,12 @@ var Version = "dev"
 // ErrHelp is returned by Run when the arguments asked for help, which has
 // been printed.
 var ErrHelp = errors.New("help requested")
+
+// fetchHorizon bounds how soon the limiter must be able to admit a call
+// before the consumer fetches another message (bench faults: 1 s left
+// about 16 leased, idle keys per replica to strand on a kill; 300 ms,
+// about 5).
+const fetchHorizon = 300 * time.Millisecond
 
 // Started reports the addresses a running worker bound.
 type Started struct {
@@ -117,6 +124,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := setupTopology(ctx, js, cfg); err != nil {
 		return err
 	}
+	setupTracker(ctx, js, cfg, log)
 
 	api, sb, err := newAPI(ctx, cfg, log)
 	if err != nil {
@@ -183,7 +191,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	consumer := &queue.Consumer{
 		JS: js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
-		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, time.Second) },
+		// Fetch only what the limiter can admit within fetchHorizon: a message
+		// held while waiting for a token is one a SIGKILL strands for AckWait.
+		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, fetchHorizon) },
 		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
 	}
 	if brk != nil {
@@ -191,6 +201,13 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if cfg.Rate > 0 {
 		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
+	}
+	trk, err := newTracker(ctx, js, cfg, account, api, led, describeLimiter, m, log)
+	if err != nil {
+		return err
+	}
+	if trk != nil {
+		defer trk.close()
 	}
 
 	var httpSrv *http.Server
@@ -226,6 +243,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		g.Go(func() error { return brk.Run(gctx) })
 	}
 	g.Go(func() error { reportRates(gctx, runLimiter, m); return nil })
+	if trk != nil {
+		g.Go(func() error { return trk.Run(gctx) })
+	}
 	log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
 		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
 	if ready != nil {
@@ -248,14 +268,49 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
+// workerTracker is the run tracker with the DescribeRuns limiter it alone
+// uses (the DescribeRunGroups one it shares with reconciliation).
+type workerTracker struct {
+	*tracker.Tracker
+	runsLimiter limiter
+}
+
+func (w *workerTracker) close() { _ = w.runsLimiter.Close() }
+
+// newTracker builds the run tracker, or nil with --tracker=false.
+func newTracker(ctx context.Context, js jetstream.JetStream, cfg *config, account string, api *submit.Client,
+	led *ledger.Ledger, describeLimiter limiter, m *metrics.Metrics, log *slog.Logger) (*workerTracker, error) {
+	m.SetTrackerEnabled(cfg.Topology.Tracker)
+	if !cfg.Topology.Tracker {
+		return nil, nil
+	}
+	runsLimiter, err := newLimiter(ctx, js, cfg, account, "DescribeRuns", log)
+	if err != nil {
+		return nil, err
+	}
+	t, err := tracker.New(tracker.Config{
+		JS: js, Topology: cfg.Topology, API: api, Ledger: led, Projects: cfg.trackerProjects(),
+		DescribeLimiter: describeLimiter, RunsLimiter: runsLimiter, Rate: cfg.Rate, Share: cfg.TrackerShare,
+		Interval: cfg.TrackerInterval, LeaseTTL: cfg.TrackerLeaseTTL, Worker: cfg.WorkerID, Metrics: m, Log: log,
+	})
+	if err != nil {
+		_ = runsLimiter.Close()
+		return nil, err
+	}
+	return &workerTracker{Tracker: t, runsLimiter: runsLimiter}, nil
+}
+
 func setupTopology(ctx context.Context, js jetstream.JetStream, cfg *config) error {
+	// The tracker's resources are set up apart (setupTracker).
+	core := cfg.Topology
+	core.Tracker = false
 	// A cluster may still be electing leaders right after start: retry briefly.
 	var err error
 	for attempt := 0; attempt < 30; attempt++ {
 		if cfg.Provision {
-			err = queue.Provision(ctx, js, cfg.Topology)
+			err = queue.Provision(ctx, js, core)
 		} else {
-			err = queue.Verify(ctx, js, cfg.Topology)
+			err = queue.Verify(ctx, js, core)
 		}
 		if err == nil || ctx.Err() != nil {
 			break
@@ -269,6 +324,26 @@ func setupTopology(ctx context.Context, js jetstream.JetStream, cfg *config) err
 		return fmt.Errorf("jetstream topology: %w", err)
 	}
 	return nil
+}
+
+// setupTracker provisions (or checks) the run tracker's stream, bucket and
+// consumer. Their absence — not provisioned with --provision=false, or not
+// permitted — must not stop submissions: it is logged, the tracker keeps
+// trying to bind them, and OmicsqTrackerStopped alerts.
+func setupTracker(ctx context.Context, js jetstream.JetStream, cfg *config, log *slog.Logger) {
+	if !cfg.Topology.Tracker {
+		return
+	}
+	var err error
+	if cfg.Provision {
+		err = queue.ProvisionTracker(ctx, js, cfg.Topology)
+	} else {
+		err = queue.VerifyTracker(ctx, js, cfg.Topology)
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Error("the run tracker lacks its stream, bucket or consumer; submissions go on, the tracker waits for them",
+			"error", err)
+	}
 }
 
 // newAPI returns the Omics client, starting the in-process sandbox in
