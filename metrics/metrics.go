@@ -231,6 +231,20 @@ func New(reg prometheus.Registerer, info BuildInfo) (*Metrics, error) {
 	m.breakerHeld = newCounters(add, "omicsq_breaker_held_total",
 		"Times a request was held (handed back, no call) because the breaker of one of its resources is open, by field.", "kind", breakerKinds)
 
+	m.addFleetSeries(add)
+	m.tracker = newTrackerSeries(add)
+
+	add(newBuildInfo(info))
+
+	if err := registerAll(reg, own); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// addFleetSeries adds the limiter, consumer backlog, NATS, pause, result
+// and ledger series.
+func (m *Metrics) addFleetSeries(add func(prometheus.Collector)) {
 	m.limiterWait = newHistogram(add, "omicsq_ratelimiter_wait_seconds",
 		"Time a call waited for the API rate limiter.", limiterWaitBuckets)
 	m.configuredRate = newGauge(add, "omicsq_ratelimiter_configured_requests_per_second",
@@ -267,15 +281,6 @@ func New(reg prometheus.Registerer, info BuildInfo) (*Metrics, error) {
 	add(results)
 	m.ledgerErrors = newCounter(add, "omicsq_ledger_errors_total",
 		"Failed reads or writes of the submission ledger (KV bucket).")
-
-	m.tracker = newTrackerSeries(add)
-
-	add(newBuildInfo(info))
-
-	if err := registerAll(reg, own); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 // registerAll registers own, then the standard collectors, undoing

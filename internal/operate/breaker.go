@@ -58,8 +58,7 @@ func Breaker(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 }
 
 func (b *breakers) flags(sub string) []settings.Setting {
-	rows := append(b.c.ConnFlags(), settings.Row("breaker-bucket", "OMICSQ_BREAKER_BUCKET", "KV bucket of the resource breakers",
-		settings.String(&b.c.Topo.BreakerBucket, queue.DefaultTopology().BreakerBucket)))
+	rows := append(b.c.ConnFlags(), settings.BreakerBucket(&b.c.Topo.BreakerBucket, queue.DefaultTopology().BreakerBucket))
 	decision := []settings.Setting{
 		settings.Row("by", "", "who decides, recorded with the trip", settings.String(&b.by, b.byDef)),
 		settings.Row("retention", "", "how long the decision is kept and acted on before the trip is forgotten", settings.Duration(&b.retention, 24*time.Hour)),

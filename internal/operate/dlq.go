@@ -72,8 +72,8 @@ func (d *dlq) flags(sub string) []settings.Setting {
 	}
 	rows = append(rows, d.c.LimitFlags()...)
 	return append(rows,
-		settings.Row("ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger (read to refuse edits that could create a second run group)",
-			settings.String(&d.c.Topo.LedgerBucket, queue.DefaultTopology().LedgerBucket)),
+		settings.LedgerBucket(&d.c.Topo.LedgerBucket, queue.DefaultTopology().LedgerBucket,
+			" (read to refuse edits that could create a second run group)"),
 		settings.Row("all", "", "redrive every dead letter", settings.Bool(&d.all, false)),
 		settings.Row("key", "", "redrive the dead letters of this key", settings.String(&f.Key, "")),
 		settings.Row("code", "", "redrive the dead letters with this error code", settings.String(&f.Code, "")),

@@ -278,9 +278,9 @@ func (p *Processor) handle(ctx context.Context, d Delivery, sum *summary) Decisi
 func (p *Processor) rejectInvalid(ctx context.Context, j *job, kerr, verr error) Decision {
 	if kerr != nil {
 		return p.deadLetterUnrecorded(ctx, j, client.ReasonInvalidRequest,
-			client.Failure{Class: client.FailureClassInvalid, Code: "InvalidIdempotencyKey", Field: client.HeaderKey, Message: kerr.Error()})
+			client.Failure{Class: client.FailureClassInvalid, Code: client.CodeInvalidKey, Field: client.HeaderKey, Message: kerr.Error()})
 	}
-	f := client.Failure{Class: client.FailureClassInvalid, Code: "InvalidParameter", Message: "the request could not be decoded"}
+	f := client.Failure{Class: client.FailureClassInvalid, Code: submit.CodeInvalidParameter, Message: "the request could not be decoded"}
 	var ve *submit.ValidationError
 	if errors.As(verr, &ve) {
 		f.Code, f.Field, f.Message = ve.Code, ve.Field, ve.Reason

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/submit"
 )
 
@@ -40,15 +41,15 @@ func ParseFormat(s string) (Format, error) {
 // Codes of the problems that are not API validation errors; API rules keep
 // the API's own codes (submit.ValidationError.Code).
 const (
-	CodeSyntax        = "InvalidSyntax"         // not parseable JSON / JSONL / CSV
-	CodeInvalidItem   = "InvalidItem"           // not an object, or a malformed envelope
-	CodeInvalidKey    = "InvalidIdempotencyKey" // the key breaks client.ValidateKey
-	CodeDuplicateKey  = "DuplicateKey"          // same key, different request
-	CodeDuplicateName = "DuplicateName"         // same Name and project, different key
-	CodeInvalidCell   = "InvalidCell"           // a CSV cell of the wrong type
-	CodeInputJSONFile = "InputJsonFile"         // input_json unreadable or not JSON
-	CodeCanonical     = "CanonicalFormInvalid"  // re-encoding broke validation (a bug)
-	CodeTooMany       = "TooManyRequests"       // more than Options.MaxRequests in one run
+	CodeSyntax        = "InvalidSyntax"        // not parseable JSON / JSONL / CSV
+	CodeInvalidItem   = "InvalidItem"          // not an object, or a malformed envelope
+	CodeInvalidKey    = client.CodeInvalidKey  // the key breaks client.ValidateKey
+	CodeDuplicateKey  = "DuplicateKey"         // same key, different request
+	CodeDuplicateName = "DuplicateName"        // same Name and project, different key
+	CodeInvalidCell   = "InvalidCell"          // a CSV cell of the wrong type
+	CodeInputJSONFile = "InputJsonFile"        // input_json unreadable or not JSON
+	CodeCanonical     = "CanonicalFormInvalid" // re-encoding broke validation (a bug)
+	CodeTooMany       = "TooManyRequests"      // more than Options.MaxRequests in one run
 )
 
 // Location says where a request came from. Its String form has no spaces,

@@ -53,3 +53,14 @@ func MessageLimit(l *submit.Limits) Setting {
 		"largest request message accepted (the requests stream's message limit; the only local size rule)",
 		Int(&l.MaxRequestBytes, submit.DefaultLimits().MaxRequestBytes)}
 }
+
+// LedgerBucket is the flag of the submission ledger's KV bucket, bound to p
+// with default def; note adds why the command reads it ("" for none).
+func LedgerBucket(p *string, def, note string) Setting {
+	return Setting{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger" + note, String(p, def)}
+}
+
+// BreakerBucket is the flag of the resource breakers' KV bucket.
+func BreakerBucket(p *string, def string) Setting {
+	return Setting{"breaker-bucket", "OMICSQ_BREAKER_BUCKET", "KV bucket of the resource breakers", String(p, def)}
+}

@@ -137,9 +137,9 @@ func storageRows(c *config) []settings.Setting {
 	t := queue.DefaultTopology()
 	return own([]setting{
 		{"advisory-stream", "OMICSQ_ADVISORY_STREAM", "stream capturing max-deliveries advisories", str(&c.Topology.AdvisoryStream, t.AdvisoryStream)},
-		{"ledger-bucket", "OMICSQ_LEDGER_BUCKET", "KV bucket of the submission ledger", str(&c.Topology.LedgerBucket, t.LedgerBucket)},
+		setting(settings.LedgerBucket(&c.Topology.LedgerBucket, t.LedgerBucket, "")),
 		{"control-bucket", "OMICSQ_CONTROL_BUCKET", "KV bucket of the fleet-wide pause flag", str(&c.Topology.ControlBucket, t.ControlBucket)},
-		{"breaker-bucket", "OMICSQ_BREAKER_BUCKET", "KV bucket of the resource breakers", str(&c.Topology.BreakerBucket, t.BreakerBucket)},
+		setting(settings.BreakerBucket(&c.Topology.BreakerBucket, t.BreakerBucket)),
 		{"stream-replicas", "OMICSQ_STREAM_REPLICAS", "replicas of every stream and bucket (1, 3 or 5)", integer(&c.Topology.Replicas, t.Replicas)},
 		{"requests-max-age", "OMICSQ_REQUESTS_MAX_AGE", "must be 0: a request is kept until it has an outcome, however long the fleet is paused", dur(&c.Topology.RequestsMaxAge, t.RequestsMaxAge)},
 		{"results-max-age", "OMICSQ_RESULTS_MAX_AGE", "how long results are kept", dur(&c.Topology.ResultsMaxAge, t.ResultsMaxAge)},

@@ -78,185 +78,29 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := newLogger(cfg, stderr)
 	log.Info("starting", "version", Version, "worker", cfg.WorkerID)
-
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg, metrics.BuildInfo{Version: Version, Revision: revision(), GoVersion: runtime.Version()})
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-
-	// The order below is the reverse of the shutdown order at the end.
-	var st Started
-	natsURL := cfg.NATS.URLs
-	if natsURL == "" {
-		ns, err := startEmbedded(cfg, log)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-			log.Info("embedded NATS server stopped")
-		}()
-		natsURL = ns.ClientURL()
+	// Each step pushes its own shutdown; they run in reverse, after the
+	// consumer has drained: metrics server, tracker, limiters, sandbox,
+	// NATS connection (drained), embedded server.
+	var down shutdown
+	defer down.run()
+	p := &process{cfg: cfg, log: log, m: m}
+	if err := p.connect(ctx, &down); err != nil {
+		return err
 	}
-	st.NATSURL = natsURL
-	conn := cfg.NATS
-	conn.URLs, conn.Name = natsURL, "omicsq-worker "+cfg.WorkerID
-	nc, err := natsconn.Connect(ctx, conn, log, natsconn.Hooks{
-		OnDisconnect: func() { m.SetNATSConnected(false) },
-		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },
-	})
+	if err := p.build(ctx, &down); err != nil {
+		return err
+	}
+	httpSrv, err := p.serveMetrics(reg, &down)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := nc.Drain(); err != nil {
-			nc.Close()
-		}
-		log.Info("NATS connection drained")
-	}()
-	m.SetNATSConnected(nc.IsConnected())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if err := setupTopology(ctx, js, cfg); err != nil {
-		return err
-	}
-	setupTracker(ctx, js, cfg, log)
-
-	api, sb, err := newAPI(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	if sb != nil {
-		defer sb.Close()
-		st.SandboxAddr, st.Sandbox = sb.Addr(), sb.Server()
-	}
-
-	account := "sandbox"
-	if !cfg.Sandbox {
-		account = cfg.accountHint()
-	}
-	runLimiter, err := newLimiter(ctx, js, cfg, account, "RunApplication", log)
-	if err != nil {
-		return err
-	}
-	defer runLimiter.Close()
-	describeLimiter, err := newLimiter(ctx, js, cfg, account, "DescribeRunGroups", log)
-	if err != nil {
-		return err
-	}
-	defer describeLimiter.Close()
-	configured, _ := runLimiter.Rates()
-	m.SetRateLimit(configured, configured)
-
-	led, err := ledger.Open(ctx, js, cfg.Topology.LedgerBucket)
-	if err != nil {
-		return err
-	}
-	controlKV, err := js.KeyValue(ctx, cfg.Topology.ControlBucket)
-	if err != nil {
-		return fmt.Errorf("bind bucket %s: %w", cfg.Topology.ControlBucket, err)
-	}
-	pauser := pause.New(controlKV, pause.Config{
-		Worker: cfg.WorkerID, ProbeInterval: cfg.PauseProbeInterval, UnreachableAfter: cfg.UnreachableAfter, Logger: log,
-		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, runLimiter) },
-		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
-	})
-
-	var brk *breaker.Breaker
-	if cfg.BreakerThreshold > 0 {
-		breakerKV, err := js.KeyValue(ctx, cfg.Topology.BreakerBucket)
-		if err != nil {
-			return fmt.Errorf("bind bucket %s: %w", cfg.Topology.BreakerBucket, err)
-		}
-		brk = breaker.New(breakerKV, breaker.Config{
-			Window: cfg.BreakerWindow, Threshold: cfg.BreakerThreshold, Actor: cfg.WorkerID, Logger: log,
-			OnOpen: func(t breaker.Trip) { m.BreakerOpened(t.Resource.Kind) },
-		})
-	}
-
-	proc := &queue.Processor{
-		Ledger: led, Outbox: &queue.JetStreamOutbox{JS: js, Topology: cfg.Topology}, API: api,
-		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: pauser,
-		Policy: submission.Policy{
-			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,
-			MaxDeliveries: cfg.Topology.MaxDeliver, MaxPauseStrikes: cfg.MaxPauseStrikes, CreateSkew: 5 * time.Minute,
-		},
-		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
-		BreakerWindow: cfg.BreakerWindow, BreakerHold: cfg.BreakerHold,
-		Metrics: m, Log: log, Worker: cfg.WorkerID,
-	}
-	consumer := &queue.Consumer{
-		JS: js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
-		// Fetch only what the limiter can admit within fetchHorizon: a message
-		// held while waiting for a token is one a SIGKILL strands for AckWait.
-		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, fetchHorizon) },
-		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: log,
-	}
-	if brk != nil {
-		proc.Breaker = brk // a nil *Breaker in the interface would not read as off
-	}
-	if cfg.Rate > 0 {
-		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
-	}
-	trk, err := newTracker(ctx, js, cfg, account, api, led, describeLimiter, m, log)
-	if err != nil {
-		return err
-	}
-	if trk != nil {
-		defer trk.close()
-	}
-
-	var httpSrv *http.Server
-	if cfg.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr: %w", err)
-		}
-		st.MetricsAddr = ln.Addr().String()
-		httpSrv = &http.Server{
-			Handler: metrics.NewHandler(reg, func() error {
-				return readiness(nc, consumer, pauser)
-			}),
-			ReadHeaderTimeout: 5 * time.Second,
-		}
-		serving := make(chan struct{})
-		go func() {
-			defer close(serving)
-			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "error", err)
-			}
-		}()
-		defer func() { <-serving }() // Shutdown (below) ends Serve; wait for it
-		log.Info("serving /metrics, /healthz and /readyz", "addr", st.MetricsAddr)
-	}
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return consumer.Run(gctx) })
-	g.Go(func() error { return consumer.RunAdvisories(gctx) })
-	g.Go(func() error { consumer.RunStats(gctx, 10*time.Second); return nil })
-	g.Go(func() error { return pauser.Run(gctx) })
-	if brk != nil {
-		g.Go(func() error { return brk.Run(gctx) })
-	}
-	g.Go(func() error { reportRates(gctx, runLimiter, m); return nil })
-	if trk != nil {
-		g.Go(func() error { return trk.Run(gctx) })
-	}
-	log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
-		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
-	if ready != nil {
-		ready <- st
-	}
-	err = g.Wait()
+	err = p.run(ctx, ready)
 	log.Info("stopped consuming; shutting down", "cause", context.Cause(ctx))
-
-	// Shutdown order: the consumer has drained (in-flight messages finished
-	// or released); now stop serving metrics, then the deferred closes run:
-	// limiters, sandbox, NATS connection (drained), embedded server.
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = httpSrv.Shutdown(sctx)
@@ -266,6 +110,234 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	return nil
+}
+
+// shutdown is a stack of closes, run last pushed first.
+type shutdown []func()
+
+func (s *shutdown) push(f func()) { *s = append(*s, f) }
+
+func (s shutdown) run() {
+	for i := len(s) - 1; i >= 0; i-- {
+		s[i]()
+	}
+}
+
+// process is a worker's wiring, filled by its steps.
+type process struct {
+	cfg *config
+	log *slog.Logger
+	m   *metrics.Metrics
+	st  Started
+
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	runLimiter limiter
+	pauser     *pause.Controller
+	brk        *breaker.Breaker
+	consumer   *queue.Consumer
+	trk        *workerTracker
+}
+
+// connect starts the embedded server if no URL is given, connects and
+// provisions (or verifies) the topology.
+func (p *process) connect(ctx context.Context, down *shutdown) error {
+	cfg, log, m := p.cfg, p.log, p.m
+	natsURL := cfg.NATS.URLs
+	if natsURL == "" {
+		ns, err := startEmbedded(cfg, log)
+		if err != nil {
+			return err
+		}
+		down.push(func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			log.Info("embedded NATS server stopped")
+		})
+		natsURL = ns.ClientURL()
+	}
+	p.st.NATSURL = natsURL
+	conn := cfg.NATS
+	conn.URLs, conn.Name = natsURL, "omicsq-worker "+cfg.WorkerID
+	nc, err := natsconn.Connect(ctx, conn, log, natsconn.Hooks{
+		OnDisconnect: func() { m.SetNATSConnected(false) },
+		OnReconnect:  func() { m.SetNATSConnected(true); m.NATSReconnected() },
+	})
+	if err != nil {
+		return err
+	}
+	down.push(func() {
+		if err := nc.Drain(); err != nil {
+			nc.Close()
+		}
+		log.Info("NATS connection drained")
+	})
+	m.SetNATSConnected(nc.IsConnected())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	p.nc, p.js = nc, js
+	if err := setupTopology(ctx, js, cfg); err != nil {
+		return err
+	}
+	setupTracker(ctx, js, cfg, log)
+	return nil
+}
+
+// build makes the API client, limiters, ledger, pause, breaker, processor,
+// consumer and tracker.
+func (p *process) build(ctx context.Context, down *shutdown) error {
+	cfg, log, m, js := p.cfg, p.log, p.m, p.js
+	api, sb, err := newAPI(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if sb != nil {
+		down.push(sb.Close)
+		p.st.SandboxAddr, p.st.Sandbox = sb.Addr(), sb.Server()
+	}
+	account := "sandbox"
+	if !cfg.Sandbox {
+		account = cfg.accountHint()
+	}
+	runLimiter, err := newLimiter(ctx, js, cfg, account, "RunApplication", log)
+	if err != nil {
+		return err
+	}
+	down.push(func() { runLimiter.Close() })
+	describeLimiter, err := newLimiter(ctx, js, cfg, account, "DescribeRunGroups", log)
+	if err != nil {
+		return err
+	}
+	down.push(func() { describeLimiter.Close() })
+	configured, _ := runLimiter.Rates()
+	m.SetRateLimit(configured, configured)
+	p.runLimiter = runLimiter
+
+	led, err := ledger.Open(ctx, js, cfg.Topology.LedgerBucket)
+	if err != nil {
+		return err
+	}
+	if err := p.buildControls(ctx, api, runLimiter); err != nil {
+		return err
+	}
+	p.consumer = p.newConsumer(led, api, runLimiter, describeLimiter)
+	trk, err := newTracker(ctx, js, cfg, account, api, led, describeLimiter, m, log)
+	if err != nil {
+		return err
+	}
+	if trk != nil {
+		down.push(trk.close)
+		p.trk = trk
+	}
+	return nil
+}
+
+// buildControls makes the fleet-wide pause and, when enabled, the breaker.
+func (p *process) buildControls(ctx context.Context, api *submit.Client, runLimiter limiter) error {
+	cfg, m := p.cfg, p.m
+	controlKV, err := p.js.KeyValue(ctx, cfg.Topology.ControlBucket)
+	if err != nil {
+		return fmt.Errorf("bind bucket %s: %w", cfg.Topology.ControlBucket, err)
+	}
+	p.pauser = pause.New(controlKV, pause.Config{
+		Worker: cfg.WorkerID, ProbeInterval: cfg.PauseProbeInterval, UnreachableAfter: cfg.UnreachableAfter, Logger: p.log,
+		Probe:    func(ctx context.Context) error { return probeAPI(ctx, api, runLimiter) },
+		OnChange: func(s pause.State) { m.SetPaused(s.Paused, s.Reason) },
+	})
+	if cfg.BreakerThreshold <= 0 {
+		return nil
+	}
+	breakerKV, err := p.js.KeyValue(ctx, cfg.Topology.BreakerBucket)
+	if err != nil {
+		return fmt.Errorf("bind bucket %s: %w", cfg.Topology.BreakerBucket, err)
+	}
+	p.brk = breaker.New(breakerKV, breaker.Config{
+		Window: cfg.BreakerWindow, Threshold: cfg.BreakerThreshold, Actor: cfg.WorkerID, Logger: p.log,
+		OnOpen: func(t breaker.Trip) { m.BreakerOpened(t.Resource.Kind) },
+	})
+	return nil
+}
+
+// newConsumer makes the processor and the consume loop around it.
+func (p *process) newConsumer(led *ledger.Ledger, api *submit.Client, runLimiter, describeLimiter limiter) *queue.Consumer {
+	cfg, m := p.cfg, p.m
+	proc := &queue.Processor{
+		Ledger: led, Outbox: &queue.JetStreamOutbox{JS: p.js, Topology: cfg.Topology}, API: api,
+		RunLimiter: runLimiter, DescribeLimiter: describeLimiter, Pause: p.pauser,
+		Policy: submission.Policy{
+			Retry: cfg.Retry, Horizon: cfg.LookupHorizon, LookupInitial: time.Second, LookupMax: 30 * time.Second,
+			MaxDeliveries: cfg.Topology.MaxDeliver, MaxPauseStrikes: cfg.MaxPauseStrikes, CreateSkew: 5 * time.Minute,
+		},
+		Limits: cfg.Limits, CallTimeout: cfg.APITimeout, LeaseTTL: cfg.LeaseTTL,
+		BreakerWindow: cfg.BreakerWindow, BreakerHold: cfg.BreakerHold,
+		Metrics: m, Log: p.log, Worker: cfg.WorkerID,
+	}
+	if p.brk != nil {
+		proc.Breaker = p.brk // a nil *Breaker in the interface would not read as off
+	}
+	consumer := &queue.Consumer{
+		JS: p.js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
+		// Fetch only what the limiter can admit within fetchHorizon: a message
+		// held while waiting for a token is one a SIGKILL strands for AckWait.
+		Ready:        func(ctx context.Context) error { return runLimiter.Ready(ctx, fetchHorizon) },
+		DrainTimeout: cfg.DrainTimeout, Metrics: m, Log: p.log,
+	}
+	if cfg.Rate > 0 {
+		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
+	}
+	return consumer
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz when configured.
+func (p *process) serveMetrics(reg *prometheus.Registry, down *shutdown) (*http.Server, error) {
+	if p.cfg.MetricsAddr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", p.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	p.st.MetricsAddr = ln.Addr().String()
+	srv := &http.Server{
+		Handler:           metrics.NewHandler(reg, func() error { return readiness(p.nc, p.consumer, p.pauser) }),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	serving := make(chan struct{})
+	go func() {
+		defer close(serving)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.log.Error("metrics server stopped", "error", err)
+		}
+	}()
+	down.push(func() { <-serving }) // Shutdown (in Run) ends Serve; wait for it
+	p.log.Info("serving /metrics, /healthz and /readyz", "addr", p.st.MetricsAddr)
+	return srv, nil
+}
+
+// run runs every loop until ctx ends or one fails; the consumer drains
+// before it returns.
+func (p *process) run(ctx context.Context, ready chan<- Started) error {
+	cfg := p.cfg
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.consumer.Run(gctx) })
+	g.Go(func() error { return p.consumer.RunAdvisories(gctx) })
+	g.Go(func() error { p.consumer.RunStats(gctx, 10*time.Second); return nil })
+	g.Go(func() error { return p.pauser.Run(gctx) })
+	if p.brk != nil {
+		g.Go(func() error { return p.brk.Run(gctx) })
+	}
+	g.Go(func() error { reportRates(gctx, p.runLimiter, p.m); return nil })
+	if p.trk != nil {
+		g.Go(func() error { return p.trk.Run(gctx) })
+	}
+	p.log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
+		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
+	if ready != nil {
+		ready <- p.st
+	}
+	return g.Wait()
 }
 
 // workerTracker is the run tracker with the DescribeRuns limiter it alone
