@@ -70,7 +70,7 @@ func TestHarnessSmoke(t *testing.T) {
 	}
 	var rows []string
 	for _, line := range strings.Split(md, "\n") {
-		if strings.HasPrefix(line, "| `--ack-wait") {
+		if strings.HasPrefix(line, "| (defaults) |") {
 			rows = append(rows, line)
 		}
 	}
