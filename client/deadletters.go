@@ -132,7 +132,13 @@ func (c *Client) DeadLetters(ctx context.Context, f DeadLetterFilter) iter.Seq2[
 		if f.Key != "" {
 			subject = c.topo.DLQSubject(f.Key)
 		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+		// A subject filter makes the server list every matching subject (one
+		// per key): ask for it only for one key's subject.
+		var opts []jetstream.StreamInfoOpt
+		if f.Key != "" {
+			opts = append(opts, jetstream.WithSubjectFilter(subject))
+		}
+		info, err := s.Info(ctx, opts...)
 		if err != nil {
 			yield(StoredDeadLetter{}, fmt.Errorf("stream %s: %w", c.topo.DLQStream, err))
 			return
