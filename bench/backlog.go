@@ -131,7 +131,8 @@ func backlogAllInOne(ctx context.Context, h *harness, cfg backlogConfig) (backlo
 		}
 		if nc != nil {
 			if js == nil {
-				js, _ = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+				js, _ = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(preloadWindow),
+					jetstream.WithPublishAsyncTimeout(10*time.Second))
 			}
 			if _, err := js.Stream(ctx, topo.RequestsStream); err == nil {
 				break
@@ -198,7 +199,7 @@ func freePort() (int, error) {
 func backlogMarkdown(cfg backlogConfig, runs []backlogRun) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Memory with a large backlog: `go run ./bench backlog`\n\n")
-	fmt.Fprintf(&b, "%d requests published (asynchronous JetStream publishes), one worker at `--rate 20` (sandbox limit 20/s), so the "+
+	fmt.Fprintf(&b, "%d requests published (the public client's PublishBatch), one worker at `--rate 20` (sandbox limit 20/s), so the "+
 		"backlog stays ~%dk pending; memory read %v after the worker started (separate NATS) or after the backlog was published "+
 		"(all-in-one). Peak = `VmHWM`, now = `VmRSS` of the worker process.\n\n", cfg.Pending, cfg.Pending/1000, cfg.Wait)
 	b.WriteString("| mode | publish time | worker peak RSS | worker RSS now | pending when read | results | load avg before → after | ≤ 100 MiB | note |\n")

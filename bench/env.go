@@ -302,7 +302,8 @@ func (h *harness) newEnv(ctx context.Context, name string, o envOptions) (*env, 
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(4096))
+	e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(preloadWindow),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return nil, err
 	}
@@ -422,43 +423,51 @@ func requestBody(name string) []byte {
 	return body
 }
 
-// preload publishes n requests named prefix-<i> (key = name), one
-// acknowledged publish at a time, with the headers of the message contract
-// (Omicsq-Key, and Nats-Msg-Id = key so a retried publish is dropped).
+// preload publishes n requests named prefix-<i> (key = name) with the
+// public client's Publish, one acknowledged publish at a time (the client
+// sets the contract's headers: Omicsq-Key, and Nats-Msg-Id = key so a
+// retried publish is dropped).
 func (e *env) preload(ctx context.Context, prefix string, n int) error {
+	c := client.New(e.js, client.WithTopology(e.topo.Topology))
 	for i := range n {
 		name := fmt.Sprintf("%s-%06d", prefix, i)
-		m := nats.NewMsg(e.topo.RequestsSubject)
-		m.Data = requestBody(name)
-		m.Header.Set(client.HeaderKey, name)
-		m.Header.Set(client.HeaderMsgID, name)
-		if _, err := e.js.PublishMsg(ctx, m); err != nil {
+		if _, err := c.Publish(ctx, client.Request{Key: name, Body: requestBody(name)}); err != nil {
 			return fmt.Errorf("preload %s: %w", name, err)
 		}
 	}
 	return nil
 }
 
-// preloadAsync publishes n requests with asynchronous JetStream publishes,
-// with the headers preload sets (Omicsq-Key and Nats-Msg-Id =
-// key), and waits for every acknowledgement.
+// preloadWindow is how many publishes preloadAsync keeps awaiting their
+// acknowledgement (the jetstream contexts' WithPublishAsyncMaxPending), and
+// preloadBatch how many requests it hands PublishBatch at a time.
+const (
+	preloadWindow = 4096
+	preloadBatch  = 10000
+)
+
+// preloadAsync publishes n requests named prefix-<i> (key = name) with the
+// public client's PublishBatch (asynchronous publishes, up to preloadWindow
+// in flight, the same headers as preload), and fails if any publish is not
+// acknowledged.
 func preloadAsync(ctx context.Context, js jetstream.JetStream, t queue.Topology, prefix string, n int) error {
-	for i := range n {
-		name := fmt.Sprintf("%s-%06d", prefix, i)
-		m := nats.NewMsg(t.RequestsSubject)
-		m.Data = requestBody(name)
-		m.Header.Set(client.HeaderKey, name)
-		m.Header.Set(client.HeaderMsgID, name)
-		if _, err := js.PublishMsgAsync(m); err != nil {
-			return fmt.Errorf("publish %s: %w", name, err)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	c := client.New(js, client.WithTopology(t.Topology), client.WithPublishWindow(preloadWindow))
+	batch := make([]client.Request, 0, min(n, preloadBatch))
+	for from := 0; from < n; from += preloadBatch {
+		batch = batch[:0]
+		for i := from; i < min(n, from+preloadBatch); i++ {
+			name := fmt.Sprintf("%s-%06d", prefix, i)
+			batch = append(batch, client.Request{Key: name, Body: requestBody(name)})
 		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(5 * time.Minute):
-		return errors.New("async publishes not acknowledged within 5 minutes")
+		if _, err := c.PublishBatch(ctx, batch); err != nil {
+			var be *client.BatchError
+			if errors.As(err, &be) {
+				return fmt.Errorf("publish %s: %w", batch[be.Index].Key, be.Err)
+			}
+			return fmt.Errorf("publish: %w", err)
+		}
 	}
 	return nil
 }
