@@ -118,28 +118,13 @@ func (c *Client) WatchStatus(ctx context.Context, keys []string) (*StatusWatcher
 // readLatest sends each key's newest stored group event, a few keys at a
 // time.
 func readLatest(ctx context.Context, s jetstream.Stream, t Topology, keys []string, send func(seqEvent)) {
-	next := make(chan string)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for k := range next {
-				m, err := s.GetLastMsgForSubject(ctx, t.StatusGroupSubject(k))
-				var e StatusEvent
-				if err == nil && json.Unmarshal(m.Data, &e) == nil {
-					send(seqEvent{seq: m.Sequence, e: e})
-				}
-			}
-		})
-	}
-	defer wg.Wait()
-	defer close(next)
-	for _, k := range keys {
-		select {
-		case next <- k:
-		case <-ctx.Done():
-			return
+	eachKey(ctx, keys, 8, func(k string) {
+		m, err := s.GetLastMsgForSubject(ctx, t.StatusGroupSubject(k))
+		var e StatusEvent
+		if err == nil && json.Unmarshal(m.Data, &e) == nil {
+			send(seqEvent{seq: m.Sequence, e: e})
 		}
-	}
+	})
 }
 
 type seqEvent struct {

@@ -76,7 +76,7 @@ func TestWatchStatusFollowsEachKeyToItsTerminalEvent(t *testing.T) {
 	}
 	per := map[string][]string{}
 	for _, g := range got {
-		k, st, _ := cut(g)
+		k, st, _ := strings.Cut(g, ":")
 		per[k] = append(per[k], st)
 	}
 	// live's first event is its newest stored one when read: Pending, or
@@ -88,15 +88,6 @@ func TestWatchStatusFollowsEachKeyToItsTerminalEvent(t *testing.T) {
 	if wctx.Err() != nil {
 		t.Error("the watch ended by timeout, not because every key was terminal")
 	}
-}
-
-func cut(s string) (string, string, bool) {
-	for i := range s {
-		if s[i] == ':' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 func TestTerminalStatuses(t *testing.T) {

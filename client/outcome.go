@@ -225,26 +225,34 @@ func (st *watchState) send(ctx context.Context, o Outcome) {
 // readStored reads each key's last result and last dead letter, a few keys
 // at a time.
 func (st *watchState) readStored(ctx context.Context, t Topology, results, dlq jetstream.Stream) {
-	keys := make(chan string)
+	eachKey(ctx, st.order, 4, func(key string) {
+		if m, err := results.GetLastMsgForSubject(ctx, t.ResultSubject(key)); err == nil {
+			st.send(ctx, decodeOutcome(key, false, m.Sequence, m.Time, m.Header, m.Data))
+			return
+		}
+		if m, err := dlq.GetLastMsgForSubject(ctx, t.DLQSubject(key)); err == nil {
+			st.send(ctx, decodeOutcome(key, true, m.Sequence, m.Time, m.Header, m.Data))
+		}
+	})
+}
+
+// eachKey calls read for every key, workers at a time, until ctx ends: the
+// watches' direct reads of what was stored before they began.
+func eachKey(ctx context.Context, keys []string, workers int, read func(key string)) {
+	next := make(chan string)
 	var wg sync.WaitGroup
-	for range 4 {
+	for range workers {
 		wg.Go(func() {
-			for key := range keys {
-				if m, err := results.GetLastMsgForSubject(ctx, t.ResultSubject(key)); err == nil {
-					st.send(ctx, decodeOutcome(key, false, m.Sequence, m.Time, m.Header, m.Data))
-					continue
-				}
-				if m, err := dlq.GetLastMsgForSubject(ctx, t.DLQSubject(key)); err == nil {
-					st.send(ctx, decodeOutcome(key, true, m.Sequence, m.Time, m.Header, m.Data))
-				}
+			for k := range next {
+				read(k)
 			}
 		})
 	}
 	defer wg.Wait()
-	defer close(keys)
-	for _, k := range st.order {
+	defer close(next)
+	for _, k := range keys {
 		select {
-		case keys <- k:
+		case next <- k:
 		case <-ctx.Done():
 			return
 		}
