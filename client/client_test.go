@@ -173,6 +173,51 @@ func TestWatchSettlesEachKeyOnce(t *testing.T) {
 	}
 }
 
+// A duplicate republish is acknowledged with the original's sequence, so its
+// dead letter settles a plain watch; DeadLettersAfter keeps it Earlier.
+func TestWatchDeadLettersAfter(t *testing.T) {
+	t.Parallel()
+	js, topo := setup(t)
+	ctx := context.Background()
+	c := client.New(js)
+	p, err := c.Publish(ctx, client.Request{Key: "k", Body: body("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := client.DeadLetter{Key: "k", Request: body("k"), Reason: client.ReasonPermanentError, StreamSequence: p.Sequence,
+		Error: client.Failure{Class: "permanent", Code: "InvalidParameterValue.X"}}
+	if err := queue.PublishDeadLetter(ctx, js, topo, d, "k/1"); err != nil {
+		t.Fatal(err)
+	}
+	mark, err := c.DeadLetterMark(ctx)
+	if err != nil || mark == 0 {
+		t.Fatalf("DeadLetterMark = %d, %v", mark, err)
+	}
+	collect := func(opts ...client.WatchOption) []string {
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		w, err := c.Watch(wctx, []client.Published{p}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		var got []string
+		for o := range w.Outcomes() {
+			got = append(got, fmt.Sprintf("dead=%v earlier=%v", o.Dead, o.Earlier))
+		}
+		return got
+	}
+	if got := collect(); !slices.Equal(got, []string{"dead=true earlier=false"}) {
+		t.Errorf("plain watch: %q", got)
+	}
+	if got := collect(client.DeadLettersAfter(mark)); !slices.Equal(got, []string{"dead=true earlier=true"}) {
+		t.Errorf("DeadLettersAfter(mark): %q", got)
+	}
+	if got := collect(client.DeadLettersAfter(mark - 1)); !slices.Equal(got, []string{"dead=true earlier=false"}) {
+		t.Errorf("DeadLettersAfter(mark-1): %q", got)
+	}
+}
+
 func TestWaitResult(t *testing.T) {
 	t.Parallel()
 	js, topo := setup(t)

@@ -124,15 +124,47 @@ func (w *Watcher) Stop() {
 	w.wg.Wait()
 }
 
+// WatchOption configures a Watch.
+type WatchOption func(*watchState)
+
+// DeadLettersAfter makes only dead letters stored after the dead-letter
+// stream's sequence mark settle a request (take mark with DeadLetterMark
+// before publishing). Older ones, including the dead letter of an original
+// message whose republish was dropped as a duplicate, are delivered as
+// Earlier: the request stays unsettled until a new outcome arrives. Without
+// it, a dead letter settles a request when its StreamSequence is at least
+// the publish's Sequence.
+func DeadLettersAfter(mark uint64) WatchOption {
+	return func(st *watchState) { st.settleAfter, st.hasSettleAfter = mark, true }
+}
+
+// DeadLetterMark is the dead-letter stream's last sequence now: the mark
+// for DeadLettersAfter.
+func (c *Client) DeadLetterMark(ctx context.Context) (uint64, error) {
+	s, err := c.js.Stream(ctx, c.topo.DLQStream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", c.topo.DLQStream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", c.topo.DLQStream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
 // Watch follows the results and dead-letter streams for the requests in
 // published (as PublishBatch returned them). A key's outcome settles it when
 // it is a result, or a dead letter whose StreamSequence is at least the
-// publish's Sequence. Outcomes stored before the watch began are found too,
-// so Watch may be called after publishing.
-func (c *Client) Watch(ctx context.Context, published []Published) (*Watcher, error) {
+// publish's Sequence (see DeadLettersAfter for the stricter rule). Outcomes
+// stored before the watch began are found too, so Watch may be called after
+// publishing.
+func (c *Client) Watch(ctx context.Context, published []Published, opts ...WatchOption) (*Watcher, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{out: make(chan Outcome, 64), cancel: cancel}
 	st := &watchState{since: map[string]uint64{}, tokens: map[string]string{}, raw: make(chan Outcome, 256)}
+	for _, o := range opts {
+		o(st)
+	}
 	for _, p := range published {
 		if s, ok := st.since[p.Key]; !ok || p.Sequence < s {
 			if !ok {
@@ -187,6 +219,9 @@ type watchState struct {
 	// began: an unreadable dead letter at or before it cannot be this
 	// publish's.
 	dlqStart uint64
+	// settleAfter, when set, is the DeadLettersAfter mark.
+	settleAfter    uint64
+	hasSettleAfter bool
 }
 
 func (st *watchState) follow(ctx context.Context, s jetstream.Stream, prefix string, dead bool) (jetstream.ConsumeContext, error) {
@@ -300,6 +335,9 @@ func (st *watchState) isEarlier(o Outcome, since uint64) bool {
 		// Another message of the key was being called for: that one settles
 		// the key, not this refusal.
 		return true
+	}
+	if st.hasSettleAfter {
+		return o.Sequence <= st.settleAfter
 	}
 	if o.DeadLetter != nil && o.DeadLetter.StreamSequence != 0 {
 		return o.DeadLetter.StreamSequence < since

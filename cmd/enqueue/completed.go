@@ -17,10 +17,10 @@ const liveEvery = 10 * time.Second
 // waitFor runs --wait: until every request is submitted or dead-lettered,
 // and with --wait=completed until every run group is terminal, all within
 // --timeout of the end of publishing.
-func waitFor(ctx context.Context, cl *client.Client, c *config, items []item, acks []client.Published, stdout, stderr io.Writer) int {
+func waitFor(ctx context.Context, cl *client.Client, c *config, items []item, acks []client.Published, dlqMark uint64, stdout, stderr io.Writer) int {
 	wctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	code, submitted := waitOutcomes(wctx, cl, items, acks, c.timeout, stdout, stderr, c.quiet)
+	code, submitted := waitOutcomes(wctx, cl, items, acks, dlqMark, c.timeout, stdout, stderr, c.quiet)
 	if c.wait != waitCompleted || len(submitted) == 0 || code == exitTimeout || code == exitInterrupted {
 		return code
 	}

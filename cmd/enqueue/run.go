@@ -95,6 +95,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "enqueue: %v\n", err)
 		return exitFailed
 	}
+	// --wait settles a request only by outcomes of this run: a dead letter
+	// stored before it (whose republish is a dropped duplicate) leaves the
+	// request pending with a hint, as a new dead letter would not come.
+	var mark uint64
+	if c.wait != waitNone {
+		if mark, err = s.Client.DeadLetterMark(ctx); err != nil {
+			fmt.Fprintf(stderr, "enqueue: %v\n", err)
+			return exitFailed
+		}
+	}
 	acks, dups, err := publishAll(ctx, s.Client, c, items, stdout, stderr)
 	fmt.Fprintf(stderr, "enqueue: %d published, %d duplicates (already in the stream's de-duplication window)\n", len(acks)-dups, dups)
 	if err != nil {
@@ -105,7 +115,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	code := exitOK
 	if c.wait != waitNone {
-		code = waitFor(ctx, s.Client, c, items, acks, stdout, stderr)
+		code = waitFor(ctx, s.Client, c, items, acks, mark, stdout, stderr)
 	}
 	if len(invalid) > 0 {
 		return exitFailed

@@ -268,23 +268,23 @@ func TestWait(t *testing.T) {
 	}
 
 	// Re-run with the worker stopped: the results already exist and are
-	// found by direct get; the republish of the dead request is a duplicate
-	// acknowledged with the original's sequence, so its dead letter settles
-	// it at once instead of leaving it pending until the timeout.
+	// found by direct get; the dead letter predates this run, so that
+	// request stays pending (its republish was a duplicate) and the wait
+	// times out.
 	w.stop()
-	r = e.run("", "--wait", "--timeout", "10s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
-	if r.Code != exitFailed {
-		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.Code, exitFailed, r.Stdout, r.Stderr)
+	r = e.run("", "--wait", "--timeout", "1s", "--application-id", "app-1", "--environment-id", "env-1", sheet)
+	if r.Code != exitTimeout {
+		t.Fatalf("re-run: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.Code, exitTimeout, r.Stdout, r.Stderr)
 	}
 	for _, want := range []string{sheet + ":row2 ", sheet + ":row4 "} {
 		if !strings.Contains(r.Stdout, want) || !regexp.MustCompile(regexp.QuoteMeta(want)+`\S+ run-group run-`).MatchString(r.Stdout) {
 			t.Errorf("re-run: no run-group line for %s:\n%s", want, r.Stdout)
 		}
 	}
-	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ dead-letter ResourceNotFound.ApplicationNotExist`).MatchString(r.Stdout) {
-		t.Errorf("re-run: row3 should report its dead letter:\n%s", r.Stdout)
+	if !regexp.MustCompile(regexp.QuoteMeta(sheet+":row3 ") + `\S+ pending \(a dead letter from before this run exists: enqueue dlq show \d+\)`).MatchString(r.Stdout) {
+		t.Errorf("re-run: row3 should be pending with a hint:\n%s", r.Stdout)
 	}
-	if !strings.Contains(r.Stderr, "wait: 2 succeeded, 1 dead-lettered") || strings.Contains(r.Stderr, "pending") {
+	if !strings.Contains(r.Stderr, "wait: 2 succeeded, 0 dead-lettered, 1 pending after 1s") {
 		t.Errorf("re-run summary:\n%s", r.Stderr)
 	}
 }

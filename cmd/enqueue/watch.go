@@ -57,8 +57,8 @@ type waitTally struct{ ok, dead, unreadable, pending int }
 // result is unreadable), else 130 if interrupted or 2 if any is still
 // pending at the timeout, else 0.
 // submitted lists the keys that got a result. ctx carries the deadline.
-func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []client.Published, timeout time.Duration, stdout, stderr io.Writer, quiet bool) (code int, submitted []string) {
-	w, err := cl.Watch(ctx, acks)
+func waitOutcomes(ctx context.Context, cl *client.Client, items []item, acks []client.Published, dlqMark uint64, timeout time.Duration, stdout, stderr io.Writer, quiet bool) (code int, submitted []string) {
+	w, err := cl.Watch(ctx, acks, client.DeadLettersAfter(dlqMark))
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueue: %v\n", err)
 		return exitFailed, nil
