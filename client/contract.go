@@ -167,10 +167,11 @@ type Event struct {
 	Worker    string `json:"worker,omitempty"`
 }
 
-// DecodeResult decodes a results message, rejecting unknown fields.
+// DecodeResult decodes a results message. Fields it does not know are
+// ignored, so a reader keeps working when a minor version adds one.
 func DecodeResult(data []byte) (Result, error) {
 	var r Result
-	if err := decodeStrict(data, &r); err != nil {
+	if err := decodeOne(data, &r); err != nil {
 		return Result{}, fmt.Errorf("decode result: %w", err)
 	}
 	if r.Key == "" || r.RunGroupID == "" {
@@ -179,10 +180,11 @@ func DecodeResult(data []byte) (Result, error) {
 	return r, nil
 }
 
-// DecodeDeadLetter decodes a dead-letter message, rejecting unknown fields.
+// DecodeDeadLetter decodes a dead-letter message, ignoring fields it does
+// not know (see DecodeResult).
 func DecodeDeadLetter(data []byte) (DeadLetter, error) {
 	var d DeadLetter
-	if err := decodeStrict(data, &d); err != nil {
+	if err := decodeOne(data, &d); err != nil {
 		return DeadLetter{}, fmt.Errorf("decode dead letter: %w", err)
 	}
 	if d.Key == "" || d.Reason == "" {
@@ -198,9 +200,9 @@ func DecodeDeadLetter(data []byte) (DeadLetter, error) {
 	return d, nil
 }
 
-func decodeStrict(data []byte, v any) error {
+// decodeOne decodes exactly one JSON value; trailing data is an error.
+func decodeOne(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
