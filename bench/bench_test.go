@@ -94,3 +94,52 @@ func rowOf(md, prefix string) string {
 	}
 	return ""
 }
+
+// TestTrackerBenchSmoke runs the tracker benchmark on 250 run groups: the
+// seeding worker submits each once, the tracker worker announces each, and
+// its measured cycles cost ceil(250/100) = 3 DescribeRunGroups calls, as
+// its own gauge and the sandbox's record both say. It asserts no timing.
+func TestTrackerBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts NATS, the sandbox and two worker processes for a few seconds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "worker")
+	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"tracker", "--worker-bin", bin, "--groups", "250", "--cycles", "2", "--interval", "1s",
+		"--timeout", "60s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench tracker exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	md := stdout.String()
+	if !strings.Contains(md, "## Run tracker at scale") {
+		t.Fatalf("tracker report lacks its section:\n%s", md)
+	}
+	var measured int
+	for _, line := range strings.Split(md, "\n") {
+		if strings.Contains(line, "| measured |") {
+			measured++
+			if !strings.Contains(line, "| 3 (3) | 0 (0) | 0 |") {
+				t.Errorf("a measured cycle did not cost 3 DescribeRunGroups calls, none else, and no events:\n%s", line)
+			}
+		}
+	}
+	// A cycle counts as measured only once every group was known and
+	// announced, so two measured cycles also prove that.
+	if measured != 2 {
+		t.Errorf("%d measured cycles, want 2:\n%s", measured, md)
+	}
+	for _, row := range []string{"| Describe calls per cycle (tracker) |", "| DescribeRunGroups calls/s at the API |"} {
+		if !strings.HasSuffix(strings.TrimSpace(rowOf(md, row)), ": yes |") {
+			t.Errorf("row says no:\n%s", rowOf(md, row))
+		}
+	}
+	if !strings.HasSuffix(strings.TrimSpace(rowOf(md, "| log check |")), "| ok |") {
+		t.Errorf("the arrival log disagrees with the sandbox's statistics:\n%s", rowOf(md, "| log check |"))
+	}
+}

@@ -8,6 +8,7 @@
 //	go run ./bench backlog    [--pending 100000] [--wait 20s] [--all-in-one=true]
 //	go run ./bench faults     [--requests 600] [--workers 3] [--ctf 0.30] [--internal-error 0.10]
 //	                          [--kill-every 5s] [--lag 0] [--timeout 150s] [--worker-flags FLAGS]...
+//	go run ./bench tracker    [--groups 10000] [--rate 20] [--share 0.25] [--cycles 3] [--interval 5s]
 //	go run ./bench all        [--out FILE]
 //
 // Every subcommand also takes --out FILE (write the Markdown there too),
@@ -47,7 +48,7 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|all> [flags]
+const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|tracker|all> [flags]
        go run ./bench <subcommand> -h     (flags of a subcommand)
 `
 
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var tp throughputConfig
 	var bl backlogConfig
 	var flt faultsConfig
+	var trk trackerConfig
 	switch sub {
 	case "limiter":
 		lim.flags(fs)
@@ -90,10 +92,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		bl.flags(fs)
 	case "faults":
 		flt.flags(fs)
+	case "tracker":
+		trk.flags(fs)
 	case "all":
 		// Registering a benchmark's flags sets its defaults; `all` exposes
 		// only the knobs that shorten a trial run.
-		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags} {
+		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags, trk.flags} {
 			f(flag.NewFlagSet("", flag.ContinueOnError))
 		}
 		fs.DurationVar(&lim.Duration, "duration", lim.Duration, "limiter: steady state per run")
@@ -133,10 +137,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"throughput": func() (string, error) { return runThroughput(ctx, h, tp) },
 		"backlog":    func() (string, error) { return runBacklog(ctx, h, bl) },
 		"faults":     func() (string, error) { return runFaults(ctx, h, flt) },
+		"tracker":    func() (string, error) { return runTracker(ctx, h, trk) },
 	}
 	order := []string{sub}
 	if sub == "all" {
-		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults"}
+		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults", "tracker"}
 	}
 	failed := false
 	for _, name := range order {
