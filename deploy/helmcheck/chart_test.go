@@ -97,7 +97,7 @@ func TestRenderFeatures(t *testing.T) {
 	want := map[string]int{
 		"Deployment": 1, "Service": 1, "ServiceAccount": 1, "PodDisruptionBudget": 1, "Pod": 1,
 		"ServiceMonitor": 1, "PrometheusRule": 1, "ScaledObject": 1, "TriggerAuthentication": 1,
-		"Stream": 4, "Consumer": 2, "KeyValue": 4,
+		"Stream": 5, "Consumer": 3, "KeyValue": 5, // the queue's and the run tracker's
 		"ConfigMap": 3, // settings, dashboard, the extraObjects example
 	}
 	for kind, n := range want {

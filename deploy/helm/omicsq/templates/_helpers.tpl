@@ -164,6 +164,10 @@ an override in config reaches them too.
   "OMICSQ_LEDGER_BUCKET" $v.jetstream.ledgerBucket
   "OMICSQ_CONTROL_BUCKET" $v.jetstream.controlBucket
   "OMICSQ_BREAKER_BUCKET" $v.jetstream.breakerBucket
+  "OMICSQ_STATUS_STREAM" $v.jetstream.statusStream
+  "OMICSQ_STATUS_PREFIX" $v.jetstream.statusPrefix
+  "OMICSQ_RUNS_BUCKET" $v.jetstream.runsBucket
+  "OMICSQ_TRACKER_CONSUMER" $v.jetstream.trackerConsumer
   "OMICSQ_REQUESTS_MAX_AGE" $v.jetstream.requestsMaxAge
   "OMICSQ_RESULTS_MAX_AGE" $v.jetstream.resultsMaxAge
   "OMICSQ_DLQ_MAX_AGE" $v.jetstream.dlqMaxAge
