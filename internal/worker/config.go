@@ -17,6 +17,7 @@ import (
 	"github.com/omicsq/omicsq/internal/settings"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/internal/tracker"
+	"github.com/omicsq/omicsq/sandbox"
 )
 
 // config is every worker setting. Each one is a flag and an environment
@@ -31,10 +32,16 @@ type config struct {
 	Sandbox       bool
 	SandboxListen string
 	SandboxRate   int
-	Endpoint      string
-	InsecureHTTP  bool
-	Region        string
-	APITimeout    time.Duration
+	// SandboxRunTime, SandboxQueueTime and SandboxFailureRate configure the
+	// sandbox's execution model; sandboxExecution is what they parse to.
+	SandboxRunTime     string
+	SandboxQueueTime   time.Duration
+	SandboxFailureRate float64
+	sandboxExecution   sandbox.Execution
+	Endpoint           string
+	InsecureHTTP       bool
+	Region             string
+	APITimeout         time.Duration
 
 	Concurrency    int
 	Rate           float64
@@ -115,6 +122,9 @@ func serverRows(c *config) []settings.Setting {
 		{"sandbox", "OMICSQ_SANDBOX", "submit to an in-process sandbox Omics API instead of Tencent Cloud (no credentials)", boolean(&c.Sandbox, false)},
 		{"sandbox-listen", "OMICSQ_SANDBOX_LISTEN", "sandbox: listen address of the in-process sandbox API", str(&c.SandboxListen, "127.0.0.1:0")},
 		{"sandbox-rate", "OMICSQ_SANDBOX_RATE", "sandbox: calls per second per action it admits (0: unlimited)", integer(&c.SandboxRate, 20)},
+		{"sandbox-run-time", "OMICSQ_SANDBOX_RUN_TIME", "sandbox: how long each run executes before it ends, MIN-MAX (drawn uniformly, e.g. 10s-60s) or one duration; off: runs stay Pending and the tracker has nothing to follow", str(&c.SandboxRunTime, "5s-20s")},
+		{"sandbox-queue-time", "OMICSQ_SANDBOX_QUEUE_TIME", "sandbox: how long each run stays Pending before it runs", dur(&c.SandboxQueueTime, 2*time.Second)},
+		{"sandbox-failure-rate", "OMICSQ_SANDBOX_FAILURE_RATE", "sandbox: probability that a run ends Failed (with the sandbox's error message) instead of Succeeded", settings.Float(&c.SandboxFailureRate, 0)},
 		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", str(&c.Endpoint, "omics.tencentcloudapi.com")},
 		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", boolean(&c.InsecureHTTP, false)},
 		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", str(&c.Region, "ap-guangzhou")},
@@ -320,6 +330,7 @@ func (c *config) checkAPI(p *problems) {
 	if c.SandboxRate < 0 {
 		p.bad("sandbox-rate", "must be >= 0")
 	}
+	c.checkSandbox(p)
 	if c.LookupHorizon < time.Second {
 		p.bad("lookup-horizon", "must be at least 1s, got %v", c.LookupHorizon)
 	}
@@ -476,4 +487,46 @@ func (c *config) checkRetry(p *problems) {
 // means forever).
 func outlives(kept, ledger time.Duration) bool {
 	return ledger != 0 && (kept == 0 || kept > ledger)
+}
+
+// checkSandbox parses the sandbox's execution model. It is checked whether
+// or not --sandbox is on, so a typo is reported before the flag is.
+func (c *config) checkSandbox(p *problems) {
+	e, err := parseRunTime(c.SandboxRunTime)
+	if err != nil {
+		p.bad("sandbox-run-time", "%v", err)
+		return
+	}
+	e.QueueDelay, e.FailureRate = c.SandboxQueueTime, c.SandboxFailureRate
+	if c.SandboxQueueTime < 0 {
+		p.bad("sandbox-queue-time", "must not be negative, got %v", c.SandboxQueueTime)
+		return
+	}
+	if !(c.SandboxFailureRate >= 0 && c.SandboxFailureRate <= 1) {
+		p.bad("sandbox-failure-rate", "must be a probability between 0 and 1, got %v", c.SandboxFailureRate)
+		return
+	}
+	if err := e.Validate(); err != nil {
+		p.bad("sandbox-run-time", "%v", err)
+		return
+	}
+	c.sandboxExecution = e
+}
+
+// parseRunTime reads --sandbox-run-time: "off", one duration, or MIN-MAX.
+func parseRunTime(s string) (sandbox.Execution, error) {
+	s = strings.TrimSpace(s)
+	if strings.EqualFold(s, "off") {
+		return sandbox.Execution{}, nil
+	}
+	lo, hi, ranged := strings.Cut(s, "-")
+	if !ranged {
+		hi = lo
+	}
+	shortest, err1 := time.ParseDuration(strings.TrimSpace(lo))
+	longest, err2 := time.ParseDuration(strings.TrimSpace(hi))
+	if err1 != nil || err2 != nil || shortest < 0 || longest < shortest {
+		return sandbox.Execution{}, fmt.Errorf("must be off, a duration (30s) or MIN-MAX with MIN <= MAX (10s-60s), got %q", s)
+	}
+	return sandbox.Execution{Enabled: true, DurationMin: shortest, DurationMax: longest}, nil
 }

@@ -9,6 +9,13 @@ import (
 	"github.com/omicsq/omicsq/sandbox"
 )
 
+// sandboxExampleProject is the ProjectId of Tencent's documentation
+// examples and of every request in examples/. In --sandbox mode the tracker
+// follows it besides --tracker-projects, so the quickstart's
+// `enqueue --wait=completed` needs no flag: the tracker can follow only
+// projects it is told of (the ledger keeps a digest, not the ProjectId).
+const sandboxExampleProject = "prj-peaceful-pink-bird-631828"
+
 // sandboxHandle is the in-process sandbox API of --sandbox mode, served over
 // real HTTP on loopback so the worker's client signs and sends exactly what
 // it would send to Tencent Cloud.
@@ -22,6 +29,7 @@ func startSandbox(ctx context.Context, cfg *config, log *slog.Logger) (*sandboxH
 		SecretID:  sandbox.DefaultSecretID,
 		SecretKey: sandbox.DefaultSecretKey,
 		Rate:      cfg.SandboxRate,
+		Execution: cfg.sandboxExecution,
 		Logger:    log.With("component", "sandbox"),
 	})
 	if err != nil {

@@ -360,8 +360,12 @@ func newTracker(ctx context.Context, js jetstream.JetStream, cfg *config, accoun
 	if err != nil {
 		return nil, err
 	}
+	projects := cfg.trackerProjects()
+	if cfg.Sandbox {
+		projects = append(projects, sandboxExampleProject)
+	}
 	t, err := tracker.New(tracker.Config{
-		JS: js, Topology: cfg.Topology, API: api, Ledger: led, Projects: cfg.trackerProjects(),
+		JS: js, Topology: cfg.Topology, API: api, Ledger: led, Projects: projects,
 		DescribeLimiter: describeLimiter, RunsLimiter: runsLimiter, Rate: cfg.Rate, Share: cfg.TrackerShare,
 		Interval: cfg.TrackerInterval, LeaseTTL: cfg.TrackerLeaseTTL, Worker: cfg.WorkerID, Metrics: m, Log: log,
 	})
