@@ -13,6 +13,7 @@ import (
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/retry"
 	"github.com/omicsq/omicsq/internal/submit"
+	"github.com/omicsq/omicsq/sandbox"
 )
 
 func envOf(m map[string]string) func(string) string {
@@ -48,6 +49,10 @@ func TestConfigRejectsBadSettingsNamingThem(t *testing.T) {
 		{"limiter guard too long", []string{"--rate-limit-guard", "2s"}, nil, []string{"--rate-limit-guard", "between 0 and 1s"}},
 		{"no region", []string{"--region="}, nil, []string{"--region", "must be set"}},
 		{"negative sandbox rate", []string{"--sandbox-rate", "-1"}, nil, []string{"--sandbox-rate", ">= 0"}},
+		{"sandbox run time backwards", []string{"--sandbox-run-time", "60s-10s"}, nil, []string{"--sandbox-run-time", "MIN <= MAX", "60s-10s"}},
+		{"sandbox run time not a duration", nil, map[string]string{"OMICSQ_SANDBOX_RUN_TIME": "10-60"}, []string{"--sandbox-run-time", "OMICSQ_SANDBOX_RUN_TIME", "10s-60s"}},
+		{"sandbox failure rate over 1", []string{"--sandbox-failure-rate", "1.5"}, nil, []string{"--sandbox-failure-rate", "between 0 and 1"}},
+		{"negative sandbox queue time", []string{"--sandbox-queue-time", "-1s"}, nil, []string{"--sandbox-queue-time", "negative"}},
 		{"no lookup horizon", []string{"--lookup-horizon", "0s"}, nil, []string{"--lookup-horizon", "at least 1s"}},
 		{"lease too short", []string{"--lease-ttl", "1s"}, nil, []string{"--lease-ttl", "at least 3s"}},
 		{"dlq kept longer than the ledger", []string{"--dlq-max-age", "1200h", "--ledger-ttl", "960h"}, nil, []string{"--ledger-ttl", "--dlq-max-age"}},
@@ -144,6 +149,21 @@ func TestConfigDefaults(t *testing.T) {
 		c.Endpoint != "omics.tencentcloudapi.com" || c.InsecureHTTP || c.Sandbox || !c.Provision || c.Region != "ap-guangzhou" ||
 		c.LogFormat != "text" || c.LogLevel != "info" || c.NATS.URLs != "" || c.WorkerID == "" {
 		t.Errorf("unexpected defaults: %+v", c)
+	}
+	// Sandbox mode's runs execute by default, briefly, and succeed.
+	wantExec := sandbox.Execution{Enabled: true, QueueDelay: 2 * time.Second, DurationMin: 5 * time.Second, DurationMax: 20 * time.Second}
+	if e := c.sandboxExecution; e.Enabled != wantExec.Enabled || e.QueueDelay != wantExec.QueueDelay ||
+		e.DurationMin != wantExec.DurationMin || e.DurationMax != wantExec.DurationMax || e.FailureRate != 0 {
+		t.Errorf("sandbox execution %+v, want %+v", e, wantExec)
+	}
+	for arg, want := range map[string]sandbox.Execution{
+		"off": {}, "30s": {Enabled: true, DurationMin: 30 * time.Second, DurationMax: 30 * time.Second},
+		"1m-2h": {Enabled: true, DurationMin: time.Minute, DurationMax: 2 * time.Hour},
+	} {
+		got, err := parseRunTime(arg)
+		if err != nil || got.Enabled != want.Enabled || got.DurationMin != want.DurationMin || got.DurationMax != want.DurationMax {
+			t.Errorf("--sandbox-run-time %s: %+v, %v; want %+v", arg, got, err, want)
+		}
 	}
 	for name, addr := range map[string]string{"--embedded-listen": c.EmbeddedListen, "--metrics-addr": c.MetricsAddr, "--sandbox-listen": c.SandboxListen} {
 		host, _, err := net.SplitHostPort(addr)
