@@ -53,17 +53,17 @@ func (c *trackerConfig) flags(fs *flag.FlagSet) {
 // gauges at the cycle's end, and the sandbox's calls between the harness's
 // sightings of the previous cycle's end and this one's.
 type trackerCycle struct {
-	N                 int
-	Warmup            bool
-	End               time.Time
-	GroupCalls        int // omicsq_tracker_cycle_describe_calls{action="DescribeRunGroups"}
-	RunsCalls         int
-	APIGroups         int // DescribeRunGroups arrivals at the sandbox in the cycle's window
-	APIRuns           int
-	Events            int // omicsq_tracker_events_total increase
-	Duration          time.Duration
-	LagMax, LagAtEnd  float64
-	Active, Announced int // followed, and group events published so far, at the cycle's end
+	N                int
+	Warmup           bool
+	End              time.Time
+	GroupCalls       int // omicsq_tracker_cycle_describe_calls{action="DescribeRunGroups"}
+	RunsCalls        int
+	APIGroups        int // DescribeRunGroups arrivals at the sandbox in the cycle's window
+	APIRuns          int
+	Events           int // omicsq_tracker_events_total increase
+	Duration         time.Duration
+	LagMax, LagAtEnd float64
+	Active           int // run groups followed at the cycle's end
 }
 
 type trackerRun struct {
@@ -239,7 +239,7 @@ func (f *cycleFollower) observe(s trackerSample) {
 		return
 	}
 	c := trackerCycle{N: s.Cycles, End: s.At, GroupCalls: s.GroupCalls, RunsCalls: s.RunsCalls,
-		Events: s.Events - prev.Events, LagMax: f.lagMax, LagAtEnd: s.Lag, Active: int(s.Active), Announced: s.GroupEvents}
+		Events: s.Events - prev.Events, LagMax: f.lagMax, LagAtEnd: s.Lag, Active: int(s.Active)}
 	one := s.Cycles == prev.Cycles+1 // else the gauges describe only the last of several
 	if one {
 		c.Duration = time.Duration((s.DurationSum - prev.DurationSum) * float64(time.Second))
