@@ -451,6 +451,12 @@ const (
 // in flight, the same headers as preload), and fails if any publish is not
 // acknowledged.
 func preloadAsync(ctx context.Context, js jetstream.JetStream, t queue.Topology, prefix string, n int) error {
+	return preloadBodies(ctx, js, t, prefix, n, func(_ int, name string) []byte { return requestBody(name) })
+}
+
+// preloadBodies is preloadAsync with the i-th request's body from body.
+func preloadBodies(ctx context.Context, js jetstream.JetStream, t queue.Topology, prefix string, n int,
+	body func(i int, name string) []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	c := client.New(js, client.WithTopology(t.Topology), client.WithPublishWindow(preloadWindow))
@@ -459,7 +465,7 @@ func preloadAsync(ctx context.Context, js jetstream.JetStream, t queue.Topology,
 		batch = batch[:0]
 		for i := from; i < min(n, from+preloadBatch); i++ {
 			name := fmt.Sprintf("%s-%06d", prefix, i)
-			batch = append(batch, client.Request{Key: name, Body: requestBody(name)})
+			batch = append(batch, client.Request{Key: name, Body: body(i, name)})
 		}
 		if _, err := c.PublishBatch(ctx, batch); err != nil {
 			var be *client.BatchError

@@ -8,7 +8,8 @@
 //	go run ./bench backlog    [--pending 100000] [--wait 20s] [--all-in-one=true]
 //	go run ./bench faults     [--requests 600] [--workers 3] [--ctf 0.30] [--internal-error 0.10]
 //	                          [--kill-every 5s] [--lag 0] [--timeout 150s] [--worker-flags FLAGS]...
-//	go run ./bench tracker    [--groups 10000] [--rate 20] [--share 0.25] [--cycles 3] [--interval 5s]
+//	go run ./bench tracker    [--groups 10000] [--batches 0] [--rows 4] [--rate 20] [--share 0.25]
+//	                          [--cycles 3] [--interval 5s] [--run-duration 2h]
 //	go run ./bench all        [--out FILE]
 //
 // Every subcommand also takes --out FILE (write the Markdown there too),
