@@ -66,6 +66,10 @@ type config struct {
 	TrackerLeaseTTL time.Duration
 	TrackerProjects string
 
+	// The opt-in auto-retry policy (internal/rerun); 0 is off.
+	AutoRetry         int
+	AutoRetryMessages string
+
 	MetricsAddr string
 	LogFormat   string
 	LogLevel    string
@@ -102,6 +106,7 @@ func flagTable(c *config) []settings.Setting {
 		[]settings.Setting{settings.MessageLimit(&c.Limits)},
 		operationRows(c),
 		trackerRows(c),
+		autoRetryRows(c),
 	)
 }
 
@@ -204,6 +209,15 @@ func trackerRows(c *config) []settings.Setting {
 	})
 }
 
+// autoRetryRows configure the opt-in retries of failed run groups.
+func autoRetryRows(c *config) []settings.Setting {
+	return own([]setting{
+		{"retries-bucket", "OMICSQ_RETRIES_BUCKET", "KV bucket of the retries of failed run groups (enqueue runs retry and --auto-retry): the intent before every RetryRuns call", settings.String(&c.Topology.RetriesBucket, queue.DefaultTopology().RetriesBucket)},
+		{"auto-retry", "OMICSQ_AUTO_RETRY", "retry a failed run group whose error message matches --auto-retry-messages with RetryRuns (call cache on), until the key's retries created this many groups (0: off; needs --tracker)", settings.Int(&c.AutoRetry, 0)},
+		{"auto-retry-messages", "OMICSQ_AUTO_RETRY_MESSAGES", "Go regular expression (RE2) the ErrorMessage of a failed run group must match to be retried by --auto-retry, e.g. 'OOMKilled|disk quota'", settings.String(&c.AutoRetryMessages, "")},
+	})
+}
+
 // trackerProjects is --tracker-projects as a list.
 func (c *config) trackerProjects() []string {
 	var out []string
@@ -258,6 +272,7 @@ func (c *config) validate() error {
 	c.checkTopology(p)
 	c.checkRetry(p)
 	c.checkTracker(p)
+	c.checkAutoRetry(p)
 	if len(p.errs) == 0 {
 		// Backstops for what no flag sets.
 		if err := c.Retry.Validate(); err != nil {
