@@ -113,18 +113,15 @@ func flagTable(c *config) []settings.Setting {
 // serverRows configure the embedded server, the API and the rate limit.
 func serverRows(c *config) []settings.Setting {
 	str, boolean, integer, dur := settings.String, settings.Bool, settings.Int, settings.Duration
-	return own([]setting{
+	server := own([]setting{
 		{"store-dir", "OMICSQ_STORE_DIR", "embedded server: JetStream store directory (persistent)", str(&c.StoreDir, ".omicsq/jetstream")},
 		{"embedded-listen", "OMICSQ_EMBEDDED_LISTEN", "embedded server: client listen address (loopback unless told otherwise)", str(&c.EmbeddedListen, "127.0.0.1:4222")},
 
 		{"sandbox", "OMICSQ_SANDBOX", "submit to an in-process sandbox Omics API instead of Tencent Cloud (no credentials)", boolean(&c.Sandbox, false)},
 		{"sandbox-listen", "OMICSQ_SANDBOX_LISTEN", "sandbox: listen address of the in-process sandbox API", str(&c.SandboxListen, "127.0.0.1:0")},
 		{"sandbox-rate", "OMICSQ_SANDBOX_RATE", "sandbox: calls per second per action it admits (0: unlimited)", integer(&c.SandboxRate, 20)},
-		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", str(&c.Endpoint, "omics.tencentcloudapi.com")},
-		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", boolean(&c.InsecureHTTP, false)},
-		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", str(&c.Region, "ap-guangzhou")},
-		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call (an expired call is reconciled by a lookup, never resubmitted blind: see docs/reliability.md for sizing)", dur(&c.APITimeout, 5*time.Second)},
-
+	})
+	limits := own([]setting{
 		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica: enough that calls hanging until --api-timeout do not starve the limiter (see docs/reliability.md)", integer(&c.Concurrency, 32)},
 		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", settings.Float(&c.Rate, 20)},
 		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
@@ -134,6 +131,7 @@ func serverRows(c *config) []settings.Setting {
 
 		{"provision", "OMICSQ_PROVISION", "create or update streams, consumer and buckets at start; false binds to existing ones (e.g. managed by NACK)", boolean(&c.Provision, true)},
 	})
+	return slices.Concat(server, settings.API(&c.Endpoint, &c.InsecureHTTP, &c.Region, &c.APITimeout), limits)
 }
 
 // storageRows name and size the worker's own streams, buckets and consumer.
