@@ -47,6 +47,13 @@ type job struct {
 func (r *Retrier) Retry(ctx context.Context, key string, o Options) (Outcome, error) {
 	j := &job{r: r, key: key, token: client.KeyToken(key), o: o}
 	out := Outcome{Key: key}
+	if _, busy := r.inProcess.LoadOrStore(j.token, true); busy {
+		// The records share one holder name per process, so goroutines
+		// of one process are told apart here.
+		out.Kind, out.Reason = KindBusy, "retried by this process already"
+		return out, nil
+	}
+	defer r.inProcess.Delete(j.token)
 	if err := j.load(ctx); errors.Is(err, jetstream.ErrKeyNotFound) {
 		out.Kind, out.Reason = KindRefused, ReasonNotTracked
 		return out, nil
@@ -76,6 +83,14 @@ func (r *Retrier) Retry(ctx context.Context, key string, o Options) (Outcome, er
 			return out, nil
 		}
 		return out, err
+	}
+	if a := j.rec.createdFrom(j.entry.RunGroupID); a != nil {
+		j.rec.Holder, j.rec.HeldUntil = "", time.Time{}
+		out.Kind, out.NewGroup, out.Attempt = KindFound, a.NewGroup, a.N
+		if err := j.write(ctx); err != nil {
+			return out, err
+		}
+		return out, j.follow(ctx, a.NewGroup)
 	}
 	return j.drive(ctx)
 }
@@ -130,6 +145,13 @@ func (j *job) begin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	late := ""
+	for _, prev := range j.rec.lateCandidates(j.entry.RunGroupID) {
+		if id, ok := j.candidate(prev); ok {
+			late = id
+			break
+		}
+	}
 	known := []string{j.entry.RunGroupID}
 	for _, g := range append(groups, j.rec.createdGroups()...) {
 		if !slices.Contains(known, g) {
@@ -137,10 +159,19 @@ func (j *job) begin(ctx context.Context) error {
 		}
 	}
 	now := j.r.now().UTC()
-	j.rec.Attempts = append(j.rec.Attempts, Attempt{
+	a := Attempt{
 		N: len(j.rec.Attempts) + 1, Trigger: j.o.Trigger, By: j.o.By, SourceGroup: j.entry.RunGroupID,
 		KnownGroups: known, StartedAt: now, State: StateIntent, CallCache: j.o.CallCache && j.isWDL(),
-	})
+	}
+	if late != "" {
+		// An earlier attempt's call created it after all, later than its
+		// horizon: it is recorded, and nothing is called.
+		j.r.log.Warn("a run group an earlier retry's unknown outcome created appeared after the horizon; following it",
+			"key", j.key, "run_group_id", late)
+		a.KnownGroups = slices.DeleteFunc(a.KnownGroups, func(id string) bool { return id == late })
+		a.State, a.NewGroup, a.Reconciled, a.SettledAt = StateCreated, late, true, now
+	}
+	j.rec.Attempts = append(j.rec.Attempts, a)
 	return j.save(ctx)
 }
 
@@ -254,6 +285,7 @@ func (j *job) call(ctx context.Context, a *Attempt) (bool, error) {
 	j.r.log.Warn("RetryRuns outcome unknown; looking the new run group up by Name before any other call",
 		"key", j.key, "run_group_id", a.SourceGroup, "error", apiErr)
 	a.State, a.MaybeCreated = StateAmbiguous, true
+	a.Ambiguous++
 	return false, j.save(ctx)
 }
 

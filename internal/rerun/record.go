@@ -60,8 +60,11 @@ type Attempt struct {
 	Calls        int       `json:"calls"`
 	LastCallAt   time.Time `json:"last_call_at,omitzero"`
 	MaybeCreated bool      `json:"maybe_created,omitempty"`
-	CallCache    bool      `json:"call_cache,omitempty"`
-	NewGroup     string    `json:"new_group,omitempty"`
+	// Ambiguous counts the calls whose outcome was unknown: an attempt
+	// that ended refused after one may still see its group appear late.
+	Ambiguous int    `json:"ambiguous,omitempty"`
+	CallCache bool   `json:"call_cache,omitempty"`
+	NewGroup  string `json:"new_group,omitempty"`
 	// Reconciled: the new group was found by Name after an ambiguous call.
 	Reconciled bool `json:"reconciled,omitempty"`
 	// Code is the API's (or the client's) error code of the last failed call.
@@ -106,6 +109,19 @@ func (r *Record) createdGroups() []string {
 	for _, a := range r.Attempts {
 		if a.NewGroup != "" {
 			out = append(out, a.NewGroup)
+		}
+	}
+	return out
+}
+
+// lateCandidates are the settled attempts from source that made a call
+// with an unknown outcome and found nothing: a group appearing later with
+// the Name is theirs.
+func (r *Record) lateCandidates(source string) []*Attempt {
+	var out []*Attempt
+	for i := range r.Attempts {
+		if a := &r.Attempts[i]; a.State == StateRefused && a.SourceGroup == source && a.Ambiguous > 0 {
+			out = append(out, a)
 		}
 	}
 	return out

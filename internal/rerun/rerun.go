@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -79,6 +80,7 @@ type Retrier struct {
 	holder       string
 	log          *slog.Logger
 	now          func() time.Time
+	inProcess    sync.Map // key tokens being retried by this process
 }
 
 // New binds the runs and retries buckets.

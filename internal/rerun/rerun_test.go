@@ -279,3 +279,34 @@ func TestRetryRefusesWhatIsNotAFailedGroup(t *testing.T) {
 		t.Fatal("RetryRuns was called")
 	}
 }
+
+// A group that an unknown outcome created but that became visible only
+// after the horizon (the one case the horizon cannot cover) is adopted by
+// the next retry of the key instead of being joined by a second one.
+func TestGroupVisibleOnlyAfterTheHorizonIsAdoptedNotDuplicated(t *testing.T) {
+	e := newEnv(t, failing)
+	const key = "lims-S-0006"
+	g1 := e.submit(key)
+	e.waitEnded(key, g1)
+	ambiguousRetries(t, e.sb, 2*time.Second)
+	r := e.retrier("cli", func(c *Config) { c.Horizon, c.MaxCalls = 300*time.Millisecond, 1 })
+	out, err := r.Retry(t.Context(), key, Options{Trigger: TriggerManual})
+	if err != nil || out.Kind != KindRefused || out.Reason != ReasonNothingVisible {
+		t.Fatalf("first retry: %+v, %v; want refused %s", out, err, ReasonNothingVisible)
+	}
+	if err := e.sb.SetFaults(sandbox.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the group becomes visible
+	out, err = r.Retry(t.Context(), key, Options{Trigger: TriggerManual})
+	created := e.retriesOf(g1)
+	if err != nil || out.Kind != KindFound || len(created) != 1 || out.NewGroup != created[0] {
+		t.Fatalf("second retry: %+v, %v; the sandbox created %v", out, err, created)
+	}
+	if calls := e.sb.Stats().Actions["RetryRuns"].Arrivals; calls != 1 {
+		t.Fatalf("%d RetryRuns calls, want 1", calls)
+	}
+	if en, _ := e.entry(key); en.RunGroupID != created[0] || en.RetryOf != g1 {
+		t.Fatalf("runs entry %+v: want it to follow %s", en, created[0])
+	}
+}
