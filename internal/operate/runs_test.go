@@ -7,9 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/natstest"
+	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/internal/tracker"
 	"github.com/omicsq/omicsq/sandbox"
@@ -17,7 +22,7 @@ import (
 
 // failedGroup creates a run group for key in the sandbox, fails it, and
 // records it in the runs bucket as the tracker does once it ended.
-func failedGroup(t *testing.T, e *env, sb *sandbox.Server, api *submit.Client, key string) string {
+func failedGroup(t *testing.T, js jetstream.JetStream, sb *sandbox.Server, api *submit.Client, key string) string {
 	t.Helper()
 	resp, err := api.RunApplication(t.Context(), &submit.RunApplicationRequest{ApplicationId: "app-1", Name: "retry-" + key,
 		EnvironmentId: "env-1", InputBase64: new("e30K")})
@@ -25,7 +30,7 @@ func failedGroup(t *testing.T, e *env, sb *sandbox.Server, api *submit.Client, k
 		t.Fatal(err)
 	}
 	sb.SetRunGroupStatus(resp.RunGroupId, "Failed")
-	kv, err := e.JS.KeyValue(t.Context(), e.Topo.RunsBucket)
+	kv, err := js.KeyValue(t.Context(), queue.DefaultTopology().RunsBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,21 +48,8 @@ func failedGroup(t *testing.T, e *env, sb *sandbox.Server, api *submit.Client, k
 // group per key, reported as found; a second run creates none and says why.
 func TestRunsRetryCreatesOneGroupPerFailedKey(t *testing.T) {
 	e := newEnv(t, true)
-	sb, err := sandbox.New(sandbox.Options{Seed: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := sandbox.Listen(context.Background(), "127.0.0.1:0", sb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	api, err := submit.New(submit.Config{Region: "ap-guangzhou", Endpoint: ln.Addr(), InsecureHTTP: true, Timeout: 3 * time.Second,
-		Credential: common.NewCredential(sandbox.DefaultSecretID, sandbox.DefaultSecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g1 := failedGroup(t, e, sb, api, "lims-A")
+	sb, addr, api := startSandbox(t)
+	g1 := failedGroup(t, e.JS, sb, api, "lims-A")
 	if err := sb.SetFaults(sandbox.Faults{CommitThenFailP: 1, Actions: []string{"RetryRuns"},
 		CommitThenFailModes: []sandbox.CommitFailMode{sandbox.CommitFailDrop}}); err != nil {
 		t.Fatal(err)
@@ -65,9 +57,7 @@ func TestRunsRetryCreatesOneGroupPerFailedKey(t *testing.T) {
 	if err := sb.SetVisibility(sandbox.Visibility{Lag: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("TENCENTCLOUD_SECRET_ID", sandbox.DefaultSecretID)
-	t.Setenv("TENCENTCLOUD_SECRET_KEY", sandbox.DefaultSecretKey)
-	vars := map[string]string{"NATS_URL": e.URL, "OMICS_ENDPOINT": ln.Addr(), "OMICS_INSECURE_HTTP": "true",
+	vars := map[string]string{"NATS_URL": e.URL, "OMICS_ENDPOINT": addr, "OMICS_INSECURE_HTTP": "true",
 		"OMICSQ_LOOKUP_HORIZON": "10s"}
 	res := runWith(t, vars, "runs", "retry", "--api-rate", "50", "lims-A", "lims-unknown")
 	created := sb.Retries()[g1]
@@ -95,6 +85,55 @@ func TestRunsRetryCreatesOneGroupPerFailedKey(t *testing.T) {
 	}
 	if n := len(sb.Retries()[g1]) + len(sb.Retries()[created[0]]); n != 1 {
 		t.Fatalf("%d groups after a second run, want 1", n)
+	}
+}
+
+// startSandbox serves a sandbox over HTTP and returns a client for it.
+func startSandbox(t *testing.T) (*sandbox.Server, string, *submit.Client) {
+	t.Helper()
+	sb, err := sandbox.New(sandbox.Options{Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := sandbox.Listen(context.Background(), "127.0.0.1:0", sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	api, err := submit.New(submit.Config{Region: "ap-guangzhou", Endpoint: ln.Addr(), InsecureHTTP: true, Timeout: 3 * time.Second,
+		Credential: common.NewCredential(sandbox.DefaultSecretID, sandbox.DefaultSecretKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TENCENTCLOUD_SECRET_ID", sandbox.DefaultSecretID)
+	t.Setenv("TENCENTCLOUD_SECRET_KEY", sandbox.DefaultSecretKey)
+	return sb, ln.Addr(), api
+}
+
+// The permissions docs/enqueue.md gives the operator of runs retry are
+// enough.
+func TestRunsRetryOperatorPermissions(t *testing.T) {
+	perms := &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			"$JS.API.STREAM.INFO.KV_OMICSQ_RUNS", "$JS.API.DIRECT.GET.KV_OMICSQ_RUNS.>", "$KV.OMICSQ_RUNS.>",
+			"$JS.API.STREAM.INFO.KV_OMICSQ_RETRIES", "$JS.API.DIRECT.GET.KV_OMICSQ_RETRIES.>", "$KV.OMICSQ_RETRIES.>",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	}
+	ns := natstest.Server(t, &server.Options{Users: []*server.User{
+		{Username: "admin", Password: "pw-admin"},
+		{Username: "op", Password: "pw-op", Permissions: perms},
+	}})
+	_, js := natstest.Connect(t, ns, nats.UserInfo("admin", "pw-admin"))
+	if err := queue.Provision(t.Context(), js, queue.DefaultTopology()); err != nil {
+		t.Fatal(err)
+	}
+	sb, addr, api := startSandbox(t)
+	g1 := failedGroup(t, js, sb, api, "lims-P")
+	res := runWith(t, map[string]string{"NATS_URL": ns.ClientURL(), "NATS_USER": "op", "NATS_PASSWORD": "pw-op",
+		"OMICS_ENDPOINT": addr, "OMICS_INSECURE_HTTP": "true"}, "runs", "retry", "--api-rate", "50", "lims-P")
+	if res.Code != ExitOK || strings.Contains(res.Stderr, "ermission") || len(sb.Retries()[g1]) != 1 {
+		t.Fatalf("runs retry as the operator: exit %d, retries %v\n%s%s", res.Code, sb.Retries(), res.Stdout, res.Stderr)
 	}
 }
 
