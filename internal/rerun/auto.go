@@ -110,10 +110,13 @@ func (a *Auto) handle(ctx context.Context, msg jetstream.Msg, log *slog.Logger) 
 		return
 	}
 	out, err := a.retry(ctx, msg, ev)
-	if a.OnOutcome != nil && err == nil {
+	md, _ := msg.Metadata()
+	// The tracker records the end right after publishing it: a retry that
+	// came first is looked at again, and is not a decision yet.
+	early := out.Kind == KindRefused && out.Reason == ReasonNotEnded && (md == nil || md.NumDelivered < maxNotEnded)
+	if a.OnOutcome != nil && err == nil && ctx.Err() == nil && !early {
 		a.OnOutcome(out)
 	}
-	md, _ := msg.Metadata()
 	switch {
 	case ctx.Err() != nil:
 		_ = msg.Nak()
@@ -122,7 +125,7 @@ func (a *Auto) handle(ctx context.Context, msg jetstream.Msg, log *slog.Logger) 
 		_ = msg.NakWithDelay(10 * time.Second)
 	case out.Kind == KindBusy || out.Kind == KindUnresolved:
 		_ = msg.NakWithDelay(30 * time.Second)
-	case out.Kind == KindRefused && out.Reason == ReasonNotEnded && (md == nil || md.NumDelivered < maxNotEnded):
+	case early:
 		_ = msg.NakWithDelay(notEndedDelay)
 	default:
 		// The message is never logged: it may quote inputs.

@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +34,7 @@ func TestWorkerAutoRetriesOncePerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
-	logs := startWorker(t, ns.ClientURL(), ln.Addr(), "--auto-retry", "1", "--auto-retry-messages", "OOMKilled")
+	logs, metricsAddr := startWorker(t, ns.ClientURL(), ln.Addr(), "--auto-retry", "1", "--auto-retry-messages", "OOMKilled")
 
 	ctx := t.Context()
 	c := client.New(js)
@@ -76,16 +80,31 @@ func TestWorkerAutoRetriesOncePerKey(t *testing.T) {
 	if total != n {
 		t.Fatalf("%d retry groups for %d failed requests, want one each: %v", total, n, retries)
 	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	created := regexp.MustCompile(`omicsq_auto_retries_total\{outcome="(created|found)"\} (\d+)`).FindAllStringSubmatch(string(b), -1)
+	sum := 0
+	for _, m := range created {
+		v, _ := strconv.Atoi(m[2])
+		sum += v
+	}
+	if sum != n || !strings.Contains(string(b), `omicsq_auto_retries_total{outcome="refused"} `+strconv.Itoa(n)) {
+		t.Errorf("/metrics: %d retries created, want %d, and %d refused (the limit):\n%s", sum, n, n, created)
+	}
 }
 
-func startWorker(t *testing.T, natsURL, endpoint string, extra ...string) *logcapture.Buffer {
+func startWorker(t *testing.T, natsURL, endpoint string, extra ...string) (*logcapture.Buffer, string) {
 	t.Helper()
 	t.Setenv("TENCENTCLOUD_SECRET_ID", sandbox.DefaultSecretID)
 	t.Setenv("TENCENTCLOUD_SECRET_KEY", sandbox.DefaultSecretKey)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done, logs := make(chan worker.Started, 1), make(chan struct{}), &logcapture.Buffer{}
 	var runErr error
-	args := append([]string{"--nats-url", natsURL, "--endpoint", endpoint, "--insecure-http", "--metrics-addr", "",
+	args := append([]string{"--nats-url", natsURL, "--endpoint", endpoint, "--insecure-http", "--metrics-addr", "127.0.0.1:0",
 		"--worker-id", "e2e", "--tracker-interval", "200ms", "--log-level", "warn"}, extra...)
 	go func() {
 		defer close(done)
@@ -99,11 +118,12 @@ func startWorker(t *testing.T, natsURL, endpoint string, extra ...string) *logca
 		}
 	})
 	select {
-	case <-ready:
+	case st := <-ready:
+		return logs, st.MetricsAddr
 	case <-done:
 		t.Fatalf("worker exited: %v\n%s", runErr, logs.String())
 	case <-time.After(20 * time.Second):
 		t.Fatal("worker did not start")
 	}
-	return logs
+	return nil, ""
 }

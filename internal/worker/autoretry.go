@@ -50,6 +50,7 @@ func (p *process) buildAutoRetry(ctx context.Context, down *shutdown, api *submi
 		return err
 	}
 	p.auto = &rerun.Auto{JS: p.js, Topology: cfg.Topology, Retrier: r, Max: cfg.AutoRetry,
-		Match: regexp.MustCompile(cfg.AutoRetryMessages), Provision: cfg.Provision, By: cfg.WorkerID, Log: p.log}
+		Match: regexp.MustCompile(cfg.AutoRetryMessages), Provision: cfg.Provision, By: cfg.WorkerID, Log: p.log,
+		OnOutcome: func(o rerun.Outcome) { p.m.AutoRetry(string(o.Kind)) }}
 	return nil
 }
