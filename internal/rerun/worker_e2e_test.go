@@ -68,7 +68,27 @@ func TestWorkerAutoRetriesOncePerKey(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(time.Second) // a second retry would have been made by now
+	// Every retry group fails too; the policy refuses each (the limit).
+	var metricsText string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		metricsText = scrape(t, metricsAddr)
+		if strings.Contains(metricsText, `omicsq_auto_retries_total{outcome="refused"} `+strconv.Itoa(n)+"\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the policy did not refuse the %d retried groups:\n%s", n, regexp.MustCompile(`omicsq_auto_retries_total\{.*`).FindAllString(metricsText, -1))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	created := regexp.MustCompile(`omicsq_auto_retries_total\{outcome="(created|found)"\} (\d+)`).FindAllStringSubmatch(metricsText, -1)
+	sum := 0
+	for _, m := range created {
+		v, _ := strconv.Atoi(m[2])
+		sum += v
+	}
+	if sum != n {
+		t.Errorf("/metrics counts %d retries that created a group, want %d", sum, n)
+	}
 	retries := sb.Retries()
 	total := 0
 	for src, ids := range retries {
@@ -80,21 +100,17 @@ func TestWorkerAutoRetriesOncePerKey(t *testing.T) {
 	if total != n {
 		t.Fatalf("%d retry groups for %d failed requests, want one each: %v", total, n, retries)
 	}
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	created := regexp.MustCompile(`omicsq_auto_retries_total\{outcome="(created|found)"\} (\d+)`).FindAllStringSubmatch(string(b), -1)
-	sum := 0
-	for _, m := range created {
-		v, _ := strconv.Atoi(m[2])
-		sum += v
-	}
-	if sum != n || !strings.Contains(string(b), `omicsq_auto_retries_total{outcome="refused"} `+strconv.Itoa(n)) {
-		t.Errorf("/metrics: %d retries created, want %d, and %d refused (the limit):\n%s", sum, n, n, created)
-	}
+	return string(b)
 }
 
 func startWorker(t *testing.T, natsURL, endpoint string, extra ...string) (*logcapture.Buffer, string) {
