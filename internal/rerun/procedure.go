@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -315,6 +316,13 @@ func (j *job) request(a *Attempt) *submit.RetryRunsRequest {
 		if j.src != nil && j.src.Option != nil {
 			opt = *j.src.Option
 		}
+		// A listing may show an unset option as "": sent back, it would
+		// be a value the API need not accept.
+		for _, p := range []**string{&opt.FailureMode, &opt.FinalWorkflowOutputsDir} {
+			if *p != nil && **p == "" {
+				*p = nil
+			}
+		}
 		opt.UseCallCache = new(true)
 		req.WDLOption = &opt
 	}
@@ -322,7 +330,7 @@ func (j *job) request(a *Attempt) *submit.RetryRunsRequest {
 }
 
 func (j *job) isWDL() bool {
-	return j.src != nil && (j.src.Type == "WDL" || j.src.Type == "" && j.src.NFOption == nil)
+	return j.src != nil && (strings.EqualFold(j.src.Type, "WDL") || j.src.Type == "" && j.src.NFOption == nil)
 }
 
 func projectParam(p string) *string {
