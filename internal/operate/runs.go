@@ -2,6 +2,7 @@ package operate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -130,10 +131,11 @@ func (r *runs) run(ctx context.Context, _ string, s *Session, stdout, stderr io.
 }
 
 // retryAll retries the keys one after another (a retry whose outcome is
-// unknown may look up for the whole horizon) and prints each outcome.
+// unknown may look up for the whole horizon) and prints each outcome as it
+// comes: one line per key, or one JSON object.
 func (r *runs) retryAll(ctx context.Context, re *rerun.Retrier, stdout, stderr io.Writer) int {
-	t := newTable(stdout, r.asJSON, "KEY", "OUTCOME", "NEW RUN GROUP", "SOURCE RUN GROUP", "DETAIL")
 	progress := func(key, note string) { fmt.Fprintf(stderr, "enqueue runs retry: %s: %s\n", key, note) }
+	enc := json.NewEncoder(stdout)
 	count := map[rerun.Kind]int{}
 	code := ExitOK
 	for _, k := range r.keys {
@@ -150,8 +152,11 @@ func (r *runs) retryAll(ctx context.Context, re *rerun.Retrier, stdout, stderr i
 		if out.Kind != rerun.KindCreated && out.Kind != rerun.KindFound && out.Kind != rerun.KindAlready {
 			code = ExitFailed
 		}
-		_ = t.row(retryJSON(out), k, outcomeWord(out.Kind), orDash(out.NewGroup), orDash(out.SourceGroup), detail(out))
-		t.flush()
+		if r.asJSON {
+			_ = enc.Encode(retryJSON(out))
+			continue
+		}
+		fmt.Fprintf(stdout, "%s %s %s from %s: %s\n", k, outcomeWord(out.Kind), orDash(out.NewGroup), orDash(out.SourceGroup), detail(out))
 	}
 	summary := "enqueue runs retry:"
 	for _, kind := range []rerun.Kind{rerun.KindCreated, rerun.KindFound, rerun.KindAlready, rerun.KindRefused, rerun.KindBusy, rerun.KindUnresolved} {

@@ -68,8 +68,8 @@ func TestRunsRetryCreatesOneGroupPerFailedKey(t *testing.T) {
 		t.Errorf("exit %d, want %d (an unknown key)", res.Code, ExitFailed)
 	}
 	lines := res.Lines()
-	if len(lines) != 3 || !strings.HasPrefix(lines[1], "lims-A") || !strings.Contains(lines[1], " found ") ||
-		!strings.Contains(lines[1], created[0]) || !strings.Contains(lines[2], "refused") || !strings.Contains(lines[2], "no run group is tracked") {
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "lims-A found "+created[0]+" from "+g1+": ") ||
+		!strings.HasPrefix(lines[1], "lims-unknown refused - from -: no run group is tracked") {
 		t.Fatalf("output:\n%s", res.Stdout)
 	}
 	if !strings.Contains(res.Stderr, "looking the new group up by Name") {
