@@ -310,3 +310,41 @@ func TestGroupVisibleOnlyAfterTheHorizonIsAdoptedNotDuplicated(t *testing.T) {
 		t.Fatalf("runs entry %+v: want it to follow %s", en, created[0])
 	}
 }
+
+// A holder that crashed mid-attempt leaves its claim: others are told busy
+// until it expires, then one resumes the attempt — lookups, no new call.
+func TestCrashedHoldersClaimIsWaitedForThenResumed(t *testing.T) {
+	e := newEnv(t, failing)
+	const key = "lims-S-0007"
+	g1 := e.submit(key)
+	e.waitEnded(key, g1)
+	ambiguousRetries(t, e.sb, 2500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if out, err := e.retrier("cli", nil).Retry(ctx, key, Options{Trigger: TriggerManual}); err != nil || out.Kind != KindUnresolved {
+		t.Fatalf("first retry: %+v, %v", out, err)
+	}
+	// As a crash would have left it: still claimed, for a while.
+	kv, err := e.js.KeyValue(t.Context(), e.topo.RetriesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := e.record(key)
+	rec.Holder, rec.HeldUntil = "crashed/00000000", time.Now().Add(time.Second)
+	b, _ := json.Marshal(rec)
+	if _, err := kv.Put(t.Context(), client.KeyToken(key), b); err != nil {
+		t.Fatal(err)
+	}
+	r := e.retrier("auto", nil)
+	if out, err := r.Retry(t.Context(), key, Options{Trigger: TriggerAuto}); err != nil || out.Kind != KindBusy {
+		t.Fatalf("retry while claimed: %+v, %v; want busy", out, err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	out, err := r.Retry(t.Context(), key, Options{Trigger: TriggerAuto})
+	if err != nil || out.Kind != KindFound || out.Attempt != 1 {
+		t.Fatalf("retry after the claim expired: %+v, %v; want found in attempt 1", out, err)
+	}
+	if calls := e.sb.Stats().Actions["RetryRuns"].Arrivals; calls != 1 || e.totalRetries() != 1 {
+		t.Fatalf("%d RetryRuns calls, %d groups; want 1 and 1", calls, e.totalRetries())
+	}
+}
