@@ -61,10 +61,13 @@ func TestRetryWithCommitThenFailCreatesExactlyOneGroup(t *testing.T) {
 	ambiguousRetries(t, e.sb, 1500*time.Millisecond)
 
 	r := e.retrier("cli", nil)
+	start := time.Now()
 	out, err := r.Retry(t.Context(), key, Options{Trigger: TriggerManual, CallCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("retry with its answer lost and lookups lagging 1.5 s: found after %v, %d RetryRuns call(s)",
+		time.Since(start).Round(time.Millisecond), e.sb.Stats().Actions["RetryRuns"].Arrivals)
 	created := e.retriesOf(g1)
 	if len(created) != 1 || e.totalRetries() != 1 {
 		t.Fatalf("the sandbox created %v from %s (%d in all), want exactly one", created, g1, e.totalRetries())
