@@ -27,6 +27,11 @@ type StatusEvent struct {
 	StartTime    *time.Time    `json:"start_time,omitempty"`
 	EndTime      *time.Time    `json:"end_time,omitempty"`
 	ErrorMessage string        `json:"error_message,omitempty"`
+	// RetryOf is the run group this one re-executes (RetryRuns, see
+	// "Retrying failed runs" in docs/lifecycle.md); empty for the request's
+	// first run group. A key's group subject then carries the events of
+	// each of its groups in turn.
+	RetryOf string `json:"retry_of,omitempty"`
 	// ObservedAt is when the tracker saw the status.
 	ObservedAt time.Time `json:"observed_at"`
 }

@@ -180,7 +180,8 @@ type Metrics struct {
 	resultsDuplicate prometheus.Counter
 	ledgerErrors     prometheus.Counter
 
-	tracker trackerSeries
+	tracker     trackerSeries
+	autoRetries series[prometheus.Counter]
 }
 
 // New registers every metric on reg, plus the standard Go and process
@@ -233,6 +234,7 @@ func New(reg prometheus.Registerer, info BuildInfo) (*Metrics, error) {
 
 	m.addFleetSeries(add)
 	m.tracker = newTrackerSeries(add)
+	m.autoRetries = newAutoRetrySeries(add)
 
 	add(newBuildInfo(info))
 

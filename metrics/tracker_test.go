@@ -51,6 +51,8 @@ func TestTrackerMethodsChangeExactlyTheirSeries(t *testing.T) {
 		{"TrackerEvent", func(m *Metrics) { m.TrackerEvent(TrackerEventRun) }, map[string]float64{`omicsq_tracker_events_total{kind="run"}`: 1}},
 		{"TrackerUnknownStatus", func(m *Metrics) { m.TrackerUnknownStatus() }, map[string]float64{"omicsq_tracker_unknown_statuses_total": 1}},
 		{"TrackerError", func(m *Metrics) { m.TrackerError() }, map[string]float64{"omicsq_tracker_errors_total": 1}},
+		{"AutoRetry", func(m *Metrics) { m.AutoRetry("found") }, map[string]float64{`omicsq_auto_retries_total{outcome="found"}`: 1}},
+		{"AutoRetry unknown outcome", func(m *Metrics) { m.AutoRetry("odd") }, map[string]float64{`omicsq_auto_retries_total{outcome="other"}`: 1}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,8 +2,9 @@
 // sheet) and publishes them to omicsq's requests stream; with --wait it
 // reports each request's RunGroupId or dead letter. "enqueue dlq" lists,
 // shows and redrives dead letters; "enqueue breaker" lists the resource
-// breakers' trips and releases or dead-letters the requests they hold. See
-// docs/enqueue.md.
+// breakers' trips and releases or dead-letters the requests they hold;
+// "enqueue status" prints where requests stand, and "enqueue runs retry"
+// retries failed run groups with RetryRuns. See docs/enqueue.md.
 package main
 
 import (

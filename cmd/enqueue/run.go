@@ -45,6 +45,7 @@ const enqueueUsage = `Usage: enqueue [flags] FILE...      (FILE "-" reads standa
        enqueue dlq list|show|redrive [flags] ...
        enqueue breaker list|release|dead-letter|reset [flags] ...
        enqueue status [flags] KEY|FILE...
+       enqueue runs retry [flags] KEY|FILE...
 
 Validates every run request in the files (JSON object or array, JSON Lines, or a CSV
 sample sheet), then publishes them to the omicsq requests stream. Nothing is published
@@ -67,6 +68,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return operate.Status(ctx, args[1:], stdout, stderr, getenv)
+	}
+	if len(args) > 0 && args[0] == "runs" {
+		return operate.Runs(ctx, args[1:], stdout, stderr, getenv)
 	}
 	c, f, files, status := parseRunArgs(args, stderr, getenv)
 	if c == nil {

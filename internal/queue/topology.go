@@ -101,6 +101,16 @@ type Topology struct {
 	// tracker rewrites active entries well before it. Default 45 days, like
 	// the ledger.
 	RunsTTL time.Duration
+	// RetriesBucket is the KV bucket of the retries of failed run groups
+	// (internal/rerun): one intent record per key, written before every
+	// RetryRuns call. Provisioned with the tracker's resources. Default
+	// OMICSQ_RETRIES.
+	RetriesBucket string
+	// AutoRetryConsumer is the durable consumer on the status stream
+	// through which the workers' opt-in auto-retry policy reads terminal
+	// group events. Created only when the policy is on. Default
+	// omicsq-auto-retry.
+	AutoRetryConsumer string
 }
 
 // DefaultTopology returns the documented default names and limits.
@@ -129,6 +139,8 @@ func DefaultTopology() Topology {
 		StatusMaxAge:          30 * 24 * time.Hour,
 		StatusDuplicateWindow: time.Hour,
 		RunsTTL:               45 * 24 * time.Hour,
+		RetriesBucket:         "OMICSQ_RETRIES",
+		AutoRetryConsumer:     "omicsq-auto-retry",
 	}
 }
 
@@ -324,7 +336,7 @@ func ProvisionTracker(ctx context.Context, js jetstream.JetStream, t Topology) e
 	if _, err := js.CreateOrUpdateKeyValue(ctx, t.runsBucket()); err != nil {
 		return fmt.Errorf("provision bucket %s: %w", t.RunsBucket, err)
 	}
-	return nil
+	return provisionRetries(ctx, js, t)
 }
 
 // VerifyTracker checks that the run tracker's resources exist, naming the
@@ -344,7 +356,7 @@ func VerifyTracker(ctx context.Context, js jetstream.JetStream, t Topology) erro
 	if _, err := js.KeyValue(ctx, t.RunsBucket); err != nil {
 		return fmt.Errorf("bind bucket %s: %w"+hint, t.RunsBucket, err)
 	}
-	return nil
+	return verifyRetries(ctx, js, t)
 }
 
 // Provision creates or updates every stream, the consumer and the buckets.

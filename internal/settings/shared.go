@@ -1,6 +1,8 @@
 package settings
 
 import (
+	"time"
+
 	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/submit"
@@ -63,4 +65,16 @@ func LedgerBucket(p *string, def, note string) Setting {
 // BreakerBucket is the flag of the resource breakers' KV bucket.
 func BreakerBucket(p *string, def string) Setting {
 	return Setting{"breaker-bucket", "OMICSQ_BREAKER_BUCKET", "KV bucket of the resource breakers", String(p, def)}
+}
+
+// API are the flags of the Omics API client (endpoint, plain http for a
+// standalone sandbox, region, timeout), bound to the given fields: the
+// worker submits with them, and enqueue runs retry calls RetryRuns.
+func API(endpoint *string, insecure *bool, region *string, timeout *time.Duration) []Setting {
+	return []Setting{
+		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", String(endpoint, "omics.tencentcloudapi.com")},
+		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", Bool(insecure, false)},
+		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", String(region, "ap-guangzhou")},
+		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call (an expired call is reconciled by a lookup, never resubmitted blind: see docs/reliability.md for sizing)", Duration(timeout, 5*time.Second)},
+	}
 }

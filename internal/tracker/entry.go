@@ -39,6 +39,8 @@ type Entry struct {
 	// and the entry is done.
 	Terminal  bool      `json:"terminal"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// RetryOf is the run group RunGroupID re-executes (see retry.go).
+	RetryOf string `json:"retry_of,omitempty"`
 }
 
 // Emitted records what was published on one subject: the statuses (lower
@@ -171,7 +173,7 @@ func timesOf(x *submit.ExecutionTime) (submit, start, end *time.Time) {
 func groupEvent(e *Entry, g *submit.RunGroup, now time.Time) client.StatusEvent {
 	ev := client.StatusEvent{
 		Key: e.Key, RunGroupID: e.RunGroupID, Status: g.Status, Terminal: client.IsTerminalStatus(g.Status),
-		Counts: slices.Clone(e.Counts), ErrorMessage: g.ErrorMessage, ObservedAt: now.UTC(),
+		Counts: slices.Clone(e.Counts), ErrorMessage: g.ErrorMessage, RetryOf: e.RetryOf, ObservedAt: now.UTC(),
 	}
 	ev.SubmitTime, ev.StartTime, ev.EndTime = timesOf(g.ExecutionTime)
 	return ev
@@ -181,7 +183,7 @@ func groupEvent(e *Entry, g *submit.RunGroup, now time.Time) client.StatusEvent 
 func runEvent(e *Entry, r *submit.Run, now time.Time) client.StatusEvent {
 	ev := client.StatusEvent{
 		Key: e.Key, RunGroupID: e.RunGroupID, RunUUID: r.RunUuid, TableRowUUID: r.TableRowUuid, Status: r.Status,
-		Terminal: client.IsTerminalStatus(r.Status), ErrorMessage: r.ErrorMessage, ObservedAt: now.UTC(),
+		Terminal: client.IsTerminalStatus(r.Status), ErrorMessage: r.ErrorMessage, RetryOf: e.RetryOf, ObservedAt: now.UTC(),
 	}
 	ev.SubmitTime, ev.StartTime, ev.EndTime = timesOf(r.ExecutionTime)
 	return ev

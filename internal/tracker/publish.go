@@ -49,7 +49,7 @@ func (t *Tracker) publishEvent(ctx context.Context, subject string, ev client.St
 		if !wrongLastSequence(err) {
 			return false, fmt.Errorf("publish event: %w", err)
 		}
-		h, err := t.history(ctx, subject)
+		h, err := t.history(ctx, subject, ev.RunGroupID)
 		if err != nil {
 			return false, err
 		}
@@ -64,10 +64,12 @@ func wrongLastSequence(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
-// history reads what the status stream holds on subject: the statuses, the
-// last sequence (0 if the subject is empty, e.g. aged out) and whether a
-// terminal event is among them.
-func (t *Tracker) history(ctx context.Context, subject string) (Emitted, error) {
+// history reads what the status stream holds on subject for runGroup: its
+// statuses and whether a terminal event is among them, and the subject's
+// last sequence (0 if the subject is empty, e.g. aged out). After a retry a
+// key's group subject also holds the earlier groups' events, which say
+// nothing about this group's.
+func (t *Tracker) history(ctx context.Context, subject, runGroup string) (Emitted, error) {
 	var h Emitted
 	next := uint64(1)
 	for range maxHistory {
@@ -79,7 +81,7 @@ func (t *Tracker) history(ctx context.Context, subject string) (Emitted, error) 
 			return h, fmt.Errorf("read events of a subject: %w", err)
 		}
 		var ev client.StatusEvent
-		if err := json.Unmarshal(m.Data, &ev); err == nil && ev.Status != "" {
+		if err := json.Unmarshal(m.Data, &ev); err == nil && ev.Status != "" && ev.RunGroupID == runGroup {
 			h.add(ev.Status, m.Sequence, ev.Terminal)
 		}
 		h.Seq, next = m.Sequence, m.Sequence+1

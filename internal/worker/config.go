@@ -73,6 +73,10 @@ type config struct {
 	TrackerLeaseTTL time.Duration
 	TrackerProjects string
 
+	// The opt-in auto-retry policy (internal/rerun); 0 is off.
+	AutoRetry         int
+	AutoRetryMessages string
+
 	MetricsAddr string
 	LogFormat   string
 	LogLevel    string
@@ -109,13 +113,14 @@ func flagTable(c *config) []settings.Setting {
 		[]settings.Setting{settings.MessageLimit(&c.Limits)},
 		operationRows(c),
 		trackerRows(c),
+		autoRetryRows(c),
 	)
 }
 
 // serverRows configure the embedded server, the API and the rate limit.
 func serverRows(c *config) []settings.Setting {
 	str, boolean, integer, dur := settings.String, settings.Bool, settings.Int, settings.Duration
-	return own([]setting{
+	server := own([]setting{
 		{"store-dir", "OMICSQ_STORE_DIR", "embedded server: JetStream store directory (persistent)", str(&c.StoreDir, ".omicsq/jetstream")},
 		{"embedded-listen", "OMICSQ_EMBEDDED_LISTEN", "embedded server: client listen address (loopback unless told otherwise)", str(&c.EmbeddedListen, "127.0.0.1:4222")},
 
@@ -125,11 +130,8 @@ func serverRows(c *config) []settings.Setting {
 		{"sandbox-run-time", "OMICSQ_SANDBOX_RUN_TIME", "sandbox: how long each run executes before it ends, MIN-MAX (drawn uniformly, e.g. 10s-60s) or one duration; off: runs stay Pending and the tracker has nothing to follow", str(&c.SandboxRunTime, "5s-20s")},
 		{"sandbox-queue-time", "OMICSQ_SANDBOX_QUEUE_TIME", "sandbox: how long each run stays Pending before it runs", dur(&c.SandboxQueueTime, 2*time.Second)},
 		{"sandbox-failure-rate", "OMICSQ_SANDBOX_FAILURE_RATE", "sandbox: probability that a run ends Failed (with the sandbox's error message) instead of Succeeded", settings.Float(&c.SandboxFailureRate, 0)},
-		{"endpoint", "OMICS_ENDPOINT", "Omics API endpoint, host[:port] without scheme", str(&c.Endpoint, "omics.tencentcloudapi.com")},
-		{"insecure-http", "OMICS_INSECURE_HTTP", "use plain http to the endpoint (a standalone omics-sim); never for Tencent Cloud", boolean(&c.InsecureHTTP, false)},
-		{"region", "TENCENTCLOUD_REGION", "Tencent Cloud region", str(&c.Region, "ap-guangzhou")},
-		{"api-timeout", "OMICSQ_API_TIMEOUT", "timeout of one API call (an expired call is reconciled by a lookup, never resubmitted blind: see docs/reliability.md for sizing)", dur(&c.APITimeout, 5*time.Second)},
-
+	})
+	limits := own([]setting{
 		{"concurrency", "OMICSQ_CONCURRENCY", "messages processed at once by this replica: enough that calls hanging until --api-timeout do not starve the limiter (see docs/reliability.md)", integer(&c.Concurrency, 32)},
 		{"rate", "OMICSQ_RATE", "API calls per second per action, shared by every replica (0: unlimited)", settings.Float(&c.Rate, 20)},
 		{"burst", "OMICSQ_BURST", "calls that may be sent back to back", integer(&c.Burst, 1)},
@@ -139,6 +141,7 @@ func serverRows(c *config) []settings.Setting {
 
 		{"provision", "OMICSQ_PROVISION", "create or update streams, consumer and buckets at start; false binds to existing ones (e.g. managed by NACK)", boolean(&c.Provision, true)},
 	})
+	return slices.Concat(server, settings.API(&c.Endpoint, &c.InsecureHTTP, &c.Region, &c.APITimeout), limits)
 }
 
 // storageRows name and size the worker's own streams, buckets and consumer.
@@ -214,6 +217,15 @@ func trackerRows(c *config) []settings.Setting {
 	})
 }
 
+// autoRetryRows configure the opt-in retries of failed run groups.
+func autoRetryRows(c *config) []settings.Setting {
+	return own([]setting{
+		{"retries-bucket", "OMICSQ_RETRIES_BUCKET", "KV bucket of the retries of failed run groups (enqueue runs retry and --auto-retry): the intent before every RetryRuns call", settings.String(&c.Topology.RetriesBucket, queue.DefaultTopology().RetriesBucket)},
+		{"auto-retry", "OMICSQ_AUTO_RETRY", "retry a failed run group whose error message matches --auto-retry-messages with RetryRuns (call cache on), until the key's retries created this many groups (0: off; needs --tracker)", settings.Int(&c.AutoRetry, 0)},
+		{"auto-retry-messages", "OMICSQ_AUTO_RETRY_MESSAGES", "Go regular expression (RE2) the ErrorMessage of a failed run group must match to be retried by --auto-retry, e.g. 'OOMKilled|disk quota'", settings.String(&c.AutoRetryMessages, "")},
+	})
+}
+
 // trackerProjects is --tracker-projects as a list.
 func (c *config) trackerProjects() []string {
 	var out []string
@@ -268,6 +280,7 @@ func (c *config) validate() error {
 	c.checkTopology(p)
 	c.checkRetry(p)
 	c.checkTracker(p)
+	c.checkAutoRetry(p)
 	if len(p.errs) == 0 {
 		// Backstops for what no flag sets.
 		if err := c.Retry.Validate(); err != nil {

@@ -867,7 +867,9 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	startAs := func(user string, extra ...string) *runningWorker {
 		args := append([]string{"--nats-url", ns.ClientURL(), "--nats-user", user, "--endpoint", sbLn.Addr(), "--insecure-http",
 			"--metrics-addr", "127.0.0.1:0", "--worker-id", user, "--api-timeout", "2s", "--retry-initial", "50ms",
-			"--pause-probe-interval", "200ms", "--drain-timeout", "5s", "--rate", "50", "--log-format", "json"}, extra...)
+			"--pause-probe-interval", "200ms", "--drain-timeout", "5s", "--rate", "50", "--log-format", "json",
+			// The auto-retry policy's consumer and bucket need their lines too.
+			"--auto-retry", "1", "--auto-retry-messages", "OOMKilled"}, extra...)
 		return startRun(t, args, func(k string) string {
 			if k == "NATS_PASSWORD" {
 				return passwords[user]

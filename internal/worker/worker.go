@@ -37,6 +37,7 @@ import (
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/ratelimit"
+	"github.com/omicsq/omicsq/internal/rerun"
 	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/internal/submit"
 	"github.com/omicsq/omicsq/internal/tracker"
@@ -137,6 +138,7 @@ type process struct {
 	brk        *breaker.Breaker
 	consumer   *queue.Consumer
 	trk        *workerTracker
+	auto       *rerun.Auto
 }
 
 // connect starts the embedded server if no URL is given, connects and
@@ -231,7 +233,7 @@ func (p *process) build(ctx context.Context, down *shutdown) error {
 		down.push(trk.close)
 		p.trk = trk
 	}
-	return nil
+	return p.buildAutoRetry(ctx, down, api, account, describeLimiter)
 }
 
 // buildControls makes the fleet-wide pause and, when enabled, the breaker.
@@ -331,6 +333,9 @@ func (p *process) run(ctx context.Context, ready chan<- Started) error {
 	g.Go(func() error { reportRates(gctx, p.runLimiter, p.m); return nil })
 	if p.trk != nil {
 		g.Go(func() error { return p.trk.Run(gctx) })
+	}
+	if p.auto != nil {
+		g.Go(func() error { return p.auto.Run(gctx) })
 	}
 	p.log.Info("consuming", "stream", cfg.Topology.RequestsStream, "consumer", cfg.Topology.Consumer,
 		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "rate_limit_scope", cfg.RateLimitScope)
