@@ -162,6 +162,9 @@ func compareConsumers(ctx context.Context, t *testing.T, js jetstream.JetStream,
 			t.Fatal(err)
 		}
 		for info := range st.ListConsumers(ctx).Info() {
+			if info.Config.Durable == "" {
+				continue // a watch's ephemeral consumer (the rate limiter's KV watch), not provisioned
+			}
 			id := stream + "/" + info.Name
 			seen[id] = true
 			n, ok := byName[id]
