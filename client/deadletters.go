@@ -277,3 +277,14 @@ func (c *Client) DeleteDeadLetter(ctx context.Context, seq uint64) error {
 	}
 	return nil
 }
+
+// DeadLetterFromMsg reads m, a message of the dead-letter stream delivered
+// by a consumer of the caller's own (a console's index, an exporter), as
+// the other dead-letter readers do.
+func DeadLetterFromMsg(m jetstream.Msg) (StoredDeadLetter, error) {
+	md, err := m.Metadata()
+	if err != nil {
+		return StoredDeadLetter{}, fmt.Errorf("dead letter metadata: %w", err)
+	}
+	return newStoredDeadLetter(md.Sequence.Stream, m.Subject(), md.Timestamp, m.Headers(), m.Data()), nil
+}

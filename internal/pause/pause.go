@@ -67,8 +67,8 @@ func ReasonFor(code string) Reason {
 // (or whatever an unknown code meant) works again.
 func needsTrial(reason Reason) bool { return reason == ReasonEnvironment || reason == ReasonConfig }
 
-// stateKey is the KV key of the flag.
-const stateKey = "pause"
+// StateKey is the control bucket's key of the pause flag (the console reads it).
+const StateKey = "pause"
 
 // State is the shared flag.
 type State struct {
@@ -226,7 +226,7 @@ func (c *Controller) WaitTurn(ctx context.Context, owner string) (trial bool, er
 // claimTrial takes the trial by compare-and-set, so one caller fleet-wide
 // makes the trial call.
 func (c *Controller) claimTrial(ctx context.Context, owner string) (bool, error) {
-	cur, err := c.kv.Get(ctx, stateKey)
+	cur, err := c.kv.Get(ctx, StateKey)
 	if err != nil {
 		return false, err
 	}
@@ -243,7 +243,7 @@ func (c *Controller) claimTrial(ctx context.Context, owner string) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil {
+	if _, err := c.kv.Update(ctx, StateKey, b, cur.Revision()); err != nil {
 		return false, nil // somebody else won
 	}
 	c.observe(st)
@@ -297,7 +297,7 @@ func (c *Controller) offerTrial(ctx context.Context) error {
 // race is left to the winner) and observes the result; change reports
 // whether it changed anything.
 func (c *Controller) updateState(ctx context.Context, what string, change func(*State) bool) error {
-	cur, err := c.kv.Get(ctx, stateKey)
+	cur, err := c.kv.Get(ctx, StateKey)
 	if err != nil {
 		return fmt.Errorf("pause: read flag: %w", err)
 	}
@@ -312,7 +312,7 @@ func (c *Controller) updateState(ctx context.Context, what string, change func(*
 	if err != nil {
 		return err
 	}
-	if _, err := c.kv.Update(ctx, stateKey, b, cur.Revision()); err != nil {
+	if _, err := c.kv.Update(ctx, StateKey, b, cur.Revision()); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			return nil
 		}
@@ -336,9 +336,9 @@ func (c *Controller) Pause(ctx context.Context, reason Reason, code string) (fir
 	if err != nil {
 		return false, err
 	}
-	_, err = c.kv.Create(ctx, stateKey, b)
+	_, err = c.kv.Create(ctx, StateKey, b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		cur, gerr := c.kv.Get(ctx, stateKey)
+		cur, gerr := c.kv.Get(ctx, StateKey)
 		if gerr != nil {
 			return false, fmt.Errorf("pause: read flag: %w", gerr)
 		}
@@ -347,7 +347,7 @@ func (c *Controller) Pause(ctx context.Context, reason Reason, code string) (fir
 			c.observe(prev) // somebody paused first: theirs is the flag (and its trial)
 			return false, nil
 		}
-		_, err = c.kv.Update(ctx, stateKey, b, cur.Revision())
+		_, err = c.kv.Update(ctx, StateKey, b, cur.Revision())
 	}
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return false, c.resync(ctx)
@@ -362,7 +362,7 @@ func (c *Controller) Pause(ctx context.Context, reason Reason, code string) (fir
 // so a local pause whose write failed, or a lost compare-and-set, cannot
 // leave this replica paused (or unpaused) alone.
 func (c *Controller) resync(ctx context.Context) error {
-	cur, err := c.kv.Get(ctx, stateKey)
+	cur, err := c.kv.Get(ctx, StateKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		c.observe(State{})
 		return nil
@@ -385,7 +385,7 @@ func (c *Controller) Resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.kv.Put(ctx, stateKey, b); err != nil {
+	if _, err := c.kv.Put(ctx, StateKey, b); err != nil {
 		return fmt.Errorf("pause: clear flag: %w", err)
 	}
 	c.observe(st)
@@ -437,7 +437,7 @@ func (c *Controller) observe(st State) {
 // ProbeInterval, clearing the flag when a probe succeeds. It returns when ctx
 // ends.
 func (c *Controller) Run(ctx context.Context) error {
-	w, err := c.kv.Watch(ctx, stateKey)
+	w, err := c.kv.Watch(ctx, StateKey)
 	if err != nil {
 		return fmt.Errorf("pause: watch flag: %w", err)
 	}

@@ -69,17 +69,24 @@ type Planner struct {
 // Plan reads the dead letters and decides, key by key, what a redrive of
 // those f selects with edits would do. It changes nothing.
 func (p Planner) Plan(ctx context.Context, f client.DeadLetterFilter, edits []Edit) (Plan, error) {
+	return p.PlanMatching(ctx, f.Key, f.Match, edits)
+}
+
+// PlanMatching is Plan for the dead letters match selects (a console's
+// selection by sequence or by a filter of its own) among those of key (""
+// for every key); the rules are Plan's.
+func (p Planner) PlanMatching(ctx context.Context, key string, match func(client.StoredDeadLetter) bool, edits []Edit) (Plan, error) {
 	var plan Plan
 	newest := map[string]uint64{}
 	byKey := map[string][]client.StoredDeadLetter{}
 	var keys []string
-	for d, err := range p.Client.DeadLetters(ctx, client.DeadLetterFilter{Key: f.Key}) {
+	for d, err := range p.Client.DeadLetters(ctx, client.DeadLetterFilter{Key: key}) {
 		if err != nil {
 			return Plan{}, err
 		}
 		plan.Scanned++
 		newest[d.Key] = max(newest[d.Key], d.Sequence)
-		if !f.Match(d) {
+		if !match(d) {
 			continue
 		}
 		if _, ok := byKey[d.Key]; !ok {

@@ -1,0 +1,173 @@
+package console_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/queue"
+)
+
+func TestUnauthenticatedRequestsGet401(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	for _, path := range []string{"/", "/dlq", "/api/overview", "/api/dlq", "/dlq/1", "/requests?key=k", "/runs"} {
+		for _, auth := range []string{"", "wrong"} {
+			resp, _ := e.do("GET", path, auth, nil, nil)
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("GET %s with auth %q: %d, want 401", path, auth, resp.StatusCode)
+			}
+			if auth == "" && !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic") {
+				t.Errorf("GET %s: no Basic challenge", path)
+			}
+		}
+	}
+	resp, _ := e.do("POST", "/dlq/redrive", "", url.Values{"all": {"1"}}, nil)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("POST /dlq/redrive unauthenticated: %d, want 401", resp.StatusCode)
+	}
+	for _, auth := range []string{"bearer", "basic"} {
+		if resp, _ := e.do("GET", "/", auth, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET / with %s: %d", auth, resp.StatusCode)
+		}
+	}
+	if resp, _ := e.do("GET", "/healthz", "", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("healthz needs no authentication: %d", resp.StatusCode)
+	}
+}
+
+func TestActionsNeedAValidCSRFToken(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	d := e.deadLetter("needs-csrf")
+	e.waitIndexed(1)
+	seq := strconv.FormatUint(d.Sequence, 10)
+	for name, form := range map[string]url.Values{
+		"none":  {"seq": {seq}},
+		"wrong": {"seq": {seq}, "csrf": {"AAAA"}},
+		// alice's token is not bob's: tokens are bound to the operator.
+		"another operator's": {"seq": {seq}, "csrf": {e.csrf("basic")}},
+	} {
+		for _, path := range []string{"/dlq/redrive", "/dlq/preview", "/resume"} {
+			resp, _ := e.do("POST", path, "bearer", form, nil)
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("POST %s with %s CSRF token: %d, want 403", path, name, resp.StatusCode)
+			}
+		}
+	}
+	// A cross-site browser request is refused even with the right token.
+	form := url.Values{"seq": {seq}, "csrf": {e.csrf("bearer")}}
+	resp, _ := e.do("POST", "/dlq/redrive", "bearer", form, http.Header{"Sec-Fetch-Site": {"cross-site"}})
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("cross-site POST: %d, want 403", resp.StatusCode)
+	}
+	if _, err := e.cl.DeadLetterAt(context.Background(), d.Sequence); err != nil {
+		t.Fatalf("a refused action changed the DLQ: %v", err)
+	}
+	if !strings.Contains(e.audit.String(), `"why":"csrf"`) {
+		t.Errorf("refusals are not audited:\n%s", e.audit.String())
+	}
+	// The same form with the token works.
+	resp, page := e.do("POST", "/dlq/redrive", "bearer", form, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "<strong>1</strong> redriven") {
+		t.Fatalf("redrive with the token: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+func TestReadOnlyRefusesActions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1, readOnly: true})
+	d := e.deadLetter("read-only")
+	e.waitIndexed(1)
+	tok := e.csrf("bearer")
+	seq := strconv.FormatUint(d.Sequence, 10)
+	for _, path := range []string{"/dlq/redrive", "/resume"} {
+		resp, _ := e.do("POST", path, "bearer", url.Values{"seq": {seq}, "csrf": {tok}}, nil)
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("read-only POST %s: %d, want 403", path, resp.StatusCode)
+		}
+	}
+	_, page := e.do("GET", "/dlq", "bearer", nil, nil)
+	if strings.Contains(page, "preview-selected") || !strings.Contains(page, "read-only") {
+		t.Errorf("the read-only DLQ page offers actions")
+	}
+	if _, err := e.cl.DeadLetterAt(context.Background(), d.Sequence); err != nil {
+		t.Fatalf("read-only mode changed the DLQ: %v", err)
+	}
+}
+
+// A dead letter of a key that already has its run group is not redriven:
+// the console applies the CLI's rules, and the sandbox's registry shows one
+// run group.
+func TestConsoleRedriveNeverSubmitsTwice(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	ctx := context.Background()
+	p := e.publish("has-group")
+	if o := e.waitOutcome(p); o.Dead {
+		t.Fatalf("want a result, got a dead letter %+v", o.DeadLetter)
+	}
+	// A stale dead letter of the same key (an earlier delivery's, say).
+	d := client.DeadLetter{Key: "has-group", Request: body("has-group"), Reason: client.ReasonPermanentError,
+		Error: client.Failure{Class: "permanent", Code: "InvalidParameterValue.InvalidInputJsonFormat"}}
+	if err := queue.PublishDeadLetter(ctx, e.js, e.topo, d, "stale/1"); err != nil {
+		t.Fatal(err)
+	}
+	e.waitIndexed(1)
+	before := e.requestsPublished()
+	tok := e.csrf("bearer")
+	resp, page := e.do("POST", "/dlq/redrive", "bearer", url.Values{"all": {"1"}, "key": {"has-group"}, "csrf": {tok}}, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "<strong>0</strong> redriven") || !strings.Contains(page, "already has a result") {
+		t.Fatalf("redrive: %d\n%s", resp.StatusCode, page)
+	}
+	time.Sleep(time.Second) // what a second publish would need to be submitted
+	if n := e.groupsNamed("has-group"); n != 1 {
+		t.Fatalf("the sandbox holds %d run groups named has-group, want 1", n)
+	}
+	if after := e.requestsPublished(); after != before {
+		t.Fatalf("the console published %d requests", after-before)
+	}
+	if !strings.Contains(e.audit.String(), `"redriven":0`) || !strings.Contains(e.audit.String(), `"skipped":1`) {
+		t.Errorf("audit record:\n%s", e.audit.String())
+	}
+}
+
+func (e *env) requestsPublished() uint64 {
+	e.t.Helper()
+	s, err := e.js.Stream(context.Background(), e.topo.RequestsStream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// Inputs may carry patient identifiers: redacted unless revealed, and the
+// reveal is audited; the audit log never holds request content.
+func TestDeadLetterInputsRedactedByDefault(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	d := e.deadLetter("redact-me")
+	e.waitIndexed(1)
+	path := "/dlq/" + strconv.FormatUint(d.Sequence, 10)
+	_, page := e.do("GET", path, "bearer", nil, nil)
+	if strings.Contains(page, "P-redact-me") || !strings.Contains(page, "redacted (") || !strings.Contains(page, "app-1") {
+		t.Fatalf("redacted page:\n%s", page)
+	}
+	_, page = e.do("GET", path+"?reveal=1", "basic", nil, nil)
+	if !strings.Contains(page, "P-redact-me") {
+		t.Fatalf("revealed page lacks the input")
+	}
+	audit := e.audit.String()
+	if !strings.Contains(audit, `"action":"reveal"`) || !strings.Contains(audit, `"who":"alice"`) || strings.Contains(audit, "P-redact-me") {
+		t.Fatalf("audit:\n%s", audit)
+	}
+}

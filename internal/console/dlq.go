@@ -1,0 +1,372 @@
+package console
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/redrive"
+)
+
+const pageSize = 50
+
+// dlqQuery is a DLQ page's filter and page, from the URL or a form.
+type dlqQuery struct {
+	Filter DLQFilter
+	Page   int
+	// From and To are the inputs as typed (RFC 3339 or 2006-01-02T15:04).
+	From, To string
+	Err      string
+}
+
+func parseDLQQuery(v url.Values) dlqQuery {
+	q := dlqQuery{Filter: DLQFilter{Reason: strings.TrimSpace(v.Get("reason")), Code: strings.TrimSpace(v.Get("code")),
+		Batch: strings.TrimSpace(v.Get("batch")), Key: strings.TrimSpace(v.Get("key"))},
+		From: v.Get("from"), To: v.Get("to")}
+	q.Page, _ = strconv.Atoi(v.Get("page"))
+	q.Page = max(q.Page, 0)
+	for _, t := range []struct {
+		in  string
+		out *time.Time
+	}{{q.From, &q.Filter.From}, {q.To, &q.Filter.To}} {
+		if t.in == "" {
+			continue
+		}
+		at, err := parseTime(t.in)
+		if err != nil {
+			q.Err = fmt.Sprintf("time %q: use 2006-01-02T15:04 (UTC) or RFC 3339", t.in)
+			continue
+		}
+		*t.out = at
+	}
+	return q
+}
+
+func parseTime(s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, errors.New("bad time")
+}
+
+// values is q as URL parameters (for paging links and the redrive forms).
+func (q dlqQuery) values() url.Values {
+	v := url.Values{}
+	for k, s := range map[string]string{"reason": q.Filter.Reason, "code": q.Filter.Code, "batch": q.Filter.Batch,
+		"key": q.Filter.Key, "from": q.From, "to": q.To} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	return v
+}
+
+func (s *Server) dlqPage(w http.ResponseWriter, r *http.Request, who string) {
+	q := parseDLQQuery(r.URL.Query())
+	p := s.cfg.Index.Query(q.Filter, q.Page, pageSize)
+	reasons := slices.Sorted(mapsKeys(s.cfg.Index.Reasons()))
+	prev, next := q.values(), q.values()
+	prev.Set("page", strconv.Itoa(q.Page-1))
+	next.Set("page", strconv.Itoa(q.Page+1))
+	s.render(w, "dlq", who, map[string]any{"Q": q, "P": p, "Reasons": reasons, "Query": q.values().Encode(),
+		"Prev": prev.Encode(), "Next": next.Encode(), "HasPrev": q.Page > 0, "HasNext": (q.Page+1)*pageSize < p.Matched})
+}
+
+// dlqJSON is the same query as JSON: what the page's live counter and the
+// benchmark read.
+func (s *Server) dlqJSON(w http.ResponseWriter, r *http.Request, _ string) {
+	q := parseDLQQuery(r.URL.Query())
+	if q.Err != "" {
+		http.Error(w, q.Err, http.StatusBadRequest)
+		return
+	}
+	size := pageSize
+	if n, err := strconv.Atoi(r.URL.Query().Get("size")); err == nil && n >= 0 && n <= 1000 {
+		size = n
+	}
+	p := s.cfg.Index.Query(q.Filter, q.Page, size)
+	writeJSON(w, map[string]any{"matched": p.Matched, "total": p.Total, "ready": p.Ready, "rows": p.Rows})
+}
+
+func mapsKeys(m map[string]int) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// shownFields are the request fields a dead letter's page shows by
+// default: identifiers of the platform's own objects and switches. Every
+// other field (Name, Description, inputs, row UUIDs, paths, e-mails) may
+// carry patient or sample identifiers and is redacted until revealed.
+var shownFields = []string{"ApplicationId", "ApplicationVersionId", "EnvironmentId", "ProjectId", "TableId", "CacheClearDelay",
+	"AccessMode", "FailureMode", "UseCallCache", "UseErrorOnHold", "ResultNotification", "TimeoutNotification",
+	"TimeoutNotificationMinutes", "Report", "Resume", "Profile", "VolumeIds"}
+
+// field is one line of a request as the page shows it.
+type field struct {
+	Name, Value string
+	Redacted    bool
+}
+
+func requestFields(raw json.RawMessage, reveal bool) ([]field, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return nil, err
+	}
+	var out []field
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for k := range top {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		v := string(top[name])
+		if !reveal && !slices.Contains(shownFields, name) {
+			out = append(out, field{Name: name, Value: fmt.Sprintf("redacted (%d bytes)", len(v)), Redacted: true})
+			continue
+		}
+		out = append(out, field{Name: name, Value: printable(v)})
+	}
+	return out, nil
+}
+
+func (s *Server) deadLetterPage(w http.ResponseWriter, r *http.Request, who string) {
+	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	d, err := s.cfg.Client.DeadLetterAt(r.Context(), seq)
+	if errors.Is(err, client.ErrNotFound) {
+		s.cfg.Index.Remove(seq)
+		http.Error(w, "no dead letter at this sequence (redriven or expired)", http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		http.Error(w, "read the dead letter: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	reveal := r.URL.Query().Get("reveal") == "1"
+	if reveal {
+		// Seeing inputs is not an action, but who saw which ones is audited.
+		s.cfg.Audit.Info("console reveal", "who", who, "action", "reveal", "seq", seq)
+	}
+	data := map[string]any{"D": d, "Sum": d.Summary(), "Reveal": reveal, "Batch": d.Header.Get(headerBatch)}
+	if dl := d.DeadLetter; dl != nil && len(dl.Request) > 0 {
+		if fields, err := requestFields(dl.Request, reveal); err == nil {
+			data["Fields"] = fields
+		}
+		data["Message"] = printable(dl.Error.Message)
+	}
+	s.render(w, "deadletter", who, data)
+}
+
+// selection is what a redrive form selects: sequences, or the filter.
+type selection struct {
+	Seqs  []uint64
+	Query dlqQuery
+}
+
+func parseSelection(r *http.Request) (selection, error) {
+	sel := selection{Query: parseDLQQuery(r.PostForm)}
+	if sel.Query.Err != "" {
+		return sel, errors.New(sel.Query.Err)
+	}
+	for _, v := range r.PostForm["seq"] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return sel, fmt.Errorf("bad sequence %q", v)
+		}
+		sel.Seqs = append(sel.Seqs, n)
+	}
+	if len(sel.Seqs) == 0 && r.PostForm.Get("all") != "1" {
+		return sel, errors.New("nothing selected: tick dead letters, or redrive every one the filter matches")
+	}
+	return sel, nil
+}
+
+// plan applies the CLI's redrive rules (internal/redrive) to the selection.
+func (s *Server) plan(r *http.Request, sel selection) (redrive.Plan, error) {
+	guard := redrive.OpenGuard(r.Context(), s.cfg.JS, s.cfg.Topology.LedgerBucket, s.cfg.Limits)
+	planner := redrive.Planner{Client: s.cfg.Client, Guard: guard, Limits: s.cfg.Limits}
+	f := sel.Query.Filter
+	key := f.Key
+	match := func(d client.StoredDeadLetter) bool {
+		return f.deadLetterFilter().Match(d) && (f.Batch == "" || d.Header.Get(headerBatch) == f.Batch)
+	}
+	if len(sel.Seqs) > 0 {
+		want := map[uint64]bool{}
+		keys := map[string]bool{}
+		for _, seq := range sel.Seqs {
+			want[seq] = true
+			if row, ok := s.cfg.Index.Row(seq); ok {
+				keys[row.Key] = true
+			}
+		}
+		key = ""
+		if len(keys) == 1 { // one key: read only its subject
+			for k := range keys {
+				key = k
+			}
+		}
+		match = func(d client.StoredDeadLetter) bool { return want[d.Sequence] }
+	}
+	return planner.PlanMatching(r.Context(), key, match, nil)
+}
+
+// stepView is one step of a plan as the preview and result pages show it.
+type stepView struct {
+	Seq        uint64
+	Key, Verb  string
+	Why        string
+	Refused    bool
+	Superseded uint64
+}
+
+func viewSteps(p redrive.Plan) (steps []stepView, redrives int) {
+	for _, st := range p.Steps {
+		v := stepView{Seq: st.Dead.Sequence, Key: printable(st.Dead.Key), Why: printable(st.Why), Refused: st.Refused}
+		switch st.Kind {
+		case redrive.Redrive:
+			v.Verb = "redrive"
+			redrives++
+		case redrive.DeleteSuperseded:
+			v.Verb, v.Superseded = "delete (superseded)", st.SupersededBy
+		case redrive.Skip:
+			v.Verb = "skip"
+		case redrive.Fail:
+			v.Verb, v.Why = "fail", printable(st.Err.Error())
+		}
+		steps = append(steps, v)
+	}
+	return steps, redrives
+}
+
+func (s *Server) previewRedrive(w http.ResponseWriter, r *http.Request, who string) {
+	sel, err := parseSelection(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	plan, err := s.plan(r, sel)
+	if err != nil {
+		http.Error(w, "plan the redrive: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	steps, redrives := viewSteps(plan)
+	s.render(w, "preview", who, map[string]any{"Steps": steps, "Redrives": redrives, "Scanned": plan.Scanned,
+		"Sel": sel, "Query": sel.Query.values(), "All": len(sel.Seqs) == 0})
+}
+
+// redrive plans again (the DLQ may have changed since the preview) and
+// carries the plan out, stopping at a failed publish like the CLI.
+func (s *Server) redrive(w http.ResponseWriter, r *http.Request, who string) {
+	sel, err := parseSelection(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	plan, err := s.plan(r, sel)
+	if err != nil {
+		http.Error(w, "plan the redrive: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	var redriven, skipped, refused, failed int
+	var done []uint64
+	results := make([]stepView, 0, len(plan.Steps))
+	for _, st := range plan.Steps {
+		v, _ := viewSteps(redrive.Plan{Steps: []redrive.Step{st}})
+		view := v[0]
+		switch st.Kind {
+		case redrive.Skip:
+			skipped++
+			if st.Refused {
+				refused++
+			}
+		case redrive.Fail:
+			failed++
+		case redrive.Redrive, redrive.DeleteSuperseded:
+			if err := redrive.Execute(r.Context(), s.cfg.Client, st); err != nil {
+				failed++
+				view.Verb, view.Why = "failed", printable(err.Error())
+				results = append(results, view)
+				if st.Kind == redrive.Redrive && !errors.Is(err, client.ErrNotDeleted) {
+					goto summary // a failed publish stops the redrive, as in the CLI
+				}
+				continue
+			}
+			done = append(done, st.Dead.Sequence)
+			if st.Kind == redrive.Redrive {
+				redriven++
+				view.Verb = "redriven"
+			} else {
+				view.Verb = "deleted (superseded)"
+			}
+		}
+		results = append(results, view)
+	}
+summary:
+	s.cfg.Index.Remove(done...)
+	f := sel.Query.Filter
+	s.cfg.Audit.Info("console redrive", "who", who, "action", "redrive", "selected", len(sel.Seqs), "by_filter", len(sel.Seqs) == 0,
+		"filter_reason", f.Reason, "filter_code", f.Code, "filter_key", f.Key != "", "filter_batch", f.Batch != "",
+		"scanned", plan.Scanned, "redriven", redriven, "skipped", skipped, "refused", refused, "failed", failed)
+	s.render(w, "redriven", who, map[string]any{"Steps": results, "Redriven": redriven, "Skipped": skipped, "Refused": refused, "Failed": failed})
+}
+
+func (s *Server) requestPage(w http.ResponseWriter, r *http.Request, who string) {
+	key := strings.TrimSpace(r.URL.Query().Get("key"))
+	data := map[string]any{"Key": key}
+	if key != "" {
+		st, err := s.cfg.Client.State(r.Context(), key)
+		if err != nil {
+			data["Err"] = err.Error()
+		} else {
+			data["State"] = st
+			data["Phase"] = st.Phase()
+		}
+		if h, err := s.ledgerHistory(r, key); err == nil {
+			data["Ledger"] = h
+		}
+	}
+	s.render(w, "request", who, data)
+}
+
+func (s *Server) resume(w http.ResponseWriter, r *http.Request, who string) {
+	kv, err := s.cfg.JS.KeyValue(r.Context(), s.cfg.Topology.ControlBucket)
+	if err != nil {
+		http.Error(w, "control bucket: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	st, err := s.pauseState(r.Context())
+	if err != nil {
+		http.Error(w, "pause flag: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	if !st.Paused {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	ctl := pauseController(kv, "console:"+who)
+	if err := ctl.Resume(r.Context()); err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	s.cfg.Audit.Info("console resume", "who", who, "action", "resume", "paused_reason", string(st.Reason), "paused_since", st.Since)
+	s.view.invalidate()
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}

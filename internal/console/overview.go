@@ -1,0 +1,201 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/omicsq/omicsq/internal/pause"
+	"github.com/omicsq/omicsq/internal/ratelimit"
+)
+
+// Overview is the fleet at a glance; /api/overview serves it as JSON for
+// the page's live updates.
+type Overview struct {
+	At time.Time `json:"at"`
+	// Consumers are the requests stream's consumers: one per lane or flow
+	// where the fleet has several, else the worker's one.
+	Consumers []ConsumerView `json:"consumers"`
+	Backlog   uint64         `json:"backlog"`
+	InFlight  int            `json:"in_flight"`
+	// OldestSeconds is the age of the oldest waiting request.
+	OldestSeconds float64 `json:"oldest_seconds"`
+	// SubmittedLastMinute counts results stored in the last minute.
+	SubmittedLastMinute int               `json:"submitted_last_minute"`
+	Pause               pause.State       `json:"pause"`
+	Quotas              []ratelimit.Quota `json:"quotas"`
+	DeadLetters         int               `json:"dead_letters"`
+	DeadLetterReasons   map[string]int    `json:"dead_letter_reasons"`
+	Runs                map[string]int    `json:"runs"`
+	// Errors name the parts that could not be read (the rest is shown).
+	Errors []string `json:"errors,omitempty"`
+}
+
+// ConsumerView is one consumer of the requests stream.
+type ConsumerView struct {
+	Name        string `json:"name"`
+	Filter      string `json:"filter"`
+	Pending     uint64 `json:"pending"`
+	InFlight    int    `json:"in_flight"`
+	Redelivered int    `json:"redelivered"`
+}
+
+// overviewCache bounds the load many open pages put on JetStream.
+type overviewCache struct {
+	load func(context.Context) Overview
+	ttl  time.Duration
+	mu   sync.Mutex
+	last Overview
+}
+
+func (c *overviewCache) get(ctx context.Context) Overview {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.last.At) > c.ttl {
+		c.last = c.load(ctx)
+	}
+	return c.last
+}
+
+func (s *Server) loadOverview(ctx context.Context) Overview {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	now := s.cfg.Now()
+	o := Overview{At: now}
+	fail := func(what string, err error) { o.Errors = append(o.Errors, what+": "+err.Error()) }
+	if err := s.loadConsumers(ctx, &o); err != nil {
+		fail("requests stream", err)
+	}
+	if n, err := s.countSince(ctx, s.cfg.Topology.ResultsStream, now.Add(-time.Minute)); err != nil {
+		fail("results stream", err)
+	} else {
+		o.SubmittedLastMinute = n
+	}
+	if st, err := s.pauseState(ctx); err != nil {
+		fail("pause flag", err)
+	} else {
+		o.Pause = st
+	}
+	if q, err := ratelimit.Inspect(ctx, s.cfg.JS, s.cfg.RateLimitBucket, now); err != nil {
+		fail("rate limiter", err)
+	} else {
+		o.Quotas = q
+	}
+	if s.cfg.Index != nil {
+		o.DeadLetters = s.cfg.Index.Query(DLQFilter{}, 0, 0).Total
+		o.DeadLetterReasons = s.cfg.Index.Reasons()
+	}
+	if s.cfg.Runs != nil {
+		o.Runs = s.cfg.Runs.Counts()
+	}
+	return o
+}
+
+func (s *Server) loadConsumers(ctx context.Context, o *Overview) error {
+	st, err := s.cfg.JS.Stream(ctx, s.cfg.Topology.RequestsStream)
+	if err != nil {
+		return err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State.Msgs > 0 {
+		o.OldestSeconds = max(time.Since(info.State.FirstTime).Seconds(), 0)
+	}
+	l := st.ListConsumers(ctx)
+	for ci := range l.Info() {
+		v := ConsumerView{Name: ci.Name, Filter: ci.Config.FilterSubject, Pending: ci.NumPending, InFlight: ci.NumAckPending, Redelivered: ci.NumRedelivered}
+		if v.Filter == "" && len(ci.Config.FilterSubjects) > 0 {
+			v.Filter = ci.Config.FilterSubjects[0]
+		}
+		o.Consumers = append(o.Consumers, v)
+		o.Backlog += v.Pending
+		o.InFlight += v.InFlight
+	}
+	slices.SortFunc(o.Consumers, func(a, b ConsumerView) int { return strings.Compare(a.Name, b.Name) })
+	return l.Err()
+}
+
+// countSince counts the messages stream stored from since on, reading
+// headers only (a minute of results is at most a few thousand).
+func (s *Server) countSince(ctx context.Context, stream string, since time.Time) (int, error) {
+	st, err := s.cfg.JS.Stream(ctx, stream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs == 0 || info.State.LastTime.Before(since) {
+		return 0, err
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since, HeadersOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for n < 100000 {
+		batch, err := cons.FetchNoWait(500)
+		if err != nil {
+			return n, err
+		}
+		got := 0
+		last := false
+		for m := range batch.Messages() {
+			got++
+			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
+				last = true
+			}
+		}
+		n += got
+		if got == 0 || last {
+			break
+		}
+	}
+	return n, nil
+}
+
+func (s *Server) pauseState(ctx context.Context) (pause.State, error) {
+	kv, err := s.cfg.JS.KeyValue(ctx, s.cfg.Topology.ControlBucket)
+	if err != nil {
+		return pause.State{}, err
+	}
+	e, err := kv.Get(ctx, pause.StateKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return pause.State{}, nil
+	}
+	if err != nil {
+		return pause.State{}, err
+	}
+	var st pause.State
+	return st, json.Unmarshal(e.Value(), &st)
+}
+
+func (s *Server) overviewJSON(w http.ResponseWriter, r *http.Request, _ string) {
+	writeJSON(w, s.view.get(r.Context()))
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (c *overviewCache) invalidate() {
+	c.mu.Lock()
+	c.last = Overview{}
+	c.mu.Unlock()
+}
+
+func pauseController(kv jetstream.KeyValue, by string) *pause.Controller {
+	return pause.New(kv, pause.Config{Worker: by})
+}
+
+func (s *Server) overviewPage(w http.ResponseWriter, r *http.Request, who string) {
+	s.render(w, "overview", who, map[string]any{"O": s.view.get(r.Context())})
+}
