@@ -65,4 +65,3 @@ func (s *Server) render(w http.ResponseWriter, page, who string, data map[string
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_, _ = buf.WriteTo(w)
 }
-
