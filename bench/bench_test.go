@@ -147,3 +147,26 @@ func TestTrackerBenchSmoke(t *testing.T) {
 		t.Errorf("the arrival log disagrees with the sandbox's statistics:\n%s", rowOf(md, "| log check |"))
 	}
 }
+
+// TestConsoleBenchSmoke runs the console benchmark on 2,000 dead letters:
+// the index holds them all and every query returns the count its filter
+// selects (the spread of reasons, codes and days is fixed). It asserts no
+// timing.
+func TestConsoleBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts NATS and the console for a few seconds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	if code := run(ctx, []string{"console", "--dead-letters", "2000", "--reps", "2"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("bench console exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	md := stdout.String()
+	for _, want := range []string{"| no filter, first page | 2000 |", "| reason (retries_exhausted, ~20%) | 400 |",
+		"| error code (InternalError, ~10%) | 200 |", "| batch (1 of 200, ~0.5%) | 10 |", "| one key | 1 |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("console report lacks %q:\n%s", want, md)
+		}
+	}
+}

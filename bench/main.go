@@ -10,6 +10,7 @@
 //	                          [--kill-every 5s] [--lag 0] [--timeout 150s] [--worker-flags FLAGS]...
 //	go run ./bench tracker    [--groups 10000] [--batches 0] [--rows 4] [--rate 20] [--share 0.25]
 //	                          [--cycles 3] [--interval 5s] [--run-duration 2h]
+//	go run ./bench console    [--dead-letters 100000] [--reps 30]
 //	go run ./bench all        [--out FILE]
 //
 // Every subcommand also takes --out FILE (write the Markdown there too),
@@ -49,7 +50,7 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|tracker|all> [flags]
+const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|tracker|console|all> [flags]
        go run ./bench <subcommand> -h     (flags of a subcommand)
 `
 
@@ -80,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var bl backlogConfig
 	var flt faultsConfig
 	var trk trackerConfig
+	var con consoleConfig
 	switch sub {
 	case "limiter":
 		lim.flags(fs)
@@ -95,10 +97,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		flt.flags(fs)
 	case "tracker":
 		trk.flags(fs)
+	case "console":
+		con.flags(fs)
 	case "all":
 		// Registering a benchmark's flags sets its defaults; `all` exposes
 		// only the knobs that shorten a trial run.
-		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags, trk.flags} {
+		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags, trk.flags, con.flags} {
 			f(flag.NewFlagSet("", flag.ContinueOnError))
 		}
 		fs.DurationVar(&lim.Duration, "duration", lim.Duration, "limiter: steady state per run")
@@ -139,10 +143,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"backlog":    func() (string, error) { return runBacklog(ctx, h, bl) },
 		"faults":     func() (string, error) { return runFaults(ctx, h, flt) },
 		"tracker":    func() (string, error) { return runTracker(ctx, h, trk) },
+		"console":    func() (string, error) { return runConsole(ctx, h, con) },
 	}
 	order := []string{sub}
 	if sub == "all" {
-		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults", "tracker"}
+		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults", "tracker", "console"}
 	}
 	failed := false
 	for _, name := range order {

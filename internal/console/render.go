@@ -45,6 +45,7 @@ var funcs = template.FuncMap{
 	"utc":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
 	"rate":  func(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) },
 	"clean": printable,
+	"inc":   func(n int) int { return n + 1 },
 }
 
 func parsePages() (*template.Template, error) {
