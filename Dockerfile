@@ -29,7 +29,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
     go build -buildvcs=false -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
-      -o /out/ ./cmd/worker ./cmd/enqueue ./cmd/omics-sim
+      -o /out/ ./cmd/worker ./cmd/enqueue ./cmd/omics-sim ./cmd/console
 
 # distroless/static: CA certificates (TLS to Tencent Cloud and NATS) and tzdata, no shell,
 # no package manager. The :nonroot tag already runs as 65532; USER repeats it numerically so
@@ -43,6 +43,7 @@ LABEL org.opencontainers.image.title="omicsq" \
 COPY --from=build /out/worker /worker
 COPY --from=build /out/enqueue /enqueue
 COPY --from=build /out/omics-sim /omics-sim
+COPY --from=build /out/console /console
 USER 65532:65532
 # /metrics, /healthz, /readyz when METRICS_ADDR=0.0.0.0:9464 (the chart sets it).
 EXPOSE 9464

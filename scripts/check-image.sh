@@ -2,12 +2,12 @@
 # Checks the container image recipe without a Docker engine (none on CI machines here):
 #
 #  1. Dockerfile: multi-stage, CGO_ENABLED=0, -trimpath, -s -w, final stage distroless
-#     nonroot or scratch, a numeric non-root USER, ENTRYPOINT ["/worker"], and the three
-#     binaries copied to the paths the chart and docs use.
+#     nonroot or scratch, a numeric non-root USER, ENTRYPOINT ["/worker"], and the four
+#     binaries (worker, enqueue, omics-sim, console) copied to the paths the chart and docs use.
 #  2. .dockerignore keeps every Go package the binaries need in the build context.
 #  3. The build the Dockerfile runs, done here: ./cmd/worker must link statically (no ELF
-#     interpreter, no dynamic section) and answer --help; ./cmd/enqueue and ./cmd/omics-sim are
-#     built too, but their failure only warns (they are developed separately).
+#     interpreter, no dynamic section) and answer --help; ./cmd/enqueue, ./cmd/omics-sim and ./cmd/console
+#     are built too, but their failure only warns (they are developed separately).
 #
 # Usage: scripts/check-image.sh [--no-build]   (needs go; uses file and readelf when present)
 #   --no-build      only the file checks (1 and 2)
@@ -47,7 +47,7 @@ build_line="$(printf '%s\n' "$instructions" | grep -E '^RUN .*go build' || true)
 if [ -z "$build_line" ]; then
 	fail "no RUN ... go build"
 else
-	for want in 'CGO_ENABLED=0' '-trimpath' '-s -w' './cmd/worker' './cmd/enqueue' './cmd/omics-sim'; do
+	for want in 'CGO_ENABLED=0' '-trimpath' '-s -w' './cmd/worker' './cmd/enqueue' './cmd/omics-sim' './cmd/console'; do
 		case "$build_line" in
 		*"$want"*) ok "go build has $want" ;;
 		*) fail "go build lacks $want" ;;
@@ -73,7 +73,7 @@ else
 	fail "ENTRYPOINT must be [\"/worker\"] (exec form), got '$entrypoint'"
 fi
 
-for bin in worker enqueue omics-sim; do
+for bin in worker enqueue omics-sim console; do
 	if printf '%s\n' "$last_stage" | grep -qE "^COPY --from=[^ ]+ [^ ]*/$bin /$bin\$"; then
 		ok "/$bin copied into the final image"
 	else
@@ -85,7 +85,7 @@ done
 if [ -f .dockerignore ]; then
 	mapfile -t ignores < <(sed -e 's/#.*$//' -e 's/[[:space:]]*$//' .dockerignore | grep -v '^$' | grep -v '^!' || true)
 	module="$(go list -m)"
-	pkgdirs="$(go list -deps -f '{{if .Module}}{{if eq .Module.Path "'"$module"'"}}{{.Dir}}{{end}}{{end}}' ./cmd/worker ./cmd/enqueue ./cmd/omics-sim 2>/dev/null | sort -u || true)"
+	pkgdirs="$(go list -deps -f '{{if .Module}}{{if eq .Module.Path "'"$module"'"}}{{.Dir}}{{end}}{{end}}' ./cmd/worker ./cmd/enqueue ./cmd/omics-sim ./cmd/console 2>/dev/null | sort -u || true)"
 	excluded=0
 	while IFS= read -r dir; do
 		[ -n "$dir" ] || continue
@@ -152,7 +152,7 @@ if go build -buildvcs=false -trimpath -ldflags "-s -w -X main.version=check-imag
 else
 	fail "CGO_ENABLED=0 go build ./cmd/worker"
 fi
-for cmd in enqueue omics-sim; do
+for cmd in enqueue omics-sim console; do
 	if [ ! -d "cmd/$cmd" ]; then
 		warn "cmd/$cmd does not exist yet; the Dockerfile build would fail"
 	elif go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$out/$cmd" "./cmd/$cmd" 2>"$out/$cmd.log"; then

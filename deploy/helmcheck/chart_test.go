@@ -120,7 +120,7 @@ func TestRenderFeatures(t *testing.T) {
 // checkObjects holds the invariants of any rendering.
 func checkObjects(t *testing.T, objs []object) {
 	checkMetadata(t, objs)
-	dep := one[*appsv1.Deployment](t, objs)
+	dep := workerDeployment(t, objs)
 	pod := dep.Spec.Template
 	checkRestricted(t, "Deployment "+dep.Name, &pod.Spec)
 	c := workerContainer(t, dep)
@@ -455,7 +455,7 @@ func checkSelectors(t *testing.T, objs []object, dep *appsv1.Deployment) {
 	if _, ok := dep.Spec.Selector.MatchLabels["helm.sh/chart"]; ok {
 		t.Errorf("helm.sh/chart in the selector: it changes on every chart version and selectors are immutable")
 	}
-	for _, svc := range find[*corev1.Service](objs) {
+	for _, svc := range workerServices(objs) {
 		if !labels.SelectorFromSet(svc.Spec.Selector).Matches(podLabels) {
 			t.Errorf("Service %s selects %v, not the worker pods", svc.Name, svc.Spec.Selector)
 		}
@@ -533,7 +533,7 @@ func checkMonitors(t *testing.T, objs []object, dep *appsv1.Deployment) {
 	}
 	podLabels := labels.Set(dep.Spec.Template.Labels)
 	for _, sm := range sms {
-		svcs := find[*corev1.Service](objs)
+		svcs := workerServices(objs)
 		if len(svcs) == 0 {
 			t.Errorf("ServiceMonitor without a Service")
 		}
@@ -567,7 +567,7 @@ func checkMonitors(t *testing.T, objs []object, dep *appsv1.Deployment) {
 // checkTestPod: the helm test hook fetches /metrics through the Service and looks for
 // omicsq_build_info, under the restricted profile, outside every worker selector.
 func checkTestPod(t *testing.T, objs []object, dep *appsv1.Deployment) {
-	svcs := find[*corev1.Service](objs)
+	svcs := workerServices(objs)
 	pods := find[*corev1.Pod](objs)
 	if len(svcs) == 0 {
 		if len(pods) != 0 {
@@ -897,7 +897,7 @@ func TestGracePeriodArithmetic(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := int64(math.Ceil(d.Seconds())) + int64(margin)
-		got := one[*appsv1.Deployment](t, objs).Spec.Template.Spec.TerminationGracePeriodSeconds
+		got := workerDeployment(t, objs).Spec.Template.Spec.TerminationGracePeriodSeconds
 		if got == nil || *got != want {
 			t.Errorf("drain %s + margin %d: terminationGracePeriodSeconds %v, want %d", drain, margin, got, want)
 		}

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -100,7 +99,7 @@ func TestSettingsMatchWorker(t *testing.T) {
 	for _, c := range renderCases()[:2] { // default and full
 		t.Run(c.name, func(t *testing.T) {
 			objs := render(t, c.files, c.sets...)
-			dep := one[*appsv1.Deployment](t, objs)
+			dep := workerDeployment(t, objs)
 			var settings *corev1.ConfigMap
 			for _, cm := range find[*corev1.ConfigMap](objs) {
 				if cm.Name == dep.Name {

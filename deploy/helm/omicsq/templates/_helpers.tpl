@@ -286,3 +286,129 @@ checksum/secrets: a hash of "name=resourceVersion" of every referenced Secret fo
 {{- join "," $parts | sha256sum }}
 {{- end }}
 {{- end }}
+
+
+{{/* The NATS connection's environment (auth and TLS file paths), shared by the worker and the
+console containers. */}}
+{{- define "omicsq.natsEnv" -}}
+{{- $auth := .Values.nats.auth }}
+{{- $tls := .Values.nats.tls }}
+{{- if eq $auth.type "creds" }}
+- name: NATS_CREDS
+  value: /etc/nats-creds/{{ $auth.credsKey }}
+{{- else if eq $auth.type "nkey" }}
+- name: NATS_NKEY
+  value: /etc/nats-nkeys/{{ $auth.nkeyKey }}
+{{- else if eq $auth.type "userPassword" }}
+- name: NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.existingSecret }}
+      key: {{ $auth.userKey }}
+- name: NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.existingSecret }}
+      key: {{ $auth.passwordKey }}
+{{- else if eq $auth.type "token" }}
+- name: NATS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.existingSecret }}
+      key: {{ $auth.tokenKey }}
+{{- end }}
+{{- if or $tls.ca.secretName $tls.ca.configMapName }}
+- name: NATS_CA
+  value: /etc/nats-ca-cert/{{ $tls.ca.key }}
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+- name: NATS_CERT
+  value: /etc/nats-certs/{{ $tls.clientCert.certKey }}
+- name: NATS_KEY
+  value: /etc/nats-certs/{{ $tls.clientCert.keyKey }}
+{{- end }}
+{{- end }}
+
+{{/* The NATS secret files' mounts, shared by the worker and the console. */}}
+{{- define "omicsq.natsVolumeMounts" -}}
+{{- $auth := .Values.nats.auth }}
+{{- $tls := .Values.nats.tls }}
+{{- if eq $auth.type "creds" }}
+- name: nats-creds
+  mountPath: /etc/nats-creds
+  readOnly: true
+{{- else if eq $auth.type "nkey" }}
+- name: nats-nkey
+  mountPath: /etc/nats-nkeys
+  readOnly: true
+{{- end }}
+{{- if or $tls.ca.secretName $tls.ca.configMapName }}
+- name: nats-ca
+  mountPath: /etc/nats-ca-cert
+  readOnly: true
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+- name: nats-client-cert
+  mountPath: /etc/nats-certs
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The NATS secret files' volumes, shared by the worker and the console. */}}
+{{- define "omicsq.natsVolumes" -}}
+{{- $auth := .Values.nats.auth }}
+{{- $tls := .Values.nats.tls }}
+{{- /* Secret files: mode 0440, group = fsGroup, so only the worker's user can read them. */}}
+{{- if eq $auth.type "creds" }}
+- name: nats-creds
+  secret:
+    secretName: {{ $auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $auth.credsKey }}
+        path: {{ $auth.credsKey }}
+{{- else if eq $auth.type "nkey" }}
+- name: nats-nkey
+  secret:
+    secretName: {{ $auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $auth.nkeyKey }}
+        path: {{ $auth.nkeyKey }}
+{{- end }}
+{{- if $tls.ca.secretName }}
+- name: nats-ca
+  secret:
+    secretName: {{ $tls.ca.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $tls.ca.key }}
+        path: {{ $tls.ca.key }}
+{{- else if $tls.ca.configMapName }}
+- name: nats-ca
+  configMap:
+    name: {{ $tls.ca.configMapName }}
+    defaultMode: 0444
+    items:
+      - key: {{ $tls.ca.key }}
+        path: {{ $tls.ca.key }}
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+- name: nats-client-cert
+  secret:
+    secretName: {{ $tls.clientCert.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $tls.clientCert.certKey }}
+        path: {{ $tls.clientCert.certKey }}
+      - key: {{ $tls.clientCert.keyKey }}
+        path: {{ $tls.clientCert.keyKey }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of the console's pods: apart from the workers' (component console). */}}
+{{- define "omicsq.consoleSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "omicsq.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: console
+{{- end }}
