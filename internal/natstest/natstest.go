@@ -5,6 +5,8 @@ package natstest
 import (
 	"context"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,4 +83,28 @@ func WaitLastMsg(t testing.TB, s jetstream.Stream, subject string, timeout time.
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// DocumentedPermissions returns the nats-server configuration block of the
+// document at path (docs/security.md): the ```conf fence between the
+// "<!-- permissions:begin" and "<!-- permissions:end -->" markers, so tests
+// load the very text operators copy.
+func DocumentedPermissions(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	const begin, end = "<!-- permissions:begin", "<!-- permissions:end -->"
+	i, j := strings.Index(doc, begin), strings.Index(doc, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s lacks the %q ... %q markers", path, begin, end)
+	}
+	block := doc[i:j]
+	k, l := strings.Index(block, "```conf\n"), strings.LastIndex(block, "```")
+	if k < 0 || l <= k {
+		t.Fatalf("%s: the permissions block is not a ```conf fence", path)
+	}
+	return block[k+len("```conf\n") : l]
 }

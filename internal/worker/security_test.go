@@ -804,23 +804,7 @@ func TestEmbeddedServerLoopbackUnlessToldOtherwise(t *testing.T) {
 // documentedPermissions returns the nats-server authorization block of
 // docs/security.md.
 func documentedPermissions(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "security.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := string(b)
-	const begin, end = "<!-- permissions:begin", "<!-- permissions:end -->"
-	i, j := strings.Index(doc, begin), strings.Index(doc, end)
-	if i < 0 || j < i {
-		t.Fatalf("docs/security.md lacks the %q ... %q markers", begin, end)
-	}
-	block := doc[i:j]
-	k, l := strings.Index(block, "```conf\n"), strings.LastIndex(block, "```")
-	if k < 0 || l <= k {
-		t.Fatal("the permissions block is not a ```conf fence")
-	}
-	return block[k+len("```conf\n") : l]
+	return natstest.DocumentedPermissions(t, filepath.Join("..", "..", "docs", "security.md"))
 }
 
 // permissionErrors collects the asynchronous errors of a connection.
@@ -844,6 +828,7 @@ func TestDocumentedNATSPermissionsSuffice(t *testing.T) {
 	t.Setenv("OMICSQ_WORKER_BIND_PASSWORD", passwords["omicsq-worker-bind"])
 	t.Setenv("OMICSQ_PRODUCER_PASSWORD", passwords["omicsq-producer"])
 	t.Setenv("OMICSQ_DLQ_OPERATOR_PASSWORD", passwords["omicsq-dlq-operator"])
+	t.Setenv("OMICSQ_CONSOLE_PASSWORD", "pw-console-5") // internal/console tests that user
 	conf := filepath.Join(t.TempDir(), "nats-server.conf")
 	if err := os.WriteFile(conf, []byte(documentedPermissions(t)), 0o600); err != nil {
 		t.Fatal(err)
