@@ -185,6 +185,20 @@ func TestConsoleInABrowser(t *testing.T) {
 	if shown := p.text("#run-group"); shown != group {
 		t.Fatalf("the request page shows run group %q, want %q", shown, group)
 	}
+	// The tracker follows the run to its end; the page lists its events.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		p.do("reload the request page", chromedp.Navigate(e.url+"/requests?key=S-0101"), chromedp.WaitVisible(chromedp.CSS("#run-group")))
+		if p.eval(`document.querySelector("#events") ? document.querySelector("#events").textContent.includes("Succeeded") ? 1 : 0 : 0`) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request page never listed the run's Succeeded event")
+		}
+	}
 	p.shot("request")
+	p.do("runs by status", chromedp.Navigate(e.url+"/runs?status=Succeeded"), chromedp.WaitVisible(chromedp.CSS("#runs")))
+	if rows := p.text("#runs"); !strings.Contains(rows, group) {
+		t.Fatalf("the runs page does not list %s as Succeeded:\n%s", group, rows)
+	}
 	t.Logf("screenshots in %s", p.shots)
 }

@@ -342,6 +342,9 @@ func (s *Server) requestPage(w http.ResponseWriter, r *http.Request, who string)
 		if h, err := s.ledgerHistory(r, key); err == nil {
 			data["Ledger"] = h
 		}
+		if evs, more, err := s.statusEvents(r.Context(), key); err == nil {
+			data["Events"], data["MoreEvents"] = evs, more
+		}
 	}
 	s.render(w, "request", who, data)
 }

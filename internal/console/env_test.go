@@ -58,7 +58,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err := queue.Provision(context.Background(), js, topo); err != nil {
 		t.Fatal(err)
 	}
-	sb, err := sandbox.New(sandbox.Options{SecretID: sandbox.DefaultSecretID, SecretKey: sandbox.DefaultSecretKey, Seed: 1})
+	// Runs execute quickly, so the tracker's events reach the pages.
+	sb, err := sandbox.New(sandbox.Options{SecretID: sandbox.DefaultSecretID, SecretKey: sandbox.DefaultSecretKey, Seed: 1,
+		Execution: sandbox.Execution{Enabled: true, QueueDelay: 100 * time.Millisecond, DurationMin: 300 * time.Millisecond, DurationMax: 600 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func (e *env) startWorker(id string) {
 	e.t.Helper()
 	args := []string{"--nats-url", e.nats, "--endpoint", e.sbURL, "--insecure-http", "--metrics-addr", "127.0.0.1:0",
 		"--worker-id", id, "--api-timeout", "2s", "--retry-initial", "50ms", "--retry-max-interval", "500ms",
-		"--drain-timeout", "5s", "--log-format", "json"}
+		"--drain-timeout", "5s", "--log-format", "json", "--tracker-interval", "200ms"}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan worker.Started, 1)
 	errc := make(chan error, 1)
