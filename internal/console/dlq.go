@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -256,15 +257,25 @@ func viewSteps(p redrive.Plan) (steps []stepView, redrives int) {
 	return steps, redrives
 }
 
-func (s *Server) previewRedrive(w http.ResponseWriter, r *http.Request, who string) {
+// planFromForm reads a redrive form and plans it; false means it answered
+// the error.
+func (s *Server) planFromForm(w http.ResponseWriter, r *http.Request) (selection, redrive.Plan, bool) {
 	sel, err := parseSelection(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return sel, redrive.Plan{}, false
 	}
 	plan, err := s.plan(r, sel)
 	if err != nil {
 		http.Error(w, "plan the redrive: "+err.Error(), http.StatusBadGateway)
+		return sel, redrive.Plan{}, false
+	}
+	return sel, plan, true
+}
+
+func (s *Server) previewRedrive(w http.ResponseWriter, r *http.Request, who string) {
+	sel, plan, ok := s.planFromForm(w, r)
+	if !ok {
 		return
 	}
 	steps, redrives := viewSteps(plan)
@@ -272,60 +283,63 @@ func (s *Server) previewRedrive(w http.ResponseWriter, r *http.Request, who stri
 		"Sel": sel, "Query": sel.Query.values(), "All": len(sel.Seqs) == 0})
 }
 
+// tally counts what a redrive did.
+type tally struct{ redriven, skipped, refused, failed int }
+
 // redrive plans again (the DLQ may have changed since the preview) and
-// carries the plan out, stopping at a failed publish like the CLI.
+// carries the plan out.
 func (s *Server) redrive(w http.ResponseWriter, r *http.Request, who string) {
-	sel, err := parseSelection(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	sel, plan, ok := s.planFromForm(w, r)
+	if !ok {
 		return
 	}
-	plan, err := s.plan(r, sel)
-	if err != nil {
-		http.Error(w, "plan the redrive: "+err.Error(), http.StatusBadGateway)
-		return
-	}
-	var redriven, skipped, refused, failed int
+	results, n := s.execute(r.Context(), plan)
+	f := sel.Query.Filter
+	s.cfg.Audit.Info("console redrive", "who", who, "action", "redrive", "selected", len(sel.Seqs), "by_filter", len(sel.Seqs) == 0,
+		"filter_reason", f.Reason, "filter_code", f.Code, "filter_key", f.Key != "", "filter_batch", f.Batch != "",
+		"scanned", plan.Scanned, "redriven", n.redriven, "skipped", n.skipped, "refused", n.refused, "failed", n.failed)
+	s.render(w, "redriven", who, map[string]any{"Steps": results, "Redriven": n.redriven, "Skipped": n.skipped, "Refused": n.refused, "Failed": n.failed})
+}
+
+// execute carries plan out, stopping at a failed publish like the CLI (a
+// dead letter that could not be deleted after its publish is reported and
+// the rest goes on), and drops what it deleted from the index.
+func (s *Server) execute(ctx context.Context, plan redrive.Plan) ([]stepView, tally) {
+	var n tally
 	var done []uint64
+	defer func() { s.cfg.Index.Remove(done...) }()
 	results := make([]stepView, 0, len(plan.Steps))
 	for _, st := range plan.Steps {
 		v, _ := viewSteps(redrive.Plan{Steps: []redrive.Step{st}})
 		view := v[0]
 		switch st.Kind {
 		case redrive.Skip:
-			skipped++
+			n.skipped++
 			if st.Refused {
-				refused++
+				n.refused++
 			}
 		case redrive.Fail:
-			failed++
+			n.failed++
 		case redrive.Redrive, redrive.DeleteSuperseded:
-			if err := redrive.Execute(r.Context(), s.cfg.Client, st); err != nil {
-				failed++
+			if err := redrive.Execute(ctx, s.cfg.Client, st); err != nil {
+				n.failed++
 				view.Verb, view.Why = "failed", printable(err.Error())
 				results = append(results, view)
 				if st.Kind == redrive.Redrive && !errors.Is(err, client.ErrNotDeleted) {
-					goto summary // a failed publish stops the redrive, as in the CLI
+					return results, n
 				}
 				continue
 			}
 			done = append(done, st.Dead.Sequence)
+			view.Verb = "deleted (superseded)"
 			if st.Kind == redrive.Redrive {
-				redriven++
+				n.redriven++
 				view.Verb = "redriven"
-			} else {
-				view.Verb = "deleted (superseded)"
 			}
 		}
 		results = append(results, view)
 	}
-summary:
-	s.cfg.Index.Remove(done...)
-	f := sel.Query.Filter
-	s.cfg.Audit.Info("console redrive", "who", who, "action", "redrive", "selected", len(sel.Seqs), "by_filter", len(sel.Seqs) == 0,
-		"filter_reason", f.Reason, "filter_code", f.Code, "filter_key", f.Key != "", "filter_batch", f.Batch != "",
-		"scanned", plan.Scanned, "redriven", redriven, "skipped", skipped, "refused", refused, "failed", failed)
-	s.render(w, "redriven", who, map[string]any{"Steps": results, "Redriven": redriven, "Skipped": skipped, "Refused": refused, "Failed": failed})
+	return results, n
 }
 
 func (s *Server) requestPage(w http.ResponseWriter, r *http.Request, who string) {
