@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
@@ -40,7 +41,8 @@ func TestConsoleDeployment(t *testing.T) {
 		}
 	}
 	objs := render(t, []string{ciValues("full-values.yaml")}, "console.enabled=true", "console.auth.existingSecret=ops-token",
-		"console.readOnly=true", "nats.auth.type=creds", "nats.auth.existingSecret=nats-creds")
+		"console.readOnly=true", "nats.auth.type=creds", "nats.auth.existingSecret=nats-creds",
+		"console.nats.auth.type=creds", "console.nats.auth.existingSecret=console-creds")
 	checkObjects(t, objs)
 	var dep *appsv1.Deployment
 	for _, d := range find[*appsv1.Deployment](objs) {
@@ -65,20 +67,20 @@ func TestConsoleDeployment(t *testing.T) {
 			t.Errorf("console args %q lack %s", c.Args, want)
 		}
 	}
-	var tokenFromSecret, natsCreds bool
+	// Its own NATS login: the console-creds Secret, never the workers'.
+	var tokenFromSecret, ownCreds, workerCreds bool
 	for _, v := range spec.Volumes {
-		if v.Secret != nil && v.Secret.SecretName == "ops-token" {
-			tokenFromSecret = true
-		}
-		if v.Secret != nil && v.Secret.SecretName == "nats-creds" {
-			natsCreds = true
+		if v.Secret != nil {
+			tokenFromSecret = tokenFromSecret || v.Secret.SecretName == "ops-token"
+			ownCreds = ownCreds || v.Secret.SecretName == "console-creds"
+			workerCreds = workerCreds || v.Secret.SecretName == "nats-creds"
 		}
 	}
-	if !tokenFromSecret || !natsCreds {
-		t.Errorf("console volumes: token from its Secret %v, NATS creds %v", tokenFromSecret, natsCreds)
+	if !tokenFromSecret || !ownCreds || workerCreds {
+		t.Errorf("console volumes: token from its Secret %v, its own NATS creds %v, the workers' creds %v", tokenFromSecret, ownCreds, workerCreds)
 	}
-	if len(c.EnvFrom) == 0 || c.EnvFrom[0].ConfigMapRef == nil || !envHas(c.Env, "NATS_CREDS") {
-		t.Errorf("the console does not get the workers' NATS settings: envFrom %+v env %+v", c.EnvFrom, c.Env)
+	if len(c.EnvFrom) == 0 || c.EnvFrom[0].ConfigMapRef == nil || !envHas(c.Env, "NATS_CREDS") || envValue(c.Env, "NATS_INBOX_PREFIX") != "_INBOX_console" {
+		t.Errorf("the console's NATS settings: envFrom %+v env %+v", c.EnvFrom, c.Env)
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" {
 		t.Errorf("console readiness probe: %+v", c.ReadinessProbe)
@@ -101,6 +103,15 @@ func TestConsoleDeployment(t *testing.T) {
 	}
 }
 
+func envValue(env []corev1.EnvVar, name string) string {
+	for _, e := range env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
+}
+
 func envHas(env []corev1.EnvVar, name string) bool {
 	return slices.ContainsFunc(env, func(e corev1.EnvVar) bool { return e.Name == name })
 }
@@ -114,4 +125,21 @@ func workerServices(objs []object) []*corev1.Service {
 		}
 	}
 	return out
+}
+
+// In proxy mode without a token, only the proxy's pods may reach the
+// console: a NetworkPolicy admits them alone.
+func TestConsoleProxyModeIsFenced(t *testing.T) {
+	helmBinary(t)
+	objs := render(t, []string{ciValues("default-values.yaml")}, "console.enabled=true", "console.auth.proxyHeader=X-Forwarded-Email",
+		"console.auth.proxyPodSelector.app=oauth2-proxy")
+	nps := find[*networkingv1.NetworkPolicy](objs)
+	if len(nps) != 1 {
+		t.Fatalf("%d NetworkPolicies, want 1", len(nps))
+	}
+	np := nps[0]
+	if np.Spec.PodSelector.MatchLabels["app.kubernetes.io/component"] != "console" || len(np.Spec.Ingress) != 1 ||
+		len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector.MatchLabels["app"] != "oauth2-proxy" {
+		t.Errorf("NetworkPolicy: %+v", np.Spec)
+	}
 }

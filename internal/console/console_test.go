@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/queue"
 )
 
@@ -162,12 +164,128 @@ func TestDeadLetterInputsRedactedByDefault(t *testing.T) {
 	if strings.Contains(page, "P-redact-me") || !strings.Contains(page, "redacted (") || !strings.Contains(page, "app-1") {
 		t.Fatalf("redacted page:\n%s", page)
 	}
-	_, page = e.do("GET", path+"?reveal=1", "basic", nil, nil)
+	if _, page = e.do("GET", path+"?reveal=1", "basic", nil, nil); strings.Contains(page, "P-redact-me") {
+		t.Fatal("a GET revealed the inputs: a link from elsewhere could")
+	}
+	if resp, _ := e.do("POST", path+"/reveal", "basic", url.Values{}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("reveal without a CSRF token: %d", resp.StatusCode)
+	}
+	_, page = e.do("POST", path+"/reveal", "basic", url.Values{"csrf": {e.csrf("basic")}}, nil)
 	if !strings.Contains(page, "P-redact-me") {
 		t.Fatalf("revealed page lacks the input")
 	}
 	audit := e.audit.String()
 	if !strings.Contains(audit, `"action":"reveal"`) || !strings.Contains(audit, `"who":"alice"`) || strings.Contains(audit, "P-redact-me") {
 		t.Fatalf("audit:\n%s", audit)
+	}
+}
+
+// Paging keeps the filter, and "redrive all matching" takes what was
+// previewed: a dead letter that arrives after the preview stays.
+func TestPagingAndRedriveByFilterTakeWhatWasShown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	ctx := context.Background()
+	stale := func(key string) {
+		d := client.DeadLetter{Key: key, Request: body(key), Reason: client.ReasonRetriesExhausted,
+			Error: client.Failure{Class: "retryable", Code: "InternalError"}}
+		if err := queue.PublishDeadLetter(ctx, e.js, e.topo, d, key+"/1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 60 {
+		stale(fmt.Sprintf("page-%02d", i))
+	}
+	e.waitIndexed(60)
+	_, first := e.do("GET", "/dlq?reason=retries_exhausted", "bearer", nil, nil)
+	_, rest, ok := strings.Cut(first, `<a href="`)
+	for ok && !strings.Contains(rest[:80], `id="older"`) {
+		_, rest, ok = strings.Cut(rest, `<a href="`)
+	}
+	if !ok {
+		t.Fatalf("no older link on the first page:\n%s", first)
+	}
+	href, _, _ := strings.Cut(rest, `"`)
+	href = strings.ReplaceAll(href, "&amp;", "&")
+	_, second := e.do("GET", href, "bearer", nil, nil)
+	if n := strings.Count(second, `name="seq"`); n != 10 || !strings.Contains(second, "page 2") {
+		t.Fatalf("the second page (%s) lists %d dead letters, want 10", href, n)
+	}
+
+	tok := e.csrf("bearer")
+	resp, preview := e.do("POST", "/dlq/preview", "bearer", url.Values{"all": {"1"}, "reason": {"retries_exhausted"}, "csrf": {tok}}, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(preview, "<strong>60</strong> would be redriven") {
+		t.Fatalf("preview: %d\n%s", resp.StatusCode, preview)
+	}
+	confirm := url.Values{"csrf": {tok}, "all": {"1"}}
+	for _, part := range strings.Split(preview, `name="seq" value="`)[1:] {
+		seq, _, _ := strings.Cut(part, `"`)
+		confirm.Add("seq", seq)
+	}
+	stale("late-arrival")
+	e.waitIndexed(61)
+	resp, done := e.do("POST", "/dlq/redrive", "bearer", confirm, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(done, "<strong>60</strong> redriven") {
+		t.Fatalf("redrive: %d\n%s", resp.StatusCode, done)
+	}
+	if _, err := e.cl.LatestDeadLetter(ctx, "late-arrival"); err != nil {
+		t.Fatalf("the dead letter that arrived after the preview was taken: %v", err)
+	}
+}
+
+// Resume clears only the pause the operator saw.
+func TestResumeClearsOnlyThePauseShown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	ctx := context.Background()
+	kv, err := e.js.KeyValue(ctx, e.topo.ControlBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, err := kv.Put(ctx, pause.StateKey, []byte(`{"paused":true,"reason":"environment","since":"2026-12-03T00:00:00Z"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, page := e.do("GET", "/", "bearer", nil, nil)
+	if !strings.Contains(page, `name="revision" value="`+strconv.FormatUint(seen, 10)+`"`) {
+		t.Fatalf("the overview's resume form lacks the flag's revision %d", seen)
+	}
+	// Another pause is set after the page was loaded.
+	if _, err := kv.Put(ctx, pause.StateKey, []byte(`{"paused":true,"reason":"unreachable","since":"2026-12-03T00:01:00Z"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.csrf("bearer")
+	if resp, _ := e.do("POST", "/resume", "bearer", url.Values{"csrf": {tok}, "revision": {strconv.FormatUint(seen, 10)}}, nil); resp.StatusCode != http.StatusConflict {
+		t.Fatalf("a stale resume: %d, want 409", resp.StatusCode)
+	}
+	cur, err := kv.Get(ctx, pause.StateKey)
+	if err != nil || !strings.Contains(string(cur.Value()), `"paused":true`) {
+		t.Fatalf("the newer pause was cleared: %s %v", cur.Value(), err)
+	}
+	if resp, _ := e.do("POST", "/resume", "bearer", url.Values{"csrf": {tok}, "revision": {strconv.FormatUint(cur.Revision(), 10)}}, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("resume: %d", resp.StatusCode)
+	}
+	if cur, err = kv.Get(ctx, pause.StateKey); err != nil || strings.Contains(string(cur.Value()), `"paused":true`) {
+		t.Fatalf("after resume: %s %v", cur.Value(), err)
+	}
+	if !strings.Contains(e.audit.String(), `"action":"resume"`) {
+		t.Errorf("resume not audited:\n%s", e.audit.String())
+	}
+}
+
+// A dead letter deleted behind the console's back (the CLI's redrive)
+// leaves its index at the next check.
+func TestIndexFollowsDeletionsElsewhere(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	a := e.deadLetter("deleted-elsewhere")
+	e.deadLetter("stays")
+	e.waitIndexed(2)
+	if err := e.cl.DeleteDeadLetter(context.Background(), a.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	e.waitIndexed(1)
+	if _, page := e.do("GET", "/dlq", "bearer", nil, nil); strings.Contains(page, "deleted-elsewhere") || !strings.Contains(page, "stays") {
+		t.Fatalf("the DLQ page after the deletion:\n%s", page)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/redrive"
 )
 
@@ -78,8 +80,11 @@ func (s *Server) dlqPage(w http.ResponseWriter, r *http.Request, who string) {
 	prev, next := q.values(), q.values()
 	prev.Set("page", strconv.Itoa(q.Page-1))
 	next.Set("page", strconv.Itoa(q.Page+1))
+	// template.URL: the encoded query is built here from url.Values, so
+	// html/template must not escape its '=' and '&' again.
 	s.render(w, "dlq", who, map[string]any{"Q": q, "P": p, "Reasons": reasons, "Query": q.values().Encode(),
-		"Prev": prev.Encode(), "Next": next.Encode(), "HasPrev": q.Page > 0, "HasNext": (q.Page+1)*pageSize < p.Matched})
+		"Prev": template.URL("/dlq?" + prev.Encode()), "Next": template.URL("/dlq?" + next.Encode()),
+		"HasPrev": q.Page > 0, "HasNext": (q.Page+1)*pageSize < p.Matched})
 }
 
 // dlqJSON is the same query as JSON: what the page's live counter and the
@@ -146,6 +151,17 @@ func requestFields(raw json.RawMessage, reveal bool) ([]field, error) {
 }
 
 func (s *Server) deadLetterPage(w http.ResponseWriter, r *http.Request, who string) {
+	s.showDeadLetter(w, r, who, false)
+}
+
+// revealDeadLetter shows the inputs too. It is a POST with the CSRF token,
+// so that only the console's own page can make the audit record saying
+// who saw them.
+func (s *Server) revealDeadLetter(w http.ResponseWriter, r *http.Request, who string) {
+	s.showDeadLetter(w, r, who, true)
+}
+
+func (s *Server) showDeadLetter(w http.ResponseWriter, r *http.Request, who string, reveal bool) {
 	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
 	if err != nil {
 		http.NotFound(w, r)
@@ -161,72 +177,99 @@ func (s *Server) deadLetterPage(w http.ResponseWriter, r *http.Request, who stri
 		http.Error(w, "read the dead letter: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	reveal := r.URL.Query().Get("reveal") == "1"
 	if reveal {
-		// Seeing inputs is not an action, but who saw which ones is audited.
 		s.cfg.Audit.Info("console reveal", "who", who, "action", "reveal", "seq", seq)
 	}
 	data := map[string]any{"D": d, "Sum": d.Summary(), "Reveal": reveal, "Batch": d.Header.Get(headerBatch)}
-	if dl := d.DeadLetter; dl != nil && len(dl.Request) > 0 {
-		if fields, err := requestFields(dl.Request, reveal); err == nil {
-			data["Fields"] = fields
+	if dl := d.DeadLetter; dl != nil {
+		if len(dl.Request) > 0 {
+			if fields, err := requestFields(dl.Request, reveal); err == nil {
+				data["Fields"] = fields
+			}
 		}
-		data["Message"] = printable(dl.Error.Message)
+		// The API's error text often quotes the value it refused.
+		data["Message"] = fmt.Sprintf("redacted (%d bytes)", len(dl.Error.Message))
+		if reveal || dl.Error.Message == "" {
+			data["Message"] = printable(dl.Error.Message)
+		}
 	}
 	s.render(w, "deadletter", who, data)
 }
 
-// selection is what a redrive form selects: sequences, or the filter.
+// maxSelection bounds one redrive: its plan holds each selected dead
+// letter's request, and its confirm form each sequence.
+const maxSelection = 10000
+
+// selection is what a redrive form selects: dead letters by sequence. A
+// selection "by filter" is turned into the sequences the index matches
+// when it is previewed, and the confirm form posts those, so a redrive
+// never takes a dead letter that arrived after the preview.
 type selection struct {
-	Seqs  []uint64
-	Query dlqQuery
+	Seqs     []uint64
+	ByFilter bool
+	Query    dlqQuery
 }
 
-func parseSelection(r *http.Request) (selection, error) {
-	sel := selection{Query: parseDLQQuery(r.PostForm)}
+func (s *Server) parseSelection(r *http.Request) (selection, error) {
+	sel := selection{Query: parseDLQQuery(r.PostForm), ByFilter: r.PostForm.Get("all") == "1"}
 	if sel.Query.Err != "" {
 		return sel, errors.New(sel.Query.Err)
 	}
-	for _, v := range r.PostForm["seq"] {
+	seqs := r.PostForm["seq"]
+	if sel.ByFilter && len(seqs) == 0 {
+		if !s.cfg.Index.Query(DLQFilter{}, 0, 0).Ready {
+			return sel, errors.New("the console is still reading the dead-letter stream: try again in a moment")
+		}
+		sel.Seqs = s.cfg.Index.Select(sel.Query.Filter)
+	}
+	for _, v := range seqs {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			return sel, fmt.Errorf("bad sequence %q", v)
 		}
 		sel.Seqs = append(sel.Seqs, n)
 	}
-	if len(sel.Seqs) == 0 && r.PostForm.Get("all") != "1" {
+	switch {
+	case len(sel.Seqs) == 0 && sel.ByFilter:
+		return sel, errors.New("no dead letter matches the filter")
+	case len(sel.Seqs) == 0:
 		return sel, errors.New("nothing selected: tick dead letters, or redrive every one the filter matches")
+	case len(sel.Seqs) > maxSelection:
+		return sel, fmt.Errorf("%d dead letters selected; a redrive takes at most %d at once: narrow the filter", len(sel.Seqs), maxSelection)
 	}
 	return sel, nil
 }
 
-// plan applies the CLI's redrive rules (internal/redrive) to the selection.
+// errBusy means another plan is reading the dead-letter stream.
+var errBusy = errors.New("another redrive is being planned: try again when it is done")
+
+// plan applies the CLI's redrive rules (internal/redrive) to the selected
+// sequences, one plan at a time (a plan across keys reads the whole
+// dead-letter stream).
 func (s *Server) plan(r *http.Request, sel selection) (redrive.Plan, error) {
+	select {
+	case s.planning <- struct{}{}:
+		defer func() { <-s.planning }()
+	default:
+		return redrive.Plan{}, errBusy
+	}
 	guard := redrive.OpenGuard(r.Context(), s.cfg.JS, s.cfg.Topology.LedgerBucket, s.cfg.Limits)
 	planner := redrive.Planner{Client: s.cfg.Client, Guard: guard, Limits: s.cfg.Limits}
-	f := sel.Query.Filter
-	key := f.Key
-	match := func(d client.StoredDeadLetter) bool {
-		return f.deadLetterFilter().Match(d) && (f.Batch == "" || d.Header.Get(headerBatch) == f.Batch)
-	}
-	if len(sel.Seqs) > 0 {
-		want := map[uint64]bool{}
-		keys := map[string]bool{}
-		for _, seq := range sel.Seqs {
-			want[seq] = true
-			if row, ok := s.cfg.Index.Row(seq); ok {
-				keys[row.Key] = true
-			}
+	want := map[uint64]bool{}
+	keys := map[string]bool{}
+	for _, seq := range sel.Seqs {
+		want[seq] = true
+		if row, ok := s.cfg.Index.Row(seq); ok {
+			keys[row.Key] = true
 		}
-		key = ""
-		if len(keys) == 1 { // one key: read only its subject
-			for k := range keys {
-				key = k
-			}
-		}
-		match = func(d client.StoredDeadLetter) bool { return want[d.Sequence] }
 	}
-	return planner.PlanMatching(r.Context(), key, match, nil)
+	key := ""
+	if len(keys) == 1 && len(want) == len(sel.Seqs) { // one key: read only its subject
+		for k := range keys {
+			key = k
+		}
+	}
+	return planner.PlanMatching(r.Context(), key, func(d client.StoredDeadLetter) bool { return want[d.Sequence] }, nil)
 }
 
 // stepView is one step of a plan as the preview and result pages show it.
@@ -236,6 +279,9 @@ type stepView struct {
 	Why        string
 	Refused    bool
 	Superseded uint64
+	// Unchecked: the ledger could not be read, so the worker compares the
+	// request with the key's first submission at delivery instead.
+	Unchecked string
 }
 
 func viewSteps(p redrive.Plan) (steps []stepView, redrives int) {
@@ -245,6 +291,9 @@ func viewSteps(p redrive.Plan) (steps []stepView, redrives int) {
 		case redrive.Redrive:
 			v.Verb = "redrive"
 			redrives++
+			if st.Unchecked != nil {
+				v.Unchecked = "not checked against the ledger (" + printable(st.Unchecked.Error()) + "): the worker checks it at delivery"
+			}
 		case redrive.DeleteSuperseded:
 			v.Verb, v.Superseded = "delete (superseded)", st.SupersededBy
 		case redrive.Skip:
@@ -260,12 +309,16 @@ func viewSteps(p redrive.Plan) (steps []stepView, redrives int) {
 // planFromForm reads a redrive form and plans it; false means it answered
 // the error.
 func (s *Server) planFromForm(w http.ResponseWriter, r *http.Request) (selection, redrive.Plan, bool) {
-	sel, err := parseSelection(r)
+	sel, err := s.parseSelection(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return sel, redrive.Plan{}, false
 	}
 	plan, err := s.plan(r, sel)
+	if errors.Is(err, errBusy) {
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return sel, redrive.Plan{}, false
+	}
 	if err != nil {
 		http.Error(w, "plan the redrive: "+err.Error(), http.StatusBadGateway)
 		return sel, redrive.Plan{}, false
@@ -279,8 +332,7 @@ func (s *Server) previewRedrive(w http.ResponseWriter, r *http.Request, who stri
 		return
 	}
 	steps, redrives := viewSteps(plan)
-	s.render(w, "preview", who, map[string]any{"Steps": steps, "Redrives": redrives, "Scanned": plan.Scanned,
-		"Sel": sel, "Query": sel.Query.values(), "All": len(sel.Seqs) == 0})
+	s.render(w, "preview", who, map[string]any{"Steps": steps, "Redrives": redrives, "Scanned": plan.Scanned, "Sel": sel})
 }
 
 // tally counts what a redrive did.
@@ -295,7 +347,7 @@ func (s *Server) redrive(w http.ResponseWriter, r *http.Request, who string) {
 	}
 	results, n := s.execute(r.Context(), plan)
 	f := sel.Query.Filter
-	s.cfg.Audit.Info("console redrive", "who", who, "action", "redrive", "selected", len(sel.Seqs), "by_filter", len(sel.Seqs) == 0,
+	s.cfg.Audit.Info("console redrive", "who", who, "action", "redrive", "selected", len(sel.Seqs), "by_filter", sel.ByFilter,
 		"filter_reason", f.Reason, "filter_code", f.Code, "filter_key", f.Key != "", "filter_batch", f.Batch != "",
 		"scanned", plan.Scanned, "redriven", n.redriven, "skipped", n.skipped, "refused", n.refused, "failed", n.failed)
 	s.render(w, "redriven", who, map[string]any{"Steps": results, "Redriven": n.redriven, "Skipped": n.skipped, "Refused": n.refused, "Failed": n.failed})
@@ -363,24 +415,40 @@ func (s *Server) requestPage(w http.ResponseWriter, r *http.Request, who string)
 	s.render(w, "request", who, data)
 }
 
+// resume clears the pause flag the operator saw: the form carries the
+// flag's revision, and a pause set since (another outage) is not cleared.
 func (s *Server) resume(w http.ResponseWriter, r *http.Request, who string) {
 	kv, err := s.cfg.JS.KeyValue(r.Context(), s.cfg.Topology.ControlBucket)
 	if err != nil {
 		http.Error(w, "control bucket: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	st, err := s.pauseState(r.Context())
+	seen, err := strconv.ParseUint(r.PostForm.Get("revision"), 10, 64)
+	if err != nil {
+		http.Error(w, "the form lacks the pause flag's revision", http.StatusBadRequest)
+		return
+	}
+	cur, err := kv.Get(r.Context(), pause.StateKey)
 	if err != nil {
 		http.Error(w, "pause flag: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	if !st.Paused {
+	var st pause.State
+	if err := json.Unmarshal(cur.Value(), &st); err != nil || !st.Paused {
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
-	ctl := pauseController(kv, "console:"+who)
-	if err := ctl.Resume(r.Context()); err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
+	if cur.Revision() != seen {
+		http.Error(w, "the pause flag changed since the page was loaded: look again before resuming", http.StatusConflict)
+		return
+	}
+	b, err := json.Marshal(pause.State{Paused: false, Since: s.cfg.Now().UTC(), By: "console:" + who})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if _, err := kv.Update(r.Context(), pause.StateKey, b, seen); err != nil {
+		http.Error(w, "the pause flag changed since the page was loaded: look again before resuming", http.StatusConflict)
 		return
 	}
 	s.cfg.Audit.Info("console resume", "who", who, "action", "resume", "paused_reason", string(st.Reason), "paused_since", st.Since)

@@ -15,7 +15,8 @@ import (
 const maxEvents = 200
 
 // statusEvents reads key's lifecycle events (its group's and its runs'),
-// oldest first, and whether there were more than maxEvents.
+// the newest maxEvents of them oldest first, and whether older ones were
+// left out.
 func (s *Server) statusEvents(ctx context.Context, key string) ([]client.StatusEvent, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -24,30 +25,18 @@ func (s *Server) statusEvents(ctx context.Context, key string) ([]client.StatusE
 	if err != nil {
 		return nil, false, err
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{t.StatusPrefix + "." + client.KeyToken(key) + ".>"}})
-	if err != nil {
-		return nil, false, err
-	}
 	var events []client.StatusEvent
-	for len(events) < maxEvents {
-		batch, err := cons.FetchNoWait(50)
-		if err != nil {
-			return events, false, err
-		}
-		got, last := 0, false
-		for m := range batch.Messages() {
-			got++
+	dropped := false
+	err = readOrdered(ctx, st, jetstream.OrderedConsumerConfig{FilterSubjects: []string{t.StatusPrefix + "." + client.KeyToken(key) + ".>"}},
+		func(m jetstream.Msg, _ *jetstream.MsgMetadata) bool {
 			var ev client.StatusEvent
 			if json.Unmarshal(m.Data(), &ev) == nil && ev.Key == key {
+				if len(events) == maxEvents {
+					events, dropped = events[1:], true
+				}
 				events = append(events, ev)
 			}
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
-				last = true
-			}
-		}
-		if got == 0 || last {
-			return events, false, nil
-		}
-	}
-	return events, true, nil
+			return true
+		})
+	return events, dropped, err
 }

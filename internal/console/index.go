@@ -67,6 +67,10 @@ type Index struct {
 	rows    []deadLetterRow // ascending sequence
 	ready   bool
 	reasons map[string]int
+	// pending holds what Remove dropped while a new generation was being
+	// read (nil otherwise): the generation may have read them before they
+	// were deleted, and must not bring them back.
+	pending map[uint64]bool
 }
 
 // NewIndex returns an index of the dead-letter stream; Run fills it.
@@ -78,6 +82,9 @@ func NewIndex(js jetstream.JetStream, t client.Topology, log *slog.Logger) *Inde
 func (x *Index) Run(ctx context.Context, checkEvery time.Duration) {
 	for ctx.Err() == nil {
 		gen := &generation{}
+		x.mu.Lock()
+		x.pending = map[uint64]bool{}
+		x.mu.Unlock()
 		cc, err := x.follow(ctx, gen)
 		if err == nil {
 			err = x.watchDrift(ctx, gen, checkEvery)
@@ -147,12 +154,15 @@ func (x *Index) swap(gen *generation) {
 		return
 	}
 	gen.live = true
-	reasons := map[string]int{}
-	for _, r := range gen.rows {
-		reasons[string(r.Reason)]++
-	}
 	x.mu.Lock()
-	x.rows, x.reasons, x.ready = gen.rows, reasons, true
+	rows := gen.rows[:0]
+	for _, r := range gen.rows {
+		if !x.pending[r.Seq] {
+			rows = append(rows, r)
+		}
+	}
+	x.rows, x.ready, x.pending = rows, true, nil
+	x.recount()
 	x.mu.Unlock()
 	gen.rows = nil
 	close(gen.caught)
@@ -168,31 +178,70 @@ func (x *Index) add(r deadLetterRow) {
 	x.reasons[string(r.Reason)]++
 }
 
-// Remove drops seqs (deleted by the console's own redrive) at once.
+// Remove drops seqs (deleted by the console's own redrive) at once, in
+// one pass however many there are.
 func (x *Index) Remove(seqs ...uint64) {
+	if len(seqs) == 0 {
+		return
+	}
+	drop := make(map[uint64]bool, len(seqs))
+	for _, seq := range seqs {
+		drop[seq] = true
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for _, seq := range seqs {
-		i, ok := slices.BinarySearchFunc(x.rows, seq, func(r deadLetterRow, s uint64) int {
-			return cmp.Compare(r.Seq, s)
-		})
-		if ok {
-			x.reasons[string(x.rows[i].Reason)]--
-			x.rows = slices.Delete(x.rows, i, i+1)
+	if x.pending != nil {
+		for seq := range drop {
+			x.pending[seq] = true
 		}
+	}
+	x.keep(func(r *deadLetterRow) bool { return !drop[r.Seq] })
+}
+
+// keep drops the rows keep rejects and recounts; x.mu must be held.
+func (x *Index) keep(keep func(*deadLetterRow) bool) {
+	rows := x.rows[:0]
+	for i := range x.rows {
+		if keep(&x.rows[i]) {
+			rows = append(rows, x.rows[i])
+		}
+	}
+	clear(x.rows[len(rows):]) // let the dropped rows' strings go
+	x.rows = rows
+	x.recount()
+}
+
+// recount recomputes the counts by reason; x.mu must be held.
+func (x *Index) recount() {
+	x.reasons = map[string]int{}
+	for _, r := range x.rows {
+		x.reasons[string(r.Reason)]++
 	}
 }
 
-// watchDrift returns (to rebuild) when the stream holds another number of
-// dead letters than the index, twice in a row (one check may race an
-// append).
+// watchDrift keeps the index in step with deletions it cannot see: every
+// check, rows below the stream's first sequence (aged out) and the
+// stream's interior deletes (redriven by the CLI) are dropped. Only when
+// the counts still disagree twice in a row (one check may race an append)
+// does it return, to rebuild. A first read that makes no progress for a
+// minute is started again.
 func (x *Index) watchDrift(ctx context.Context, gen *generation, every time.Duration) error {
-	select {
-	case <-gen.caught:
-	case <-ctx.Done():
-		return nil
-	case <-time.After(time.Minute):
-		return nil // what it waited for was deleted meanwhile: read again
+	for read := -1; ; {
+		select {
+		case <-gen.caught:
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Minute):
+			gen.mu.Lock()
+			n := len(gen.rows)
+			gen.mu.Unlock()
+			if n == read {
+				return nil // stalled: what it waited for was deleted meanwhile
+			}
+			read = n
+			continue
+		}
+		break
 	}
 	drifted := 0
 	for sleepCtx(ctx, every) == nil {
@@ -204,19 +253,35 @@ func (x *Index) watchDrift(ctx context.Context, gen *generation, every time.Dura
 		if err != nil {
 			return err
 		}
-		x.mu.RLock()
-		n := len(x.rows)
-		x.mu.RUnlock()
-		if uint64(n) == info.State.Msgs {
+		if x.size() != info.State.Msgs {
+			if info, err = s.Info(ctx, jetstream.WithDeletedDetails(true)); err != nil {
+				return err
+			}
+			deleted := make(map[uint64]bool, len(info.State.Deleted))
+			for _, seq := range info.State.Deleted {
+				deleted[seq] = true
+			}
+			first := info.State.FirstSeq
+			x.mu.Lock()
+			x.keep(func(r *deadLetterRow) bool { return r.Seq >= first && !deleted[r.Seq] })
+			x.mu.Unlock()
+		}
+		if x.size() == info.State.Msgs {
 			drifted = 0
 			continue
 		}
 		if drifted++; drifted >= 2 {
-			x.log.Info("dead-letter index: the stream changed under it (deleted or expired dead letters); rebuilding")
+			x.log.Info("dead-letter index: the stream changed under it; rebuilding")
 			return nil
 		}
 	}
 	return nil
+}
+
+func (x *Index) size() uint64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return uint64(len(x.rows))
 }
 
 // Query returns page (0-based) of size rows matching f, newest first.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/internal/pause"
@@ -30,6 +31,8 @@ type Overview struct {
 	// SubmittedLastMinute counts results stored in the last minute.
 	SubmittedLastMinute int               `json:"submitted_last_minute"`
 	Pause               pause.State       `json:"pause"`
+	// PauseRevision is the flag's KV revision: Resume clears only that one.
+	PauseRevision uint64 `json:"pause_revision"`
 	Quotas              []ratelimit.Quota `json:"quotas"`
 	DeadLetters         int               `json:"dead_letters"`
 	DeadLetterReasons   map[string]int    `json:"dead_letter_reasons"`
@@ -55,11 +58,14 @@ type overviewCache struct {
 	last Overview
 }
 
+// get returns the cached overview, loading it when stale. The load is
+// not bound to the caller's request: one closed tab must not cache errors
+// for every other viewer.
 func (c *overviewCache) get(ctx context.Context) Overview {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.last.At) > c.ttl {
-		c.last = c.load(ctx)
+		c.last = c.load(context.WithoutCancel(ctx))
 	}
 	return c.last
 }
@@ -78,10 +84,10 @@ func (s *Server) loadOverview(ctx context.Context) Overview {
 	} else {
 		o.SubmittedLastMinute = n
 	}
-	if st, err := s.pauseState(ctx); err != nil {
+	if st, rev, err := s.pauseState(ctx); err != nil {
 		fail("pause flag", err)
 	} else {
-		o.Pause = st
+		o.Pause, o.PauseRevision = st, rev
 	}
 	if q, err := ratelimit.Inspect(ctx, s.cfg.JS, s.cfg.RateLimitBucket, now); err != nil {
 		fail("rate limiter", err)
@@ -124,8 +130,8 @@ func (s *Server) loadConsumers(ctx context.Context, o *Overview) error {
 	return l.Err()
 }
 
-// countSince counts the messages stream stored from since on, reading
-// headers only (a minute of results is at most a few thousand).
+// countSince counts the messages stream stored from since on: the first
+// of them, headers only, says how many follow it.
 func (s *Server) countSince(ctx context.Context, stream string, since time.Time) (int, error) {
 	st, err := s.cfg.JS.Stream(ctx, stream)
 	if err != nil {
@@ -135,46 +141,68 @@ func (s *Server) countSince(ctx context.Context, stream string, since time.Time)
 	if err != nil || info.State.Msgs == 0 || info.State.LastTime.Before(since) {
 		return 0, err
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since, HeadersOnly: true})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for n < 100000 {
-		batch, err := cons.FetchNoWait(500)
-		if err != nil {
-			return n, err
-		}
-		got := 0
-		last := false
-		for m := range batch.Messages() {
-			got++
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
-				last = true
-			}
-		}
-		n += got
-		if got == 0 || last {
-			break
-		}
-	}
-	return n, nil
+	err = readOrdered(ctx, st, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since, HeadersOnly: true},
+		func(_ jetstream.Msg, md *jetstream.MsgMetadata) bool {
+			n = 1 + int(md.NumPending)
+			return false
+		})
+	return n, err
 }
 
-func (s *Server) pauseState(ctx context.Context) (pause.State, error) {
+// readOrdered reads stream with one ordered consumer, calling each until it
+// returns false or nothing is left, then deletes the consumer rather than
+// leaving it to the server's inactivity timeout: a console polls, and each
+// poll would otherwise leave one behind.
+func readOrdered(ctx context.Context, st jetstream.Stream, cfg jetstream.OrderedConsumerConfig, each func(jetstream.Msg, *jetstream.MsgMetadata) bool) error {
+	cons, err := st.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		it.Stop()
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = st.DeleteConsumer(dctx, info.Name)
+			cancel()
+		}
+	}()
+	for {
+		m, err := it.Next(jetstream.NextMaxWait(time.Second))
+		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil // nothing (more) to read
+		}
+		if err != nil {
+			return err
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		if !each(m, md) || md.NumPending == 0 || ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Server) pauseState(ctx context.Context) (pause.State, uint64, error) {
 	kv, err := s.cfg.JS.KeyValue(ctx, s.cfg.Topology.ControlBucket)
 	if err != nil {
-		return pause.State{}, err
+		return pause.State{}, 0, err
 	}
 	e, err := kv.Get(ctx, pause.StateKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return pause.State{}, nil
+		return pause.State{}, 0, nil
 	}
 	if err != nil {
-		return pause.State{}, err
+		return pause.State{}, 0, err
 	}
 	var st pause.State
-	return st, json.Unmarshal(e.Value(), &st)
+	return st, e.Revision(), json.Unmarshal(e.Value(), &st)
 }
 
 func (s *Server) overviewJSON(w http.ResponseWriter, r *http.Request, _ string) {
@@ -192,9 +220,6 @@ func (c *overviewCache) invalidate() {
 	c.mu.Unlock()
 }
 
-func pauseController(kv jetstream.KeyValue, by string) *pause.Controller {
-	return pause.New(kv, pause.Config{Worker: by})
-}
 
 func (s *Server) overviewPage(w http.ResponseWriter, r *http.Request, who string) {
 	s.render(w, "overview", who, map[string]any{"O": s.view.get(r.Context())})

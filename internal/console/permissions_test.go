@@ -155,10 +155,11 @@ func TestConsoleWithTheDocumentedPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(context.Background(), pause.StateKey, []byte(`{"paused":true,"reason":"operator","since":"2026-12-03T00:00:00Z"}`)); err != nil {
+	rev, err := kv.Put(context.Background(), pause.StateKey, []byte(`{"paused":true,"reason":"operator","since":"2026-12-03T00:00:00Z"}`))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if resp, body := e.do("POST", "/resume", "bearer", url.Values{"csrf": {tok}}, nil); resp.StatusCode != 200 {
+	if resp, body := e.do("POST", "/resume", "bearer", url.Values{"csrf": {tok}, "revision": {strconv.FormatUint(rev, 10)}}, nil); resp.StatusCode != 200 {
 		t.Fatalf("resume: %d %s", resp.StatusCode, body)
 	}
 	if en, err := kv.Get(context.Background(), pause.StateKey); err != nil || strings.Contains(string(en.Value()), `"paused":true`) {

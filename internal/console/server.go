@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -74,6 +75,11 @@ type Server struct {
 	csrfKey []byte
 	pages   *template.Template
 	view    *overviewCache
+	// actions tracks actions in progress: Serve waits for them before it
+	// returns, so the NATS connection is never closed under a redrive.
+	actions sync.WaitGroup
+	// planning lets one redrive plan read the DLQ at a time.
+	planning chan struct{}
 }
 
 // ErrNoAuth means the configuration lets anybody in.
@@ -93,15 +99,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Audit == nil {
 		cfg.Audit = cfg.Log
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
+	key, err := csrfKey(cfg.Auth.Token)
+	if err != nil {
 		return nil, err
 	}
 	pages, err := parsePages()
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, csrfKey: key, pages: pages}
+	s := &Server{cfg: cfg, csrfKey: key, pages: pages, planning: make(chan struct{}, 1)}
 	s.view = &overviewCache{load: s.loadOverview, ttl: 2 * time.Second}
 	return s, nil
 }
@@ -122,6 +128,7 @@ func (s *Server) Handler() http.Handler {
 	page("GET /requests", s.requestPage)
 	page("GET /runs", s.runsPage)
 	page("POST /dlq/preview", s.action("preview", s.previewRedrive))
+	page("POST /dlq/{seq}/reveal", s.action("reveal", s.revealDeadLetter))
 	page("POST /dlq/redrive", s.action("redrive", s.redrive))
 	page("POST /resume", s.action("resume", s.resume))
 	// Cross-origin browser requests that change state are refused before
@@ -169,7 +176,10 @@ func (s *Server) principal(r *http.Request) (string, bool) {
 		} else if u, p, ok := r.BasicAuth(); ok {
 			given, user = p, u
 		}
-		if subtle.ConstantTimeCompare([]byte(given), []byte(tok)) != 1 {
+		// Digests of equal length: the comparison tells nothing of the
+		// token's length either.
+		g, w := sha256.Sum256([]byte(given)), sha256.Sum256([]byte(tok))
+		if subtle.ConstantTimeCompare(g[:], w[:]) != 1 {
 			return "", false
 		}
 		if who == "" {
@@ -184,6 +194,20 @@ func cmpOr(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// csrfKey derives the CSRF key from the shared token, so that replicas of
+// the console (and a restarted one) accept each other's forms; without a
+// token (proxy mode) it is random, and each replica has its own.
+func csrfKey(token string) ([]byte, error) {
+	if token != "" {
+		m := hmac.New(sha256.New, []byte(token))
+		m.Write([]byte("omicsq console CSRF key"))
+		return m.Sum(nil), nil
+	}
+	key := make([]byte, 32)
+	_, err := rand.Read(key)
+	return key, err
 }
 
 // csrfToken is bound to the operator and to this process: a page served by
@@ -212,19 +236,35 @@ func (s *Server) action(name string, h func(http.ResponseWriter, *http.Request, 
 			http.Error(w, "missing or invalid CSRF token", http.StatusForbidden)
 			return
 		}
-		if s.cfg.ReadOnly && name != "preview" {
+		if s.cfg.ReadOnly && !readsOnly[name] {
 			s.cfg.Audit.Warn("console action refused", "who", who, "action", name, "why", "read-only")
 			http.Error(w, "the console is read-only", http.StatusForbidden)
 			return
 		}
-		h(w, r, who)
+		// An action runs to its end even if the operator's connection (or a
+		// proxy's timeout) ends first: a redrive stopped half-way would leave
+		// the operator guessing. Its own deadline bounds it.
+		s.actions.Add(1)
+		defer s.actions.Done()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), actionTimeout)
+		defer cancel()
+		h(w, r.WithContext(ctx), who)
 	}
 }
 
-// Serve answers on ln until ctx ends, then lets requests in progress
-// finish within 5 s.
+// readsOnly are the POST actions that change nothing (a read-only console
+// allows them): the redrive preview, and revealing a dead letter's inputs,
+// a POST so that a link from elsewhere cannot make an audit record.
+var readsOnly = map[string]bool{"preview": true, "reveal": true}
+
+// actionTimeout bounds one action (a redrive of the largest selection).
+const actionTimeout = 10 * time.Minute
+
+// Serve answers on ln until ctx ends, then stops taking requests, lets
+// pages finish within 5 s and waits for actions in progress.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelWarn)}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelWarn)}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {
@@ -236,6 +276,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	err := srv.Shutdown(sctx)
 	<-done
+	s.actions.Wait()
 	return err
 }
 

@@ -288,11 +288,11 @@ checksum/secrets: a hash of "name=resourceVersion" of every referenced Secret fo
 {{- end }}
 
 
-{{/* The NATS connection's environment (auth and TLS file paths), shared by the worker and the
-console containers. */}}
+{{/* The NATS connection's environment (auth and TLS file paths) of a container: the worker's
+with nats.auth, the console's with console.nats.auth. Takes (dict "auth" ... "tls" ...). */}}
 {{- define "omicsq.natsEnv" -}}
-{{- $auth := .Values.nats.auth }}
-{{- $tls := .Values.nats.tls }}
+{{- $auth := .auth }}
+{{- $tls := .tls }}
 {{- if eq $auth.type "creds" }}
 - name: NATS_CREDS
   value: /etc/nats-creds/{{ $auth.credsKey }}
@@ -329,10 +329,10 @@ console containers. */}}
 {{- end }}
 {{- end }}
 
-{{/* The NATS secret files' mounts, shared by the worker and the console. */}}
+{{/* The NATS secret files' mounts of a container; takes the dict natsEnv takes. */}}
 {{- define "omicsq.natsVolumeMounts" -}}
-{{- $auth := .Values.nats.auth }}
-{{- $tls := .Values.nats.tls }}
+{{- $auth := .auth }}
+{{- $tls := .tls }}
 {{- if eq $auth.type "creds" }}
 - name: nats-creds
   mountPath: /etc/nats-creds
@@ -354,10 +354,10 @@ console containers. */}}
 {{- end }}
 {{- end }}
 
-{{/* The NATS secret files' volumes, shared by the worker and the console. */}}
+{{/* The NATS secret files' volumes of a pod; takes the dict natsEnv takes. */}}
 {{- define "omicsq.natsVolumes" -}}
-{{- $auth := .Values.nats.auth }}
-{{- $tls := .Values.nats.tls }}
+{{- $auth := .auth }}
+{{- $tls := .tls }}
 {{- /* Secret files: mode 0440, group = fsGroup, so only the worker's user can read them. */}}
 {{- if eq $auth.type "creds" }}
 - name: nats-creds
