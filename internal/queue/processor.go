@@ -197,6 +197,16 @@ type job struct {
 	log   *slog.Logger
 }
 
+// batch is the request's batch ID (HeaderBatch); "" when it has none or
+// an unusable one (which is ignored rather than copied anywhere).
+func (j *job) batch() string {
+	b := j.d.Header.Get(client.HeaderBatch)
+	if b == "" || client.ValidateBatch(b) != nil {
+		return ""
+	}
+	return b
+}
+
 // current returns the freshest entry this handler knows.
 func (j *job) current() ledger.Entry {
 	if j.hold != nil {
@@ -904,6 +914,7 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome submissio
 	r := client.Result{
 		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
 		Reconciled: e.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: e.SubmittedAt, Worker: p.Worker,
+		Batch: j.batch(),
 	}
 	dup, err := p.Outbox.PublishResult(context.WithoutCancel(ctx), r)
 	if err != nil {
@@ -998,6 +1009,7 @@ func (p *Processor) deadLetterBody(j *job, reason client.DeadLetterReason, f cli
 	dl := client.DeadLetter{
 		Key: j.key, Reason: reason, Error: f, Deliveries: j.d.NumDelivered,
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
+		Batch: j.batch(),
 	}
 	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
 		dl.Request = json.RawMessage(j.d.Data)
