@@ -27,6 +27,8 @@ const (
 const (
 	TrackerEventGroup = "group"
 	TrackerEventRun   = "run"
+	// TrackerEventBatch is a batch's completion event (client.BatchCompleted).
+	TrackerEventBatch = "batch"
 )
 
 var (
@@ -37,7 +39,7 @@ var (
 	// trackerTerminal are the terminal statuses (client.IsTerminalStatus).
 	trackerTerminal = []string{"succeeded", "failed", "terminated"}
 	trackerActions  = []string{ActionDescribeRunGroups, ActionDescribeRuns}
-	trackerKinds    = []string{TrackerEventGroup, TrackerEventRun}
+	trackerKinds    = []string{TrackerEventGroup, TrackerEventRun, TrackerEventBatch}
 
 	// A poll cycle: milliseconds for a few groups, tens of seconds for
 	// thousands at a small share of the Describe budget.
@@ -85,7 +87,7 @@ func newTrackerSeries(add func(prometheus.Collector)) trackerSeries {
 	s.terminal = newHistograms(add, "omicsq_tracker_submit_to_terminal_seconds",
 		"Time from a run group's submission to its terminal status, by that status.", trackerRunBuckets, "status", trackerTerminal)
 	s.events = newCounters(add, "omicsq_tracker_events_total",
-		"Lifecycle events published to the status stream, by kind (group or batch run).", "kind", trackerKinds)
+		"Lifecycle events published to the status stream, by kind (group, batch run, or a batch's completion).", "kind", trackerKinds)
 	s.unknown = newCounter(add, "omicsq_tracker_unknown_statuses_total",
 		"Status changes to a status string the tracker does not know (treated as not terminal).")
 	s.errors = newCounter(add, "omicsq_tracker_errors_total",
