@@ -157,6 +157,11 @@ type Gate struct {
 	mu        sync.Mutex
 	store     *Store
 	cancelled map[string]bool // batch token → cancelled
+	// ready is closed once the first bind failed (no batches bucket) or
+	// the watch delivered every record: a worker that starts with a
+	// cancelled batch queued must know it before its first call.
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 // NewGate returns the gate of bucket. It performs no I/O.
@@ -164,16 +169,31 @@ func NewGate(js jetstream.JetStream, bucket string, log *slog.Logger) *Gate {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Gate{js: js, bucket: bucket, log: log.With("component", "batches"), cancelled: make(map[string]bool)}
+	return &Gate{js: js, bucket: bucket, log: log.With("component", "batches"), cancelled: make(map[string]bool), ready: make(chan struct{})}
 }
 
+// readyWait bounds how long Cancelled waits for the gate to be ready.
+const readyWait = 5 * time.Second
+
 // Cancelled reports whether batch id was cancelled, as far as the watch
-// has delivered. A cancellation a moment old may not be seen yet: a request
-// handled in that moment is submitted, and the tracker terminates its run
-// group like any running member's.
-func (g *Gate) Cancelled(id string) bool {
+// has delivered: from memory once the watch has loaded (at start it waits
+// for that, at most readyWait). A cancellation a moment old may not be
+// seen yet: a request handled in that moment is submitted, and the tracker
+// terminates its run group like any running member's.
+func (g *Gate) Cancelled(ctx context.Context, id string) bool {
 	if id == "" {
 		return false
+	}
+	select {
+	case <-g.ready:
+	default:
+		t := time.NewTimer(readyWait)
+		select {
+		case <-g.ready:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -201,6 +221,7 @@ func (g *Gate) Run(ctx context.Context) error {
 			if ctx.Err() == nil {
 				g.log.Debug("batches bucket not bound; batches are not checked yet", "bucket", g.bucket, "error", err)
 			}
+			g.readyOnce.Do(func() { close(g.ready) }) // no bucket: nothing to wait for
 			sleep(ctx, 10*time.Second)
 			continue
 		}
@@ -232,6 +253,7 @@ func (g *Gate) watch(ctx context.Context, kv jetstream.KeyValue) error {
 				return errors.New("watch closed")
 			}
 			if e == nil {
+				g.readyOnce.Do(func() { close(g.ready) })
 				continue
 			}
 			var rec client.BatchRecord

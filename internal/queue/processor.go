@@ -436,7 +436,7 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 // cancelled batch's member.
 func (p *Processor) cancelledGate(ctx context.Context, j *job) (Decision, bool) {
 	b := j.batch()
-	if p.Batches == nil || b == "" || !p.Batches.Cancelled(b) || j.current().MaybeCreated {
+	if p.Batches == nil || b == "" || !p.Batches.Cancelled(ctx, b) || j.current().MaybeCreated {
 		return Decision{}, false
 	}
 	return p.deadLetter(ctx, j, client.ReasonBatchCancelled, client.Failure{Class: classCancelled, Code: "BatchCancelled",

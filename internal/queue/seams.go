@@ -69,7 +69,7 @@ type Breaker interface {
 // Nil turns it off.
 type BatchGate interface {
 	// Cancelled reports, from memory, whether batch id was cancelled.
-	Cancelled(id string) bool
+	Cancelled(ctx context.Context, id string) bool
 	// DeadLettered records key's dead letter in its batch's member record.
 	DeadLettered(ctx context.Context, id, key string, reason client.DeadLetterReason) error
 }
