@@ -240,8 +240,13 @@ func RegisterSheet(ctx context.Context, s *Session, bucket, id string, items []s
 	if strings.TrimSpace(bucket) == "" {
 		return "", nil
 	}
+	// Batches are an addition: a fleet or a user without them still gets
+	// its requests published.
 	if _, err := s.JS.KeyValue(ctx, bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
 		fmt.Fprintf(stderr, "enqueue: bucket %s not found (workers with the run tracker create it): publishing without a batch\n", bucket)
+		return "", nil
+	} else if err != nil {
+		fmt.Fprintf(stderr, "enqueue: bucket %s: %v: publishing without a batch\n", bucket, err)
 		return "", nil
 	}
 	ms := make([]client.BatchMember, len(items))
