@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -21,7 +22,8 @@ import (
 )
 
 // maxConflicts bounds the compare-and-set attempts of one update: a member
-// has two writers at most (its worker and the tracker), so a few suffice.
+// has two writers at most (its worker and the tracker), so a few suffice;
+// each retry waits a few random milliseconds so racing writers spread out.
 const maxConflicts = 8
 
 // Store updates the records of a batches bucket.
@@ -76,6 +78,7 @@ func (s *Store) UpdateMember(ctx context.Context, id, key string, change func(m 
 		if !conflict(err) {
 			return m, fmt.Errorf("write batch member: %w", err)
 		}
+		sleep(ctx, time.Duration(1+rand.IntN(10))*time.Millisecond)
 	}
 	return client.BatchMember{}, errors.New("write batch member: the record kept changing")
 }
