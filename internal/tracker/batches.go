@@ -75,6 +75,14 @@ func (b *batches) cancelled(id string) bool {
 	return v != nil && v.rec != nil && v.rec.CancelledAt != nil
 }
 
+// hasRecord reports whether the watch delivered batch id's record.
+func (b *batches) hasRecord(id string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v := b.views[keys.BatchMeta(id)]
+	return v != nil && v.rec != nil
+}
+
 // watch feeds the view from the bucket until ctx ends; a watch that ends
 // ends the leadership, as the runs watch does.
 func (b *batches) watch(ctx context.Context, onErr func(error)) error {
@@ -245,8 +253,10 @@ func (t *Tracker) complete(ctx context.Context, b *batches, rec client.BatchReco
 // group. A member that has one already keeps it (a redelivered result, or
 // a retry that moved the member on).
 func (t *Tracker) recordMember(ctx context.Context, b *batches, id string, r client.Result) error {
-	if err := b.store.EnsureRecord(ctx, id); err != nil {
-		return err
+	if !b.hasRecord(id) {
+		if err := b.store.EnsureRecord(ctx, id); err != nil {
+			return err
+		}
 	}
 	_, err := b.store.UpdateMember(ctx, id, r.Key, func(m *client.BatchMember) bool {
 		if m.RunGroupID != "" {
@@ -303,7 +313,13 @@ func (t *Tracker) terminateCancelled(ctx context.Context, st *state, b *batches,
 	if !ok {
 		return
 	}
+	// At most an interval's worth of the budget per cycle: cancelling
+	// thousands of running groups must not hold the polling up for long.
+	left := max(1, int(float64(t.terminateBudget.local.Limit())*t.interval.Seconds()))
 	for _, tr := range st.snapshot() {
+		if left == 0 {
+			return // the rest next cycle
+		}
 		e := tr.entry
 		if e.BatchID == "" || e.Unresolved || !b.cancelled(e.BatchID) || ctx.Err() != nil {
 			continue
@@ -320,6 +336,7 @@ func (t *Tracker) terminateCancelled(ctx context.Context, st *state, b *batches,
 		}
 		_, err := term.TerminateRunGroup(ctx, req)
 		cs.TerminateRunGroup++
+		left--
 		apiErr, _ := errors.AsType[*submit.Error](err)
 		switch {
 		case err == nil:
