@@ -28,7 +28,7 @@ func startRealWorker(t *testing.T, natsURL, endpoint string, extra ...string) *l
 	ready, done, logs := make(chan omicsqworker.Started, 1), make(chan struct{}), &logcapture.Buffer{}
 	var runErr error
 	args := append([]string{"--nats-url", natsURL, "--endpoint", endpoint, "--insecure-http", "--worker-id", "e2e",
-		"--tracker-interval", "200ms", "--log-level", "warn"}, extra...)
+		"--tracker-interval", "200ms", "--log-level", "warn", "--metrics-addr", "127.0.0.1:0"}, extra...)
 	go func() {
 		defer close(done)
 		runErr = omicsqworker.Run(ctx, args, func(string) string { return "" }, io.Discard, logs, ready)
