@@ -340,6 +340,14 @@ func (t *Tracker) terminateCancelled(ctx context.Context, st *state, b *batches,
 		apiErr, _ := errors.AsType[*submit.Error](err)
 		switch {
 		case err == nil:
+			t.metrics.TrackerTerminateCall(0)
+		case apiErr != nil:
+			t.metrics.TrackerTerminateCall(apiErr.Class)
+		default:
+			t.metrics.TrackerTerminateCall(submit.ClassAmbiguous)
+		}
+		switch {
+		case err == nil:
 		case apiErr != nil && apiErr.Class == submit.ClassPermanent && apiErr.Code == codeStatusNotSupported:
 			// The group has ended already: nothing to stop.
 		case apiErr != nil && apiErr.Class == submit.ClassPermanent && !strings.HasPrefix(apiErr.Code, "ResourceNotFound"):

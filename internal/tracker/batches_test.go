@@ -206,6 +206,12 @@ func TestCancelledBatchTerminatesItsRunningGroups(t *testing.T) {
 	if calls.Calls["success"] != 8 {
 		t.Errorf("TerminateRunGroup calls %v, want 8 successes", calls.Calls)
 	}
+	if got := metricValue(t, tr, "omicsq_tracker_terminate_calls_total", "class", "success"); got != 8 {
+		t.Errorf("omicsq_tracker_terminate_calls_total{class=success} = %v, want 8", got)
+	}
+	if got := metricValue(t, tr, "omicsq_tracker_events_total", "kind", "batch"); got != 1 {
+		t.Errorf("omicsq_tracker_events_total{kind=batch} = %v, want 1", got)
+	}
 	if tr.Stats().Active != 0 {
 		waitFor(t, "the active set to empty", 5*time.Second, func() bool { return tr.Stats().Active == 0 })
 	}
