@@ -212,6 +212,8 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 	// The members go out as asynchronous creates (a publish that expects
 	// no earlier value of its key): one round trip each would make a
 	// 10,000-row sheet wait for seconds.
+	// The bucket's own put subject: KeyValue.Create publishes there with
+	// the same expectation.
 	prefix := "$KV." + c.topo.BatchesBucket + "."
 	pending := make([]jetstream.PubAckFuture, 0, c.window)
 	settle := func() error {
