@@ -186,7 +186,8 @@ func (c *Client) batches(ctx context.Context) (jetstream.KeyValue, error) {
 // publish window at a time. Registering again with the same members is a
 // no-op for the members already there (they are created, never
 // overwritten, so their progress stands); a record registered with another
-// number of members is an error.
+// number of members is an error, except one the tracker made for a batch
+// seen only through its header, which takes the size.
 func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMember) error {
 	if err := ValidateBatch(id); err != nil {
 		return err
@@ -199,12 +200,8 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 	rec := BatchRecord{ID: id, CreatedAt: now, Members: len(members)}
 	b, _ := json.Marshal(rec)
 	if _, err := kv.Create(ctx, keys.BatchMeta(id), b); errors.Is(err, jetstream.ErrKeyExists) {
-		old, err := c.batchRecord(ctx, kv, id)
-		if err != nil {
+		if err := c.reregister(ctx, kv, id, len(members)); err != nil {
 			return err
-		}
-		if old.Members != len(members) {
-			return fmt.Errorf("batch is registered already with %d members, not %d", old.Members, len(members))
 		}
 	} else if err != nil {
 		return fmt.Errorf("register batch: %w", err)
@@ -263,6 +260,36 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 		}
 	}
 	return firstErr
+}
+
+// reregister checks an existing record against a registration of n
+// members. A record the tracker made for a batch seen through its header
+// (Members 0) takes the size (compare-and-set); another size is an error.
+func (c *Client) reregister(ctx context.Context, kv jetstream.KeyValue, id string, n int) error {
+	for range 10 {
+		e, err := kv.Get(ctx, keys.BatchMeta(id))
+		if err != nil {
+			return fmt.Errorf("register batch: %w", err)
+		}
+		var rec BatchRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return fmt.Errorf("decode batch record: %w", err)
+		}
+		switch {
+		case rec.Members == n:
+			return nil
+		case rec.Members != 0:
+			return fmt.Errorf("batch is registered already with %d members, not %d", rec.Members, n)
+		}
+		rec.Members = n
+		b, _ := json.Marshal(rec)
+		if _, err := kv.Update(ctx, keys.BatchMeta(id), b, e.Revision()); err == nil {
+			return nil
+		} else if !isKVConflict(err) {
+			return fmt.Errorf("register batch: %w", err)
+		}
+	}
+	return errors.New("register batch: the record kept changing")
 }
 
 func wrongLastSequence(err error) bool {

@@ -50,6 +50,21 @@ func TestRegisterBatch(t *testing.T) {
 	if err := c.RegisterBatch(ctx, "sheet-1", ms[:3]); err == nil {
 		t.Error("a registration of another size was accepted")
 	}
+	// A record of unknown size (the tracker's, for a header-only batch)
+	// takes the size of a registration.
+	kv, err := js.KeyValue(ctx, topo.BatchesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, client.BatchToken("loose"), []byte(`{"id":"loose","created_at":"2026-01-01T00:00:00Z","members":0}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterBatch(ctx, "loose", ms[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _, err := c.Batch(ctx, "loose"); err != nil || rec.Members != 2 {
+		t.Errorf("header-only record after registering: %+v %v", rec, err)
+	}
 	if _, _, err := c.Batch(ctx, "no-such-batch"); !errors.Is(err, client.ErrBatchNotFound) {
 		t.Errorf("unknown batch: %v", err)
 	}
