@@ -81,7 +81,7 @@ var ErrNoStream = errors.New("no stream stores the requests subject (is a worker
 // publishing the same key again within the duplicate window is dropped by
 // the server, and beyond it the worker's ledger still prevents a second run.
 func (c *Client) Publish(ctx context.Context, r Request) (Published, error) {
-	m, err := c.requestMsg(r.Key, r.Key, r.Body, nil)
+	m, err := c.requestMsg(r.Key, r.Key, r.Body, batchHeader(r.Batch))
 	if err != nil {
 		return Published{}, err
 	}
@@ -148,7 +148,7 @@ func (c *Client) PublishBatch(ctx context.Context, rs []Request) ([]Published, e
 				return out, err
 			}
 		}
-		m, err := c.requestMsg(r.Key, r.Key, r.Body, nil)
+		m, err := c.requestMsg(r.Key, r.Key, r.Body, batchHeader(r.Batch))
 		if err == nil {
 			err = ctx.Err() // publish nothing more once cancelled
 		}
@@ -178,6 +178,11 @@ func (c *Client) requestMsg(key, msgID string, body []byte, extra nats.Header) (
 	if err := ValidateKey(key); err != nil {
 		return nil, &InvalidRequestError{Code: CodeInvalidKey, Field: "key", Reason: err.Error()}
 	}
+	if b := extra.Get(HeaderBatch); b != "" {
+		if err := ValidateBatch(b); err != nil {
+			return nil, &InvalidRequestError{Code: CodeInvalidBatch, Field: "batch", Reason: err.Error()}
+		}
+	}
 	m := nats.NewMsg(c.topo.RequestsSubject)
 	m.Data = body
 	for k, vs := range extra {
@@ -188,6 +193,14 @@ func (c *Client) requestMsg(key, msgID string, body []byte, extra nats.Header) (
 	m.Header.Set(HeaderKey, key)
 	m.Header.Set(HeaderMsgID, msgID)
 	return m, nil
+}
+
+// batchHeader is the header that puts a request in batch ("": none).
+func batchHeader(batch string) nats.Header {
+	if batch == "" {
+		return nil
+	}
+	return nats.Header{HeaderBatch: []string{batch}}
 }
 
 func (c *Client) publishError(err error) error {

@@ -88,13 +88,16 @@ const (
 	// ReasonBreaker: an operator dead-lettered requests held by a resource
 	// breaker (enqueue breaker dead-letter).
 	ReasonBreaker DeadLetterReason = "breaker"
+	// ReasonBatchCancelled: the request's batch (HeaderBatch) was
+	// cancelled (CancelBatch) before it was submitted; no call was made.
+	ReasonBatchCancelled DeadLetterReason = "batch_cancelled"
 )
 
 // DeadLetterReasons lists every reason, in a stable order.
 var DeadLetterReasons = []DeadLetterReason{
 	ReasonInvalidRequest, ReasonPermanentError, ReasonNameConflict, ReasonRetriesExhausted,
 	ReasonReconcileExhausted, ReasonMaxDeliveries, ReasonIdentityChanged, ReasonDuplicateInFlight,
-	ReasonPauseLimit, ReasonBreaker,
+	ReasonPauseLimit, ReasonBreaker, ReasonBatchCancelled,
 }
 
 // Result is the body published to the results subject once per request.
@@ -113,6 +116,8 @@ type Result struct {
 	EnqueuedAt  time.Time `json:"enqueued_at"`
 	SubmittedAt time.Time `json:"submitted_at"`
 	Worker      string    `json:"worker"`
+	// Batch is the request's HeaderBatch, also set as that header.
+	Batch string `json:"batch,omitempty"`
 }
 
 // DeadLetter is the body published to the dead-letter subject. It keeps the
@@ -136,6 +141,8 @@ type DeadLetter struct {
 	StreamSequence uint64 `json:"stream_sequence,omitempty"`
 	// History lists the outcomes of the calls and reconciliations made.
 	History []Event `json:"history,omitempty"`
+	// Batch is the request's HeaderBatch, also set as that header.
+	Batch string `json:"batch,omitempty"`
 }
 
 // FailureClassInvalid is the Failure.Class of a request rejected before any

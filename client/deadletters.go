@@ -249,6 +249,10 @@ var ErrNotDeleted = errors.New("redriven, but the dead letter was not deleted")
 func (c *Client) Redrive(ctx context.Context, d StoredDeadLetter, body []byte) (Published, error) {
 	h := nats.Header{}
 	h.Set(HeaderRedriveOf, strconv.FormatUint(d.Sequence, 10))
+	// The redriven request stays in its batch.
+	if b := d.Header.Get(HeaderBatch); b != "" && ValidateBatch(b) == nil {
+		h.Set(HeaderBatch, b)
+	}
 	m, err := c.requestMsg(d.Key, redriveMsgID(d.Key, d.Sequence), body, h)
 	if err != nil {
 		return Published{}, err

@@ -20,6 +20,10 @@ type Request struct {
 	Body []byte
 	// KeyGiven is false when Key was derived from Body.
 	KeyGiven bool
+	// Batch, when set, is the batch the request belongs to (HeaderBatch):
+	// 1 to 128 bytes (MaxBatchBytes) of printable UTF-8 without spaces
+	// (ValidateBatch). Publish refuses another value.
+	Batch string
 }
 
 // InvalidRequestError reports a body the API would reject, found before
@@ -38,6 +42,9 @@ type InvalidRequestError struct {
 
 // CodeInvalidKey is the InvalidRequestError code of an unusable key.
 const CodeInvalidKey = "InvalidIdempotencyKey"
+
+// CodeInvalidBatch is the InvalidRequestError code of an unusable batch ID.
+const CodeInvalidBatch = "InvalidBatchId"
 
 func (e *InvalidRequestError) Error() string {
 	if e.Field == "" {

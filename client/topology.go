@@ -32,6 +32,10 @@ type Topology struct {
 	// StatusPrefix: events are published to <prefix>.<key token>.group and
 	// <prefix>.<key token>.run.<run token>. Default omicsq.status.
 	StatusPrefix string
+	// BatchesBucket is the KV bucket of the batches' records (see
+	// RegisterBatch); the workers provision it with the run tracker's
+	// resources. Default OMICSQ_BATCHES; empty: batches are off.
+	BatchesBucket string
 }
 
 // DefaultTopology returns the documented default names.
@@ -45,6 +49,7 @@ func DefaultTopology() Topology {
 		DLQPrefix:       "omicsq.dlq",
 		StatusStream:    "OMICSQ_STATUS",
 		StatusPrefix:    "omicsq.status",
+		BatchesBucket:   "OMICSQ_BATCHES",
 	}
 }
 

@@ -27,6 +27,8 @@ const (
 const (
 	TrackerEventGroup = "group"
 	TrackerEventRun   = "run"
+	// TrackerEventBatch is a batch's completion event (client.BatchCompleted).
+	TrackerEventBatch = "batch"
 )
 
 var (
@@ -37,7 +39,7 @@ var (
 	// trackerTerminal are the terminal statuses (client.IsTerminalStatus).
 	trackerTerminal = []string{"succeeded", "failed", "terminated"}
 	trackerActions  = []string{ActionDescribeRunGroups, ActionDescribeRuns}
-	trackerKinds    = []string{TrackerEventGroup, TrackerEventRun}
+	trackerKinds    = []string{TrackerEventGroup, TrackerEventRun, TrackerEventBatch}
 
 	// A poll cycle: milliseconds for a few groups, tens of seconds for
 	// thousands at a small share of the Describe budget.
@@ -57,6 +59,7 @@ type trackerSeries struct {
 	cycleCallsGauge              series[prometheus.Gauge]
 	terminal                     series[prometheus.Observer]
 	events                       series[prometheus.Counter]
+	terminates                   series[prometheus.Counter]
 	actions                      set
 }
 
@@ -85,7 +88,9 @@ func newTrackerSeries(add func(prometheus.Collector)) trackerSeries {
 	s.terminal = newHistograms(add, "omicsq_tracker_submit_to_terminal_seconds",
 		"Time from a run group's submission to its terminal status, by that status.", trackerRunBuckets, "status", trackerTerminal)
 	s.events = newCounters(add, "omicsq_tracker_events_total",
-		"Lifecycle events published to the status stream, by kind (group or batch run).", "kind", trackerKinds)
+		"Lifecycle events published to the status stream, by kind (group, batch run, or a batch's completion).", "kind", trackerKinds)
+	s.terminates = newCounters(add, "omicsq_tracker_terminate_calls_total",
+		"TerminateRunGroup calls the run tracker made for the running groups of cancelled batches, by result class.", "class", apiClasses)
 	s.unknown = newCounter(add, "omicsq_tracker_unknown_statuses_total",
 		"Status changes to a status string the tracker does not know (treated as not terminal).")
 	s.errors = newCounter(add, "omicsq_tracker_errors_total",
@@ -150,6 +155,16 @@ func (m *Metrics) TrackerTerminal(status string, sinceSubmit time.Duration) {
 // TrackerEvent records a lifecycle event published, by kind
 // (TrackerEventGroup or TrackerEventRun).
 func (m *Metrics) TrackerEvent(kind string) { m.tracker.events.get(kind).Inc() }
+
+// TrackerTerminateCall records one TerminateRunGroup call of the tracker
+// and the failure's class, 0 for a success.
+func (m *Metrics) TrackerTerminateCall(class submit.Class) {
+	label := classSuccess
+	if class != 0 {
+		label = m.classes.norm(class.String())
+	}
+	m.tracker.terminates.get(label).Inc()
+}
 
 // TrackerUnknownStatus records a change to a status the tracker does not
 // know.

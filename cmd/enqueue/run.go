@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/operate"
 	"github.com/omicsq/omicsq/internal/samplesheet"
 	"github.com/omicsq/omicsq/internal/settings"
@@ -39,13 +40,15 @@ type config struct {
 	publishValid bool
 	dryRun       bool
 	quiet        bool
+	batch        string
 }
 
 const enqueueUsage = `Usage: enqueue [flags] FILE...      (FILE "-" reads standard input)
        enqueue dlq list|show|redrive [flags] ...
        enqueue breaker list|release|dead-letter|reset [flags] ...
        enqueue status [flags] KEY|FILE...
-       enqueue runs retry [flags] KEY|FILE...
+       enqueue runs retry [flags] KEY|FILE...|--batch ID
+       enqueue batch show|cancel [flags] ID
 
 Validates every run request in the files (JSON object or array, JSON Lines, or a CSV
 sample sheet), then publishes them to the omicsq requests stream. Nothing is published
@@ -71,6 +74,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if len(args) > 0 && args[0] == "runs" {
 		return operate.Runs(ctx, args[1:], stdout, stderr, getenv)
+	}
+	if len(args) > 0 && args[0] == "batch" {
+		return operate.Batch(ctx, args[1:], stdout, stderr, getenv)
 	}
 	c, f, files, status := parseRunArgs(args, stderr, getenv)
 	if c == nil {
@@ -109,6 +115,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return exitFailed
 		}
 	}
+	if c.batch, err = operate.RegisterSheet(ctx, s, c.Topo.BatchesBucket, c.batch, items, stderr); err != nil {
+		fmt.Fprintf(stderr, "enqueue: %v\n", err)
+		return exitFailed
+	}
 	acks, dups, err := publishAll(ctx, s.Client, c, items, stdout, stderr)
 	fmt.Fprintf(stderr, "enqueue: %d published, %d duplicates (already in the stream's de-duplication window)\n", len(acks)-dups, dups)
 	if err != nil {
@@ -138,6 +148,7 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 		settings.Row("timeout", "", "with --wait: how long to wait after publishing", settings.Duration(&c.timeout, 5*time.Minute)),
 		settings.Row("publish-valid", "", "publish the valid requests even if some are invalid (the exit status is still 1)", settings.Bool(&c.publishValid, false)),
 		settings.Row("dry-run", "", "validate only; do not connect or publish", settings.Bool(&c.dryRun, false)),
+		settings.Row("batch", "OMICSQ_BATCH", "batch ID of this run's requests (enqueue batch show ID); default enqueue-<UTC time>-<6 hex>", settings.String(&c.batch, "")),
 		settings.Row("quiet", "", "print only errors, dead letters and summaries (no per-request lines, no progress)", settings.Bool(&c.quiet, false)),
 		settings.Row("application-id", "OMICSQ_APPLICATION_ID", "CSV: ApplicationId for rows without one", settings.String(&c.defaults.ApplicationID, "")),
 		settings.Row("environment-id", "OMICSQ_ENVIRONMENT_ID", "CSV: EnvironmentId for rows without one", settings.String(&c.defaults.EnvironmentID, "")),
@@ -161,6 +172,11 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 	}
 	if len(files) == 0 {
 		verr = errors.Join(verr, errors.New("no input files (use - for standard input)"))
+	}
+	if c.batch == "" {
+		c.batch = operate.NewBatchID(time.Now())
+	} else if err := client.ValidateBatch(c.batch); err != nil {
+		verr = errors.Join(verr, fmt.Errorf("--batch: %w", err))
 	}
 	if verr != nil {
 		fmt.Fprintf(stderr, "enqueue: %v\n", strings.ReplaceAll(verr.Error(), "\n", "\nenqueue: "))

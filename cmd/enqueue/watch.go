@@ -19,7 +19,7 @@ func publishAll(ctx context.Context, cl *client.Client, c *config, items []item,
 		chunk := items[start:min(start+progressEvery, len(items))]
 		reqs := make([]client.Request, len(chunk))
 		for i, it := range chunk {
-			reqs[i] = client.Request{Key: it.Key, Body: it.Body}
+			reqs[i] = client.Request{Key: it.Key, Body: it.Body, Batch: c.batch}
 		}
 		got, err := cl.PublishBatch(ctx, reqs)
 		for i, p := range got {

@@ -47,3 +47,37 @@ func Token(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:16])
 }
+
+// MaxBatchBytes bounds a batch ID.
+const MaxBatchBytes = 128
+
+// ValidateBatch reports whether id can name a batch: 1 to MaxBatchBytes
+// bytes of printable UTF-8 without spaces (the key rules, shorter: it is a
+// header value people type). The error never repeats the ID.
+func ValidateBatch(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("batch id is empty")
+	case len(id) > MaxBatchBytes:
+		return fmt.Errorf("batch id is longer than %d bytes", MaxBatchBytes)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("batch id is not valid UTF-8")
+	}
+	for _, r := range id {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return fmt.Errorf("batch id contains spaces or control characters")
+		}
+	}
+	return nil
+}
+
+// BatchMeta is the batches bucket's key of a batch's record: its token.
+func BatchMeta(id string) string { return Token(id) }
+
+// BatchMembers is the KV filter of every member record of a batch.
+func BatchMembers(id string) string { return Token(id) + ".m.>" }
+
+// BatchMember is the batches bucket's key of one member (a request key) of
+// a batch. The member keys have three tokens and the record's one, so a
+// watch of "*" sees the records alone.
+func BatchMember(id, key string) string { return Token(id) + ".m." + Token(key) }

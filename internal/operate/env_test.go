@@ -29,7 +29,7 @@ func (e *env) run(args ...string) operatetest.Result {
 // breaker, the rest its arguments.
 func runWith(t *testing.T, envVars map[string]string, args ...string) operatetest.Result {
 	t.Helper()
-	command := map[string]func(context.Context, []string, io.Writer, io.Writer, func(string) string) int{"dlq": DLQ, "breaker": Breaker, "status": Status, "runs": Runs}[args[0]]
+	command := map[string]func(context.Context, []string, io.Writer, io.Writer, func(string) string) int{"dlq": DLQ, "breaker": Breaker, "status": Status, "runs": Runs, "batch": Batch}[args[0]]
 	return operatetest.Run(t, envVars, func(ctx context.Context, stdout, stderr io.Writer, getenv func(string) string) int {
 		return command(ctx, args[1:], stdout, stderr, getenv)
 	})

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/ratelimit"
 	"github.com/omicsq/omicsq/internal/rerun"
@@ -20,12 +21,15 @@ import (
 )
 
 const runsUsage = `Usage: enqueue runs retry [flags] KEY|FILE...
+       enqueue runs retry [flags] --batch ID [KEY|FILE...]
 
 Retries the failed run group of each request with RetryRuns: a new run group re-executes
 its failed and terminated runs, with the call cache on (--call-cache) for a WDL group, and
 the run tracker follows it under the same key (enqueue status KEY shows it). An argument
 that names a file is read as a sample sheet and stands for the keys of its requests; any
-other is a key. A key is retried only if its current run group ended Failed or
+other is a key. --batch ID stands for the members of the batch whose run group ended
+Failed (enqueue batch show ID lists them; a Terminated one counts as cancelled, retry
+it by key). A key is retried only if its current run group ended Failed or
 Terminated: once retried, its current group is the new one, so running the command again
 creates nothing more. RetryRuns has no idempotency token: after an unknown outcome
 (a timeout, a 502) the new group is looked up by Name, for up to --lookup-horizon, before
@@ -53,6 +57,7 @@ type runs struct {
 	rate                    float64
 	keys                    []string
 	runsBucket, retryBucket string
+	batch                   string
 }
 
 // Runs runs enqueue runs (args are those after "runs"): retry failed run
@@ -75,18 +80,22 @@ func (r *runs) flags(string) []settings.Setting {
 			settings.Row("api-rate", "", "this command's API calls per second per action (RetryRuns, DescribeRunGroups), kept small beside the fleet's", settings.Float(&r.rate, 2)),
 			settings.Row("by", "", "who asks, recorded with the retry", settings.String(&r.by, "enqueue:"+user)),
 			settings.Row("json", "", "print one JSON object per key", settings.Bool(&r.asJSON, false)),
+			settings.Row("batch", "", "retry the members of this batch whose run group ended Failed", settings.String(&r.batch, "")),
+			settings.Row("batches-bucket", "OMICSQ_BATCHES_BUCKET", "KV bucket of the batches (with --batch)", settings.String(&r.c.Topo.BatchesBucket, t.BatchesBucket)),
 			settings.Row("application-id", "OMICSQ_APPLICATION_ID", "CSV: ApplicationId for rows without one", settings.String(&r.defaults.ApplicationID, "")),
 			settings.Row("environment-id", "OMICSQ_ENVIRONMENT_ID", "CSV: EnvironmentId for rows without one", settings.String(&r.defaults.EnvironmentID, "")),
 			settings.Row("project-id", "OMICSQ_PROJECT_ID", "CSV: ProjectId for rows without one", settings.String(&r.defaults.ProjectID, "")),
 		})
 }
 
-// check resolves the arguments to keys. A batch ID (enqueue batch, once
-// batches exist) would be resolved here too, to its members' keys.
+// check resolves the arguments to keys; a --batch is resolved to its
+// failed members' keys once connected (run).
 func (r *runs) check(_ string, pos []string) error {
 	switch {
-	case len(pos) == 0:
-		return errors.New("give one or more KEYs or FILEs")
+	case len(pos) == 0 && r.batch == "":
+		return errors.New("give one or more KEYs or FILEs, or --batch ID")
+	case r.batch != "" && client.ValidateBatch(r.batch) != nil:
+		return fmt.Errorf("--batch: %v", client.ValidateBatch(r.batch))
 	case strings.TrimSpace(r.runsBucket) == "" || strings.TrimSpace(r.retryBucket) == "":
 		return errors.New("--runs-bucket and --retries-bucket must not be empty")
 	case r.horizon < time.Second:
@@ -107,6 +116,14 @@ func (r *runs) run(ctx context.Context, _ string, s *Session, stdout, stderr io.
 		if _, err := s.bucket(ctx, b); err != nil {
 			return failed(stderr, name, err)
 		}
+	}
+	if r.batch != "" {
+		keys, err := BatchFailedKeys(ctx, s.Client, r.batch)
+		if err != nil {
+			return failed(stderr, name, fmt.Errorf("batch: %w", err))
+		}
+		fmt.Fprintf(stderr, "%s: batch %s: %d members ended Failed\n", name, Printable(r.batch), len(keys))
+		r.keys = append(r.keys, keys...)
 	}
 	cred, err := submit.CredentialFromEnvironment()
 	if err != nil {

@@ -75,6 +75,7 @@ const (
 	classRefused       = "refused"        // the key stands for another request
 	classUnknown       = "unknown"        // no call or lookup recorded a class
 	classMaxDeliveries = "max_deliveries" // a crash loop, not an API answer
+	classCancelled     = "cancelled"      // the request's batch was cancelled
 )
 
 // summary is what the per-message log line reports.
@@ -117,10 +118,13 @@ type Processor struct {
 	// message; longer waits hand the message back with that delay, so a
 	// slot is not held idle. Default 2s.
 	HoldLimit time.Duration
-	Metrics   *metrics.Metrics
-	Log       *slog.Logger
-	Worker    string
-	Now       func() time.Time
+	// Batches refuses the requests of cancelled batches before any call
+	// and records dead letters in their batches' members (nil: off).
+	Batches BatchGate
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
+	Worker  string
+	Now     func() time.Time
 
 	runOnce    sync.Once
 	runOwner   string // Worker plus a random per-process nonce
@@ -195,6 +199,16 @@ type job struct {
 	entry ledger.Entry // the entry as read before the lease; see hold for after
 	hold  *hold
 	log   *slog.Logger
+}
+
+// batch is the request's batch ID (HeaderBatch); "" when it has none or
+// an unusable one (which is ignored rather than copied anywhere).
+func (j *job) batch() string {
+	b := j.d.Header.Get(client.HeaderBatch)
+	if b == "" || client.ValidateBatch(b) != nil {
+		return ""
+	}
+	return b
 }
 
 // current returns the freshest entry this handler knows.
@@ -381,6 +395,9 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 				return d
 			}
 		case submission.StepCall:
+			if d, done := p.cancelledGate(ctx, j); done {
+				return d
+			}
 			if d, done := p.breakerGate(ctx, j); done {
 				return d
 			}
@@ -411,6 +428,34 @@ func (p *Processor) run(ctx context.Context, j *job) Decision {
 			return p.release(ctx, j, 5*time.Second)
 		}
 	}
+}
+
+// cancelledGate dead-letters, before its call, a request whose batch was
+// cancelled. One a call of which may have created a run group goes on
+// instead: its lookup finds the group, and the tracker terminates it as a
+// cancelled batch's member.
+func (p *Processor) cancelledGate(ctx context.Context, j *job) (Decision, bool) {
+	b := j.batch()
+	if p.Batches == nil || b == "" || !p.Batches.Cancelled(ctx, b) || j.current().MaybeCreated {
+		return Decision{}, false
+	}
+	return p.deadLetter(ctx, j, client.ReasonBatchCancelled, client.Failure{Class: classCancelled, Code: "BatchCancelled",
+		Message: "the request's batch was cancelled before it was submitted"}), true
+}
+
+// markMember records a dead letter in the request's batch member, so the
+// batch counts it terminal. Its failure hands the message back: the
+// redelivery republishes the same dead letter (dropped as a duplicate) and
+// tries again.
+func (p *Processor) markMember(ctx context.Context, j *job, reason client.DeadLetterReason) error {
+	b := j.batch()
+	if p.Batches == nil || b == "" {
+		return nil
+	}
+	if err := p.Batches.DeadLettered(ctx, b, j.key, reason); err != nil {
+		return fmt.Errorf("record the dead letter in the batch: %w", err)
+	}
+	return nil
 }
 
 // resourcesOf lists the resources a request names, for the breaker.
@@ -904,6 +949,7 @@ func (p *Processor) publishResult(ctx context.Context, j *job, outcome submissio
 	r := client.Result{
 		Key: j.key, RunGroupID: e.RunGroupID, RequestID: e.RequestID, Attempts: e.Calls,
 		Reconciled: e.Reconciled, EnqueuedAt: j.d.Timestamp.UTC(), SubmittedAt: e.SubmittedAt, Worker: p.Worker,
+		Batch: j.batch(),
 	}
 	dup, err := p.Outbox.PublishResult(context.WithoutCancel(ctx), r)
 	if err != nil {
@@ -965,7 +1011,10 @@ func (p *Processor) publishRecordedDeadLetter(ctx context.Context, j *job, reaso
 	dl.Attempts = e.Calls
 	dl.History = e.History
 	msgID := fmt.Sprintf("%s/%d/%d", j.key, j.d.StreamSeq, e.Calls)
-	return p.Outbox.PublishDeadLetter(ctx, dl, msgID)
+	if err := p.Outbox.PublishDeadLetter(ctx, dl, msgID); err != nil {
+		return err
+	}
+	return p.markMember(ctx, j, reason)
 }
 
 // deadLetterUnrecorded dead-letters a message without changing its key's
@@ -981,7 +1030,11 @@ func (p *Processor) deadLetterUnrecorded(ctx context.Context, j *job, reason cli
 		dl.Attempts, dl.History = e.Calls, e.History
 	}
 	msgID := fmt.Sprintf("%s/%d/%s", j.key, j.d.StreamSeq, f.Class)
-	if err := p.Outbox.PublishDeadLetter(context.WithoutCancel(ctx), dl, msgID); err != nil {
+	err := p.Outbox.PublishDeadLetter(context.WithoutCancel(ctx), dl, msgID)
+	if err == nil {
+		err = p.markMember(context.WithoutCancel(ctx), j, reason)
+	}
+	if err != nil {
 		j.log.Error("could not publish the dead letter", "error", err)
 		return Decision{Action: ActionNak, Delay: 2 * time.Second, Outcome: submission.OutcomeError}
 	}
@@ -998,6 +1051,7 @@ func (p *Processor) deadLetterBody(j *job, reason client.DeadLetterReason, f cli
 	dl := client.DeadLetter{
 		Key: j.key, Reason: reason, Error: f, Deliveries: j.d.NumDelivered,
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
+		Batch: j.batch(),
 	}
 	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
 		dl.Request = json.RawMessage(j.d.Data)

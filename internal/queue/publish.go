@@ -25,6 +25,9 @@ func PublishResult(ctx context.Context, js jetstream.JetStream, t Topology, r cl
 	m.Data = body
 	m.Header.Set(client.HeaderKey, r.Key)
 	m.Header.Set(client.HeaderMsgID, "result/"+r.Key)
+	if r.Batch != "" {
+		m.Header.Set(client.HeaderBatch, r.Batch)
+	}
 	// Expecting no earlier message on the subject makes a second result fail
 	// with an error code of its own (wrong last sequence), so a duplicate is
 	// recognised by code, not by the server's wording.
@@ -57,6 +60,9 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, t Topology, 
 		m.Header.Set(client.HeaderErrorCode, d.Error.Code)
 	}
 	m.Header.Set(client.HeaderMsgID, "dlq/"+msgID)
+	if d.Batch != "" {
+		m.Header.Set(client.HeaderBatch, d.Batch)
+	}
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}

@@ -65,6 +65,15 @@ type Breaker interface {
 	Check(ctx context.Context, rs []breaker.Resource) (breaker.Trip, bool, error)
 }
 
+// BatchGate is the workers' side of batches; *batch.Gate is the KV one.
+// Nil turns it off.
+type BatchGate interface {
+	// Cancelled reports, from memory, whether batch id was cancelled.
+	Cancelled(ctx context.Context, id string) bool
+	// DeadLettered records key's dead letter in its batch's member record.
+	DeadLettered(ctx context.Context, id, key string, reason client.DeadLetterReason) error
+}
+
 // JetStreamOutbox is the Outbox over the topology's streams.
 type JetStreamOutbox struct {
 	JS       jetstream.JetStream

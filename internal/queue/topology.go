@@ -336,7 +336,10 @@ func ProvisionTracker(ctx context.Context, js jetstream.JetStream, t Topology) e
 	if _, err := js.CreateOrUpdateKeyValue(ctx, t.runsBucket()); err != nil {
 		return fmt.Errorf("provision bucket %s: %w", t.RunsBucket, err)
 	}
-	return provisionRetries(ctx, js, t)
+	if err := provisionRetries(ctx, js, t); err != nil {
+		return err
+	}
+	return provisionBatches(ctx, js, t)
 }
 
 // VerifyTracker checks that the run tracker's resources exist, naming the
@@ -356,7 +359,10 @@ func VerifyTracker(ctx context.Context, js jetstream.JetStream, t Topology) erro
 	if _, err := js.KeyValue(ctx, t.RunsBucket); err != nil {
 		return fmt.Errorf("bind bucket %s: %w"+hint, t.RunsBucket, err)
 	}
-	return verifyRetries(ctx, js, t)
+	if err := verifyRetries(ctx, js, t); err != nil {
+		return err
+	}
+	return verifyBatches(ctx, js, t)
 }
 
 // Provision creates or updates every stream, the consumer and the buckets.

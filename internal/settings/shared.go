@@ -44,6 +44,7 @@ func Topology(t *client.Topology, subjectFlag string) (requests, outcomes []Sett
 		{"dlq-prefix", "OMICSQ_DLQ_PREFIX", "dead letters are published to <prefix>.<key token>", String(&t.DLQPrefix, def.DLQPrefix)},
 		{"status-stream", "OMICSQ_STATUS_STREAM", "stream of run lifecycle events", String(&t.StatusStream, def.StatusStream)},
 		{"status-prefix", "OMICSQ_STATUS_PREFIX", "lifecycle events are published to <prefix>.<key token>.group and .run.<run token>", String(&t.StatusPrefix, def.StatusPrefix)},
+		{"batches-bucket", "OMICSQ_BATCHES_BUCKET", "KV bucket of the batches' records (docs/lifecycle.md, Batches), provisioned with the tracker's resources; empty: no batches", String(&t.BatchesBucket, def.BatchesBucket)},
 	}
 	return requests, outcomes
 }

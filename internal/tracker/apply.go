@@ -48,7 +48,18 @@ func (t *Tracker) apply(ctx context.Context, st *state, tr tracked, g *submit.Ru
 			}
 		}
 	}
-	e.Terminal = e.Group.Terminal
+	batched := st.batches != nil && e.BatchID != ""
+	if batched && e.Group.has(g.Status) && e.MemberStatus != g.Status {
+		if err := t.observeMember(ctx, st.batches, &e, g); err != nil {
+			t.failed("write a batch member", err)
+			cs.Errors++
+		} else {
+			dirty = true
+		}
+	}
+	// A batch member's entry stays active until its member record has the
+	// terminal status too, so a failed write is made again next cycle.
+	e.Terminal = e.Group.Terminal && (!batched || e.MemberStatus == g.Status)
 	if dirty || t.stale(tr, now) {
 		t.write(ctx, st, tr, e)
 	}

@@ -41,6 +41,11 @@ type Entry struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// RetryOf is the run group RunGroupID re-executes (see retry.go).
 	RetryOf string `json:"retry_of,omitempty"`
+	// BatchID is the request's batch (client.HeaderBatch of its result);
+	// MemberStatus the group status last written into its member record.
+	// The entry is terminal only once the member has its terminal status.
+	BatchID      string `json:"batch_id,omitempty"`
+	MemberStatus string `json:"member_status,omitempty"`
 }
 
 // Emitted records what was published on one subject: the statuses (lower

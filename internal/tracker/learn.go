@@ -74,7 +74,15 @@ func (t *Tracker) record(ctx context.Context, st *state, msg jetstream.Msg) {
 	}
 	now := t.now().UTC()
 	e := Entry{Key: r.Key, RunGroupID: r.RunGroupID, ProjectID: project, Unresolved: !resolved,
-		SubmittedAt: r.SubmittedAt, RecordedAt: now, UpdatedAt: now}
+		SubmittedAt: r.SubmittedAt, RecordedAt: now, UpdatedAt: now, BatchID: resultBatch(msg, r)}
+	if e.BatchID != "" && st.batches != nil {
+		// Before the ack, so a failure is redelivered rather than lost.
+		if err := t.recordMember(ctx, st.batches, e.BatchID, r); err != nil {
+			t.failed("record a batch member", err)
+			_ = msg.NakWithDelay(2 * time.Second)
+			return
+		}
+	}
 	if !resolved {
 		t.warn("resolve a project", "cannot tell the project of a run group, so it is not followed: list its ProjectId in --tracker-projects (omicsq_tracker_run_groups{status=\"unresolved\"} counts them)",
 			"key", r.Key, "run_group_id", r.RunGroupID)
@@ -95,6 +103,19 @@ func (t *Tracker) record(ctx context.Context, st *state, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		t.failed("ack a result", err) // redelivered; the entry exists then
 	}
+}
+
+// resultBatch is the batch of a result: its body's, else its header's
+// (a result of an older worker); an unusable ID is no batch.
+func resultBatch(msg jetstream.Msg, r client.Result) string {
+	b := r.Batch
+	if b == "" {
+		b = msg.Headers().Get(client.HeaderBatch)
+	}
+	if b == "" || client.ValidateBatch(b) != nil {
+		return ""
+	}
+	return b
 }
 
 // resolveProject finds the project of key's run group. A result does not

@@ -31,6 +31,8 @@ type CycleStats struct {
 	Groups, Seen int
 	// DescribeRunGroups and DescribeRuns count the calls made.
 	DescribeRunGroups, DescribeRuns int
+	// TerminateRunGroup counts the calls for cancelled batches' groups.
+	TerminateRunGroup int
 	// Events counts events added to the status stream.
 	Events int
 	// Errors counts failed calls, publishes and writes (retried next cycle).
@@ -67,6 +69,9 @@ func (t *Tracker) cycle(ctx context.Context, st *state) CycleStats {
 			}
 			t.pollChunk(ctx, st, p, chunk, &cs)
 		}
+	}
+	if st.batches != nil {
+		t.terminateCancelled(ctx, st, st.batches, &cs)
 	}
 	return t.finish(cs)
 }

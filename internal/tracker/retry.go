@@ -18,6 +18,6 @@ func Retried(old Entry, newGroup string, now time.Time) Entry {
 	return Entry{
 		Key: old.Key, RunGroupID: newGroup, ProjectID: old.ProjectID, Batch: old.Batch,
 		SubmittedAt: now, RecordedAt: now, UpdatedAt: now,
-		Group: Emitted{Seq: old.Group.Seq}, RetryOf: old.RunGroupID,
+		Group: Emitted{Seq: old.Group.Seq}, RetryOf: old.RunGroupID, BatchID: old.BatchID,
 	}
 }

@@ -39,6 +39,9 @@ type state struct {
 	gone   map[string]uint64
 	loaded chan struct{} // closed once the watch delivered every entry
 	once   sync.Once
+	// batches is the leadership's view of the batches bucket; nil when
+	// batches are off.
+	batches *batches
 }
 
 func newState() *state {

@@ -126,9 +126,12 @@ type Tracker struct {
 	leaseTTL   time.Duration
 
 	groupsBudget, runsBudget budget
+	// terminateBudget paces TerminateRunGroup for cancelled batches.
+	terminateBudget budget
 
 	// Bound by Run.
 	runs, control jetstream.KeyValue
+	batchesKV     jetstream.KeyValue // nil: batches off
 	status        jetstream.Stream
 	runsTTL       time.Duration
 	lease         *lease
@@ -180,6 +183,7 @@ func New(cfg Config) (*Tracker, error) {
 		local = func() *rate.Limiter { return rate.NewLimiter(rate.Limit(t.budgetRate), 1) }
 	}
 	t.groupsBudget, t.runsBudget = newBudget(local, cfg.DescribeLimiter), newBudget(local, cfg.RunsLimiter)
+	t.terminateBudget = newTerminateBudget(t.budgetRate)
 	return t, nil
 }
 
@@ -256,16 +260,28 @@ func (t *Tracker) bind(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bind stream %s: %w", t.topo.StatusStream, err)
 	}
+	if b := t.topo.BatchesBucket; b != "" {
+		// Batches are optional: a fleet whose bucket is missing still
+		// tracks run groups.
+		if t.batchesKV, err = t.js.KeyValue(ctx, b); err != nil {
+			t.failed("bind bucket "+b+" (batches are not followed)", err)
+			t.batchesKV = nil
+		}
+	}
 	t.runs, t.control, t.status, t.runsTTL = runs, control, status, st.TTL()
 	t.lease = newLease(control, LeaseKey, t.worker, t.leaseTTL, t.log)
 	return nil
 }
 
-// lead follows the run groups until the lease is lost or ctx ends. Its four
+// lead follows the run groups until the lease is lost or ctx ends. Its
 // goroutines are owned by one errgroup: renewing the lease, watching the
-// runs bucket, learning results, and polling.
+// runs bucket, learning results, polling, reporting and, with batches,
+// watching the batches bucket and publishing completions.
 func (t *Tracker) lead(ctx context.Context) error {
 	st := newState()
+	if t.batchesKV != nil {
+		st.batches = newBatches(t.batchesKV, t.now)
+	}
 	t.mu.Lock()
 	t.current = st
 	t.mu.Unlock()
@@ -284,6 +300,12 @@ func (t *Tracker) lead(ctx context.Context) error {
 	g.Go(func() error { return t.learn(gctx, st) })
 	g.Go(func() error { return t.pollLoop(gctx, st) })
 	g.Go(func() error { t.reportLoop(gctx, st); return nil })
+	if st.batches != nil {
+		g.Go(func() error {
+			return st.batches.watch(gctx, func(err error) { t.failed("decode a batches entry", err) })
+		})
+		g.Go(func() error { return t.completeLoop(gctx, st.batches) })
+	}
 	return g.Wait()
 }
 

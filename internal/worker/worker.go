@@ -23,6 +23,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,7 @@ import (
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/omicsq/omicsq/internal/batch"
 	"github.com/omicsq/omicsq/internal/breaker"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natsconn"
@@ -136,6 +138,7 @@ type process struct {
 	runLimiter limiter
 	pauser     *pause.Controller
 	brk        *breaker.Breaker
+	batches    *batch.Gate
 	consumer   *queue.Consumer
 	trk        *workerTracker
 	auto       *rerun.Auto
@@ -279,6 +282,10 @@ func (p *process) newConsumer(led *ledger.Ledger, api *submit.Client, runLimiter
 	if p.brk != nil {
 		proc.Breaker = p.brk // a nil *Breaker in the interface would not read as off
 	}
+	if strings.TrimSpace(cfg.Topology.BatchesBucket) != "" {
+		p.batches = batch.NewGate(p.js, cfg.Topology.BatchesBucket, p.log)
+		proc.Batches = p.batches
+	}
 	consumer := &queue.Consumer{
 		JS: p.js, Topology: cfg.Topology, Processor: proc, Concurrency: cfg.Concurrency,
 		// Fetch only what the limiter can admit within fetchHorizon: a message
@@ -329,6 +336,9 @@ func (p *process) run(ctx context.Context, ready chan<- Started) error {
 	g.Go(func() error { return p.pauser.Run(gctx) })
 	if p.brk != nil {
 		g.Go(func() error { return p.brk.Run(gctx) })
+	}
+	if p.batches != nil {
+		g.Go(func() error { return p.batches.Run(gctx) })
 	}
 	g.Go(func() error { reportRates(gctx, p.runLimiter, p.m); return nil })
 	if p.trk != nil {
