@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/omicsq/omicsq/internal/console"
@@ -168,8 +169,9 @@ func serve(ctx context.Context, c *config, auth console.Auth, audit, log *slog.L
 	defer cancel()
 	index := console.NewIndex(s.JS, c.Topo.Topology, log)
 	runs := console.NewRunsIndex(s.JS, c.runsBucket, log)
+	batches := console.NewBatchesIndex(s.JS, c.Topo.BatchesBucket, log)
 	srv, err := console.New(console.Config{JS: s.JS, Client: s.Client, Topology: c.Topo, Limits: c.Limits,
-		RateLimitBucket: ratelimit.DefaultBucket, Index: index, Runs: runs, Auth: auth, ReadOnly: c.readOnly, Audit: audit, Log: log})
+		RateLimitBucket: ratelimit.DefaultBucket, Index: index, Runs: runs, Batches: batches, Auth: auth, ReadOnly: c.readOnly, Audit: audit, Log: log})
 	if err != nil {
 		return err
 	}
@@ -178,12 +180,12 @@ func serve(ctx context.Context, c *config, auth console.Auth, audit, log *slog.L
 		return err
 	}
 	log.Info("console listening", "address", "http://"+ln.Addr().String(), "read_only", c.readOnly)
-	done := make(chan struct{}, 2)
-	go func() { index.Run(ctx, 10*time.Second); done <- struct{}{} }()
-	go func() { runs.Run(ctx); done <- struct{}{} }()
+	var wg sync.WaitGroup
+	wg.Go(func() { index.Run(ctx, 10*time.Second) })
+	wg.Go(func() { runs.Run(ctx) })
+	wg.Go(func() { batches.Run(ctx) })
 	err = srv.Serve(ctx, ln)
 	cancel()
-	<-done
-	<-done
+	wg.Wait()
 	return err
 }

@@ -289,3 +289,68 @@ func TestIndexFollowsDeletionsElsewhere(t *testing.T) {
 		t.Fatalf("the DLQ page after the deletion:\n%s", page)
 	}
 }
+
+// A sample sheet's batch: the batches page shows its progress to the end,
+// the batch page its members by sheet row, and cancel is an audited action.
+func TestBatchesPages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	ctx := context.Background()
+	const id = "sheet-2026-12-03"
+	var members []client.BatchMember
+	var reqs []client.Request
+	for i := range 3 {
+		key := fmt.Sprintf("B-%02d", i)
+		members = append(members, client.BatchMember{Key: key, Location: fmt.Sprintf("samples.csv:%d", i+2)})
+		reqs = append(reqs, client.Request{Key: key, Body: body(key), Batch: id})
+	}
+	if err := e.cl.RegisterBatch(ctx, id, members); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cl.PublishBatch(ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+	var page string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, page = e.do("GET", "/batches", "bearer", nil, nil)
+		if strings.Contains(page, ">complete<") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the batch never showed complete:\n%s", page)
+		}
+	}
+	if !strings.Contains(page, "100%") || !strings.Contains(page, `<td>3</td>`) {
+		t.Errorf("batches page:\n%s", page)
+	}
+	_, detail := e.do("GET", "/batch?id="+url.QueryEscape(id), "bearer", nil, nil)
+	for _, want := range []string{"samples.csv:2", "samples.csv:4", "3 members: 0 running, 3 succeeded"} {
+		if !strings.Contains(detail, want) {
+			t.Errorf("batch page lacks %q:\n%s", want, detail)
+		}
+	}
+	if strings.Contains(detail, "cancel-batch") {
+		t.Error("a complete batch offers cancel")
+	}
+	if resp, _ := e.do("GET", "/batch?id=nope", "bearer", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("unknown batch: %d", resp.StatusCode)
+	}
+
+	// Cancel a second batch whose requests are not published yet.
+	if err := e.cl.RegisterBatch(ctx, "sheet-cancelled", members[:1]); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.csrf("bearer")
+	if resp, _ := e.do("POST", "/batch/cancel", "bearer", url.Values{"id": {"sheet-cancelled"}}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("cancel without CSRF: %d", resp.StatusCode)
+	}
+	if resp, body := e.do("POST", "/batch/cancel", "bearer", url.Values{"id": {"sheet-cancelled"}, "csrf": {tok}}, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "Cancelled at") {
+		t.Fatalf("cancel: %d\n%s", resp.StatusCode, body)
+	}
+	if rec, _, err := e.cl.Batch(ctx, "sheet-cancelled"); err != nil || rec.CancelledAt == nil {
+		t.Fatalf("the batch record after cancel: %+v %v", rec, err)
+	}
+	if !strings.Contains(e.audit.String(), `"action":"cancel_batch"`) || strings.Contains(e.audit.String(), "sheet-cancelled") {
+		t.Errorf("audit:\n%s", e.audit.String())
+	}
+}

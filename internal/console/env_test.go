@@ -114,8 +114,9 @@ func (e *env) startConsole(readOnly bool) {
 	log := slog.New(slog.DiscardHandler)
 	index := console.NewIndex(e.js, e.topo.Topology, log)
 	runs := console.NewRunsIndex(e.js, e.topo.RunsBucket, log)
+	batches := console.NewBatchesIndex(e.js, e.topo.BatchesBucket, log)
 	srv, err := console.New(console.Config{JS: e.js, Client: e.cl, Topology: e.topo, Limits: submit.DefaultLimits(),
-		RateLimitBucket: ratelimit.DefaultBucket, Index: index, Runs: runs, Auth: console.Auth{Token: token},
+		RateLimitBucket: ratelimit.DefaultBucket, Index: index, Runs: runs, Batches: batches, Auth: console.Auth{Token: token},
 		ReadOnly: readOnly, Audit: slog.New(slog.NewJSONHandler(e.audit, nil)), Log: log})
 	if err != nil {
 		e.t.Fatal(err)
@@ -128,6 +129,7 @@ func (e *env) startConsole(readOnly bool) {
 	var wg sync.WaitGroup
 	wg.Go(func() { index.Run(ctx, 500*time.Millisecond) })
 	wg.Go(func() { runs.Run(ctx) })
+	wg.Go(func() { batches.Run(ctx) })
 	wg.Go(func() { _ = srv.Serve(ctx, ln) })
 	e.t.Cleanup(func() { cancel(); wg.Wait() })
 	e.url = "http://" + ln.Addr().String()

@@ -60,6 +60,7 @@ type Config struct {
 	RateLimitBucket string
 	Index           *Index
 	Runs            *RunsIndex
+	Batches         *BatchesIndex
 	Auth            Auth
 	// ReadOnly refuses every action (403) and hides their buttons.
 	ReadOnly bool
@@ -127,6 +128,9 @@ func (s *Server) Handler() http.Handler {
 	page("GET /dlq/{seq}", s.deadLetterPage)
 	page("GET /requests", s.requestPage)
 	page("GET /runs", s.runsPage)
+	page("GET /batches", s.batchesPage)
+	page("GET /batch", s.batchPage)
+	page("POST /batch/cancel", s.action("cancel_batch", s.cancelBatch))
 	page("POST /dlq/preview", s.action("preview", s.previewRedrive))
 	page("POST /dlq/{seq}/reveal", s.action("reveal", s.revealDeadLetter))
 	page("POST /dlq/redrive", s.action("redrive", s.redrive))
