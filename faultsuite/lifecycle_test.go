@@ -17,9 +17,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/client"
@@ -162,6 +165,47 @@ func (e *env) trackerLeader() (worker, holder string) {
 	return v.Worker, v.Holder
 }
 
+// killWhilePublishing SIGKILLs w as soon as the tracker publishes a batch
+// row's event (seen on a plain subscription, as the stream stores it), or
+// any event if none comes within timeout: the leader is then in the middle
+// of a batch, its row events out and its runs entry not yet written, the
+// case the de-duplication guards exist for. It reports whether a row event
+// triggered the kill.
+func (e *env) killWhilePublishing(w *workerProc, timeout time.Duration) bool {
+	e.t.Helper()
+	fired := make(chan bool, 2)
+	var once sync.Once
+	kill := func(onRow bool) {
+		once.Do(func() {
+			_ = w.cmd.Process.Signal(syscall.SIGKILL)
+			fired <- onRow
+		})
+	}
+	rows, err := e.nc.Subscribe(e.topo.StatusPrefix+".*.run.*", func(*nats.Msg) { kill(true) })
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer func() { _ = rows.Unsubscribe() }()
+	var onRow bool
+	select {
+	case onRow = <-fired:
+	case <-time.After(timeout):
+		any, err := e.nc.Subscribe(e.topo.StatusPrefix+".>", func(*nats.Msg) { kill(false) })
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		defer func() { _ = any.Unsubscribe() }()
+		select {
+		case onRow = <-fired:
+		case <-time.After(timeout):
+			kill(false) // no event at all: kill anyway
+			onRow = <-fired
+		}
+	}
+	w.kill() // waits for the exit
+	return onRow
+}
+
 // groupCounts counts the sandbox's run groups by status.
 func groupCounts(groups []sandbox.RunGroup) (running, terminal int) {
 	for _, g := range groups {
@@ -278,6 +322,7 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		killAt, takeoverAt           time.Time
 		runningAtKill, terminalAtKil int
 		eventsAtKill                 uint64
+		midPublish                   bool
 		newLeader                    string
 		enqErr                       error
 		enqExited                    bool
@@ -306,15 +351,15 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 			if i < 0 {
 				continue
 			}
+			killed, killedHolder, runningAtKill, terminalAtKil = ws[i], holder, running, terminal
+			midPublish = e.killWhilePublishing(killed, 15*time.Second)
+			killAt = time.Now()
+			e.kills++
 			if si, err := e.js.Stream(context.Background(), e.topo.StatusStream); err == nil {
 				eventsAtKill = si.CachedInfo().State.Msgs
 			}
-			killed, killedHolder, killAt = ws[i], holder, time.Now()
-			runningAtKill, terminalAtKil = running, terminal
-			killed.kill()
-			e.kills++
-			t.Logf("SIGKILLed tracker leader %s at %v: %d groups running, %d terminal, %d events stored",
-				id, killAt.Sub(e.start).Round(100*time.Millisecond), running, terminal, eventsAtKill)
+			t.Logf("SIGKILLed tracker leader %s at %v (on a row event: %v): %d groups running, %d terminal, %d events stored",
+				id, killAt.Sub(e.start).Round(100*time.Millisecond), midPublish, running, terminal, eventsAtKill)
 		case takeoverAt.IsZero():
 			id, holder := e.trackerLeader()
 			if holder == "" || holder == killedHolder {
@@ -490,6 +535,7 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		}
 		for _, run := range runsOf[r.key] {
 			revs := runs[run.RunUuid]
+			delete(runs, run.RunUuid) // what is left names no run of the group
 			var rterm []statusMsg
 			for _, m := range revs {
 				if m.ev.TableRowUUID != run.TableRowUuid || m.ev.RunGroupID != g.RunGroupId {
@@ -513,7 +559,6 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 			if revs[len(revs)-1].seq > tm.seq {
 				fail("%s: row %s has an event (seq %d) after the group's terminal one (seq %d)", r.key, run.TableRowUuid, revs[len(revs)-1].seq, tm.seq)
 			}
-			delete(runs, run.RunUuid)
 		}
 		for uuid := range runs {
 			fail("%s: run events for run %s, which the sandbox's group does not have", r.key, uuid)
@@ -578,8 +623,8 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		fmt.Sprintf("batches=%d batch_rows=%d singletons=%d", batches, rows, n-batches),
 		fmt.Sprintf("failed=%d succeeded=%d", len(failed), len(succeeded)),
 		fmt.Sprintf("status_events=%d terminal_group_events=%d terminal_run_events=%d duplicate_events=%d", len(msgs), groupTerminals, runTerminals, dups),
-		fmt.Sprintf("kill_at=%s running_at_kill=%d terminal_at_kill=%d events_at_kill=%d killed=%s takeover=%s new_leader=%s",
-			killAt.Sub(e.start).Round(100*time.Millisecond), runningAtKill, terminalAtKil, eventsAtKill, killed.id,
+		fmt.Sprintf("kill_at=%s kill_on_row_event=%v running_at_kill=%d terminal_at_kill=%d events_at_kill=%d killed=%s takeover=%s new_leader=%s",
+			killAt.Sub(e.start).Round(100*time.Millisecond), midPublish, runningAtKill, terminalAtKil, eventsAtKill, killed.id,
 			takeoverAt.Sub(killAt).Round(10*time.Millisecond), newLeader),
 		fmt.Sprintf("lag{p50=%s p95=%s max=%s last_run=%s} last_run_end_to_last_terminal=%s",
 			percentile(lags, 0.5).Round(100*time.Millisecond), percentile(lags, 0.95).Round(100*time.Millisecond),
