@@ -263,8 +263,8 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // action, the tracker's default 25% share, 5 s interval, 10 s lease), runs of
 // 10-60 s with 10% of runs failing with one of four messages. When a good
 // share of the groups run and some have ended, the tracker's leader (read
-// from the lease in OMICSQ_CONTROL) is SIGKILLed, and restarted once another
-// replica took over. Judged from the sandbox's registry and every message
+// from the lease in OMICSQ_CONTROL) is SIGKILLed as it publishes a batch
+// row's event, and restarted once another replica took over. Judged from the sandbox's registry and every message
 // stored in the status stream: one run group per key; exactly one terminal
 // group event per key, last on its subject, with the sandbox's final status
 // and error message; for each batch row one terminal run event with the
@@ -297,35 +297,45 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 	}
 
 	// enqueue as a user runs it; the --timeout covers submission (about
-	// n/20 s) and the longest run.
-	var stdout, stderr bytes.Buffer
+	// n/20 s) and the longest run. Its output goes to files, which the
+	// test can read while it runs.
+	outPath, errPath := filepath.Join(t.TempDir(), "enqueue.out"), filepath.Join(t.TempDir(), "enqueue.err")
+	outF, err1 := os.Create(outPath)
+	errF, err2 := os.Create(errPath)
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
 	enq := exec.Command(enqueueBin, "--nats-url", e.clientURLs(), "--wait=completed", "--timeout", "4m", sheet)
-	enq.Stdout, enq.Stderr = &stdout, &stderr
+	enq.Stdout, enq.Stderr = outF, errF
 	enqStart := time.Now()
 	if err := enq.Start(); err != nil {
 		t.Fatal(err)
 	}
+	outF.Close()
+	errF.Close()
 	enqDone := make(chan error, 1)
 	go func() { enqDone <- enq.Wait() }()
+	var (
+		enqErr    error
+		enqExited bool
+	)
 	t.Cleanup(func() {
-		if enq.ProcessState == nil {
+		if !enqExited {
 			_ = enq.Process.Kill()
 			<-enqDone
 		}
 	})
 
-	// Kill the leader mid-run: a good share of the groups running, some
-	// ended, and its terminal events partly published.
+	// Kill the leader mid-run, once a quarter of the groups run and 5%
+	// ended, and restart it when another replica leads.
 	var (
 		killed                       *workerProc
 		killedHolder                 string
 		killAt, takeoverAt           time.Time
 		runningAtKill, terminalAtKil int
 		eventsAtKill                 uint64
-		midPublish                   bool
+		onRowEvent                   bool
 		newLeader                    string
-		enqErr                       error
-		enqExited                    bool
 	)
 	deadline := time.Now().Add(5 * time.Minute)
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -338,7 +348,8 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		case <-tick.C:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("enqueue did not exit within 5m\nstderr:\n%s", tailBytes(stderr.Bytes(), 20))
+			b, _ := os.ReadFile(errPath)
+			t.Fatalf("enqueue did not exit within 5m\nstderr:\n%s", tailBytes(b, 20))
 		}
 		switch {
 		case killed == nil:
@@ -352,14 +363,14 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 				continue
 			}
 			killed, killedHolder, runningAtKill, terminalAtKil = ws[i], holder, running, terminal
-			midPublish = e.killWhilePublishing(killed, 15*time.Second)
+			onRowEvent = e.killWhilePublishing(killed, 15*time.Second)
 			killAt = time.Now()
 			e.kills++
 			if si, err := e.js.Stream(context.Background(), e.topo.StatusStream); err == nil {
 				eventsAtKill = si.CachedInfo().State.Msgs
 			}
 			t.Logf("SIGKILLed tracker leader %s at %v (on a row event: %v): %d groups running, %d terminal, %d events stored",
-				id, killAt.Sub(e.start).Round(100*time.Millisecond), midPublish, running, terminal, eventsAtKill)
+				id, killAt.Sub(e.start).Round(100*time.Millisecond), onRowEvent, running, terminal, eventsAtKill)
 		case takeoverAt.IsZero():
 			id, holder := e.trackerLeader()
 			if holder == "" || holder == killedHolder {
@@ -373,6 +384,14 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		}
 	}
 	enqDuration := time.Since(enqStart)
+	stdout, err := os.ReadFile(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := os.ReadFile(errPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if killed == nil {
 		t.Fatalf("enqueue exited (%v) before the tracker's leader could be killed mid-run", enqErr)
 	}
@@ -576,7 +595,7 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 	for _, r := range reqs {
 		rowOf[r.key] = r.row
 	}
-	for _, l := range parseEnqueueOutput(stdout.Bytes()) {
+	for _, l := range parseEnqueueOutput(stdout) {
 		switch l.what {
 		case "run-failed":
 			ended[l.key]++
@@ -609,8 +628,8 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		}
 	}
 	wantSummary := fmt.Sprintf("enqueue: runs: 0 submitted, 0 running, %d succeeded, %d failed", len(succeeded), len(failed))
-	if !strings.Contains(stderr.String(), wantSummary+"\n") {
-		fail("enqueue's standard error lacks %q:\n%s", wantSummary, tailBytes(stderr.Bytes(), 5))
+	if !strings.Contains(string(stderr), wantSummary+"\n") {
+		fail("enqueue's standard error lacks %q:\n%s", wantSummary, tailBytes(stderr, 5))
 	}
 	sort.Strings(errs)
 	for _, s := range errs {
@@ -624,7 +643,7 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		fmt.Sprintf("failed=%d succeeded=%d", len(failed), len(succeeded)),
 		fmt.Sprintf("status_events=%d terminal_group_events=%d terminal_run_events=%d duplicate_events=%d", len(msgs), groupTerminals, runTerminals, dups),
 		fmt.Sprintf("kill_at=%s kill_on_row_event=%v running_at_kill=%d terminal_at_kill=%d events_at_kill=%d killed=%s takeover=%s new_leader=%s",
-			killAt.Sub(e.start).Round(100*time.Millisecond), midPublish, runningAtKill, terminalAtKil, eventsAtKill, killed.id,
+			killAt.Sub(e.start).Round(100*time.Millisecond), onRowEvent, runningAtKill, terminalAtKil, eventsAtKill, killed.id,
 			takeoverAt.Sub(killAt).Round(10*time.Millisecond), newLeader),
 		fmt.Sprintf("lag{p50=%s p95=%s max=%s last_run=%s} last_run_end_to_last_terminal=%s",
 			percentile(lags, 0.5).Round(100*time.Millisecond), percentile(lags, 0.95).Round(100*time.Millisecond),
