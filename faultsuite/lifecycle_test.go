@@ -498,6 +498,10 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		}
 	}
 
+	// A group's end is seen within a fail-over (two lease TTLs of 10 s)
+	// plus two poll cycles (5 s each) of the new leader, and some slack
+	// for a loaded machine; enqueue's own timeout is far longer.
+	const maxLag = 40 * time.Second
 	var lags []time.Duration
 	groupTerminals, runTerminals := 0, 0
 	var lastTerminal time.Time
@@ -538,7 +542,11 @@ func TestRunLifecycleAcceptance(t *testing.T) {
 		if end, ok := apiTimeOf(g.ExecutionTime.EndTime); ok {
 			// The API's times have whole seconds: the lag is up to 1 s
 			// longer than it was.
-			lags = append(lags, tm.ev.ObservedAt.Sub(end))
+			lag := tm.ev.ObservedAt.Sub(end)
+			lags = append(lags, lag)
+			if lag > maxLag {
+				fail("%s: its terminal event came %v after the group ended (more than %v)", r.key, lag.Round(100*time.Millisecond), maxLag)
+			}
 			if r.key == lastEndKey {
 				lastEndLag = tm.ev.ObservedAt.Sub(end)
 			}
