@@ -18,8 +18,9 @@ import (
 	"time"
 )
 
-// workerBin is the cmd/worker binary TestMain builds once for the package.
-var workerBin string
+// workerBin and enqueueBin are the cmd/worker and cmd/enqueue binaries
+// TestMain builds once for the package.
+var workerBin, enqueueBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
@@ -33,7 +34,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	workerBin = filepath.Join(dir, "worker")
+	workerBin, enqueueBin = filepath.Join(dir, "worker"), filepath.Join(dir, "enqueue")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
@@ -42,14 +43,20 @@ func runMain(m *testing.M) int {
 	// Built without -race on purpose: the worker processes are the system
 	// under test, and three of them plus the race-instrumented test process
 	// share two cores. The worker's own packages are race-tested elsewhere.
-	cmd := exec.Command(goTool, "build", "-o", workerBin, "github.com/omicsq/omicsq/cmd/worker")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "faultsuite: building cmd/worker:", err)
-		return 1
+	// The lifecycle acceptance test runs cmd/enqueue as a user would, for
+	// its output and exit status.
+	for _, b := range []struct{ out, pkg string }{
+		{workerBin, "github.com/omicsq/omicsq/cmd/worker"}, {enqueueBin, "github.com/omicsq/omicsq/cmd/enqueue"},
+	} {
+		cmd := exec.Command(goTool, "build", "-o", b.out, b.pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "faultsuite: building %s: %v\n", b.pkg, err)
+			return 1
+		}
 	}
 	if testing.Verbose() {
-		fmt.Fprintf(os.Stderr, "faultsuite: built cmd/worker in %v\n", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "faultsuite: built cmd/worker and cmd/enqueue in %v\n", time.Since(start).Round(time.Millisecond))
 	}
 	return m.Run()
 }

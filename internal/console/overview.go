@@ -29,14 +29,14 @@ type Overview struct {
 	// OldestSeconds is the age of the oldest waiting request.
 	OldestSeconds float64 `json:"oldest_seconds"`
 	// SubmittedLastMinute counts results stored in the last minute.
-	SubmittedLastMinute int               `json:"submitted_last_minute"`
-	Pause               pause.State       `json:"pause"`
+	SubmittedLastMinute int         `json:"submitted_last_minute"`
+	Pause               pause.State `json:"pause"`
 	// PauseRevision is the flag's KV revision: Resume clears only that one.
-	PauseRevision uint64 `json:"pause_revision"`
-	Quotas              []ratelimit.Quota `json:"quotas"`
-	DeadLetters         int               `json:"dead_letters"`
-	DeadLetterReasons   map[string]int    `json:"dead_letter_reasons"`
-	Runs                map[string]int    `json:"runs"`
+	PauseRevision     uint64            `json:"pause_revision"`
+	Quotas            []ratelimit.Quota `json:"quotas"`
+	DeadLetters       int               `json:"dead_letters"`
+	DeadLetterReasons map[string]int    `json:"dead_letter_reasons"`
+	Runs              map[string]int    `json:"runs"`
 	// Errors name the parts that could not be read (the rest is shown).
 	Errors []string `json:"errors,omitempty"`
 }
@@ -219,7 +219,6 @@ func (c *overviewCache) invalidate() {
 	c.last = Overview{}
 	c.mu.Unlock()
 }
-
 
 func (s *Server) overviewPage(w http.ResponseWriter, r *http.Request, who string) {
 	s.render(w, "overview", who, map[string]any{"O": s.view.get(r.Context())})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/submit"
@@ -29,14 +30,18 @@ func TestRetriedEntryIsFollowedAfterTheOldGroupsEvents(t *testing.T) {
 	r := e.startTracker(trackerOpts{})
 	e.sb.SetRunGroupStatus(g1, "Failed")
 	e.waitTerminal(ctx, 10*time.Second)
-	kve, err := r.runs.Get(ctx, client.KeyToken(key))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The entry is written after the terminal event is published: the
+	// retry (like internal/rerun) starts from the recorded end, else its
+	// write races the leader's.
+	var kve jetstream.KeyValueEntry
 	var old Entry
-	if err := json.Unmarshal(kve.Value(), &old); err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, "the terminal entry", 10*time.Second, func() bool {
+		var err error
+		if kve, err = r.runs.Get(ctx, client.KeyToken(key)); err != nil {
+			return false
+		}
+		return json.Unmarshal(kve.Value(), &old) == nil && old.Terminal
+	})
 	resp, err := e.api.RetryRuns(ctx, &submit.RetryRunsRequest{RunGroupId: g1})
 	if err != nil {
 		t.Fatal(err)
