@@ -12,6 +12,8 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/omicsq/omicsq/client"
 )
 
 // browser starts headless Chromium (Debian's chromium package, installed
@@ -200,5 +202,30 @@ func TestConsoleInABrowser(t *testing.T) {
 	if rows := p.text("#runs"); !strings.Contains(rows, group) {
 		t.Fatalf("the runs page does not list %s as Succeeded:\n%s", group, rows)
 	}
+	// A sample sheet's batch, followed to its end on the batches page.
+	const sheet = "enqueue-20261203T020000Z-5f3a9c"
+	var members []client.BatchMember
+	var reqs []client.Request
+	for i := range 4 {
+		key := fmt.Sprintf("S-02%02d", i)
+		members = append(members, client.BatchMember{Key: key, Location: fmt.Sprintf("samples.csv:%d", i+2)})
+		reqs = append(reqs, client.Request{Key: key, Body: body(key), Batch: sheet})
+	}
+	if err := e.cl.RegisterBatch(context.Background(), sheet, members); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cl.PublishBatch(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		p.do("load the batches", chromedp.Navigate(e.url+"/batches"), chromedp.WaitVisible(chromedp.CSS("#batches")))
+		if strings.Contains(p.text("#batches"), "complete") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the batch never showed complete: %s", p.text("#batches"))
+		}
+	}
+	p.shot("batches")
 	t.Logf("screenshots in %s", p.shots)
 }
