@@ -163,7 +163,6 @@ func runConsole(ctx context.Context, h *harness, c consoleConfig) (string, error
 	return b.String(), nil
 }
 
-
 func consoleQuery(ctx context.Context, hc *http.Client, u string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
 	if err != nil {
