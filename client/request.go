@@ -20,6 +20,13 @@ type Request struct {
 	Body []byte
 	// KeyGiven is false when Key was derived from Body.
 	KeyGiven bool
+	// Priority is the request's lane; blank is routine. A request with
+	// neither Priority nor FairnessKey is published to the bare requests
+	// subject (the routine lane's shared legacy flow), as before lanes.
+	Priority Priority
+	// FairnessKey shares the lane fairly among keys (a lab group, a
+	// customer); blank means the body's ProjectId.
+	FairnessKey string
 }
 
 // InvalidRequestError reports a body the API would reject, found before
