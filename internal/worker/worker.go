@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/omicsq/omicsq/internal/breaker"
+	"github.com/omicsq/omicsq/internal/lanes"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/pause"
@@ -225,6 +226,13 @@ func (p *process) build(ctx context.Context, down *shutdown) error {
 		return err
 	}
 	p.consumer = p.newConsumer(led, api, runLimiter, describeLimiter)
+	if cfg.Topology.Lanes {
+		flows, err := p.newFlows(ctx, account)
+		if err != nil {
+			return err
+		}
+		p.consumer.Flows = flows
+	}
 	trk, err := newTracker(ctx, js, cfg, account, api, led, describeLimiter, m, log)
 	if err != nil {
 		return err
@@ -290,6 +298,28 @@ func (p *process) newConsumer(led *ledger.Ledger, api *submit.Client, runLimiter
 		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
 	}
 	return consumer
+}
+
+// newFlows makes the lanes' scheduler: its state is a sibling of the
+// RunApplication limiter's key, in the limiter's bucket, so that the fleet
+// sharing one quota shares one schedule.
+func (p *process) newFlows(ctx context.Context, account string) (*queue.Flows, error) {
+	cfg := p.cfg
+	kv, err := p.js.KeyValue(ctx, ratelimit.DefaultBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: ratelimit.DefaultBucket, Description: "omicsq rate limiter state: one key per quota",
+			History: 1, Replicas: cfg.Topology.Replicas, Storage: jetstream.FileStorage,
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bind bucket %s: %w", ratelimit.DefaultBucket, err)
+	}
+	picker, err := lanes.NewShared(kv, ratelimit.Key(account, cfg.Region, "RunApplication")+".lanes", cfg.lanes)
+	if err != nil {
+		return nil, err
+	}
+	return &queue.Flows{JS: p.js, Topology: cfg.Topology, Picker: picker, Refresh: cfg.LaneRefresh, Log: p.log}, nil
 }
 
 // serveMetrics serves /metrics, /healthz and /readyz when configured.
