@@ -172,10 +172,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// scheduled records a message the scheduler chose (for metrics).
+// scheduled records a message the scheduler chose: its lane, its
+// fairness key's bounded label and how long it waited since its enqueue.
 func (c *Consumer) scheduled(m jetstream.Msg, flow lanes.Flow) {
-	_ = m
-	_ = flow
+	var wait time.Duration
+	if meta, err := m.Metadata(); err == nil {
+		wait = time.Since(meta.Timestamp)
+	}
+	c.Metrics.LaneScheduled(flow.Priority(), c.Flows.keyLabel(flow.Token), wait)
 }
 
 func (c *Consumer) maxBatch() int {
@@ -403,5 +407,14 @@ func (c *Consumer) refreshStats(ctx context.Context) {
 			oldest = time.Since(si.State.FirstTime)
 		}
 	}
-	c.Metrics.SetConsumerState(info.NumPending, uint64(info.NumAckPending), oldest)
+	pending, ackPending := info.NumPending, uint64(info.NumAckPending)
+	if c.Flows != nil {
+		// Every flow's consumer, the shared one included: the fleet's backlog.
+		pending, ackPending = 0, 0
+		for _, b := range c.Flows.Backlog() {
+			pending += b.Pending
+			ackPending += uint64(b.AckPending)
+		}
+	}
+	c.Metrics.SetConsumerState(pending, ackPending, oldest)
 }

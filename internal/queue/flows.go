@@ -14,6 +14,7 @@ import (
 
 	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/lanes"
+	"github.com/omicsq/omicsq/metrics"
 )
 
 // FlowPicker decides which flow gets the fleet's next token
@@ -39,9 +40,12 @@ type Flows struct {
 	// acknowledged is fetched from anyway: a message handed back with a
 	// delay is due again without showing as pending. Default 1s.
 	Probe time.Duration
-	// OnRefresh, when set, sees each refreshed backlog (for metrics).
-	OnRefresh func(backlog map[lanes.Flow]FlowBacklog)
-	Log       *slog.Logger
+	// Names maps the tokens of fairness keys an operator named (in
+	// --fairness-weights) to the keys, for metric labels; other keys are
+	// labelled by a prefix of their token, never by a request value.
+	Names   map[string]string
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 
 	mu        sync.Mutex
 	backlog   map[lanes.Flow]FlowBacklog
@@ -277,8 +281,29 @@ func (f *Flows) refresh(ctx context.Context) error {
 		f.Log.Warn("requests on subjects that name no lane are not consumed", "messages", unknown,
 			"want", prefix+"<urgent|normal|routine>.<token>")
 	}
-	if f.OnRefresh != nil {
-		f.OnRefresh(backlog)
+	if f.Metrics != nil {
+		keys := make([]metrics.FairnessBacklog, 0, len(backlog))
+		for fl, b := range backlog {
+			keys = append(keys, metrics.FairnessBacklog{Lane: fl.Priority(), Key: f.backlogLabel(fl.Token), Count: b.Pending})
+		}
+		f.Metrics.SetLaneBacklog(keys)
 	}
 	return nil
 }
+
+// keyLabel is a fairness key's label on the scheduled counter: its name
+// when the operator named it, legacy for the bare subject, else other
+// (metrics.LaneScheduled maps unnamed labels to other).
+func (f *Flows) keyLabel(token string) string {
+	if token == "" {
+		return metrics.FairnessLegacy
+	}
+	if n, ok := f.Names[token]; ok {
+		return n
+	}
+	return metrics.FairnessLabel(token)
+}
+
+// backlogLabel is a fairness key's label on the backlog gauge (top keys
+// only): its name, legacy, or a prefix of its token.
+func (f *Flows) backlogLabel(token string) string { return f.keyLabel(token) }

@@ -18,11 +18,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -319,7 +321,10 @@ func (p *process) newFlows(ctx context.Context, account string) (*queue.Flows, e
 	if err != nil {
 		return nil, err
 	}
-	return &queue.Flows{JS: p.js, Topology: cfg.Topology, Picker: picker, Refresh: cfg.LaneRefresh, Log: p.log}, nil
+	names := cfg.fairnessNames()
+	p.m.NameFairnessKeys(slices.Collect(maps.Values(names)))
+	return &queue.Flows{JS: p.js, Topology: cfg.Topology, Picker: picker, Refresh: cfg.LaneRefresh,
+		Names: names, Metrics: p.m, Log: p.log}, nil
 }
 
 // serveMetrics serves /metrics, /healthz and /readyz when configured.
