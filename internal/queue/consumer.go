@@ -112,9 +112,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if c.Flows != nil {
 			// One decision per message: the scheduler's choice is per token.
 			m, flow, err := c.Flows.Next(ctx)
-			if err != nil {
+			if err != nil || m == nil {
 				<-slots
-				if ctx.Err() == nil {
+				if err != nil && ctx.Err() == nil {
 					c.Log.Warn("fetch failed", "error", err)
 					_ = sleep(ctx, time.Second)
 				}

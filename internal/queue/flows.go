@@ -90,10 +90,12 @@ func (f *Flows) Backlog() map[lanes.Flow]FlowBacklog {
 	return out
 }
 
-// Next returns the next message of the flow the scheduler picks, waiting
-// while no flow has backlog. A flow that turns out empty (the backlog was
-// stale) is marked so and the backlog read again before the next pick, so
-// an empty fetch never waits and never costs a token.
+// Next returns the next message of the flow the scheduler picks. A flow
+// that turns out empty (the backlog was stale) is marked so and the
+// backlog read again before the next pick, so an empty fetch never waits
+// and never costs a token. When no flow has backlog it waits one refresh
+// interval and returns no message, so that the caller's gate (pause,
+// limiter) is asked again before anything is fetched.
 func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -109,10 +111,7 @@ func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 		}
 		candidates := f.candidates()
 		if len(candidates) == 0 {
-			if err := sleep(ctx, f.refreshEvery()); err != nil {
-				return nil, lanes.Flow{}, err
-			}
-			continue
+			return nil, lanes.Flow{}, sleep(ctx, f.refreshEvery())
 		}
 		flow, ok, err := f.Picker.Pick(ctx, candidates)
 		if err != nil {
