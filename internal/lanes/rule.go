@@ -127,7 +127,9 @@ func (s *State) share(l, window int) float64 {
 //     virtual time, is at the virtual time (ties: the smaller token). The
 //     lane's virtual time becomes that pass, and the flow's pass grows by
 //     1/weight.
-//  3. Passes of flows without backlog are forgotten.
+//  3. Passes below their lane's virtual time are forgotten (the flow
+//     would start at the virtual time anyway), so the State holds only the
+//     flows served within the last round of each lane.
 func Pick(st *State, backlog map[Flow]uint64, cfg Config) (Flow, bool) {
 	var byLane [Lanes][]Flow
 	for f, n := range backlog {
@@ -155,19 +157,6 @@ func Pick(st *State, backlog map[Flow]uint64, cfg Config) (Flow, bool) {
 	if st.Pass == nil {
 		st.Pass = map[string]float64{}
 	}
-	// Forget flows without backlog: a flow's pass only means something
-	// while it competes.
-	active := map[string]bool{}
-	for _, fs := range byLane {
-		for _, f := range fs {
-			active[f.id()] = true
-		}
-	}
-	for id := range st.Pass {
-		if !active[id] {
-			delete(st.Pass, id)
-		}
-	}
 	vt := st.Virtual[lane]
 	pass := func(f Flow) float64 {
 		if p, ok := st.Pass[f.id()]; ok && p >= vt {
@@ -182,6 +171,16 @@ func Pick(st *State, backlog map[Flow]uint64, cfg Config) (Flow, bool) {
 	p := pass(best)
 	st.Virtual[lane] = p
 	st.Pass[best.id()] = p + 1/cfg.weight(best.Token)
+	// Forget the passes below their lane's virtual time: such a flow would
+	// start at the virtual time anyway. A pass above it (a flow served
+	// lately) is kept even while its flow shows no backlog, so that a flow
+	// missing from one replica's stale view earns nothing by it.
+	for id, q := range st.Pass {
+		var l int
+		if _, err := fmt.Sscanf(id, "%d/", &l); err != nil || l < 0 || l >= Lanes || q < st.Virtual[l] {
+			delete(st.Pass, id)
+		}
+	}
 	st.Recent = append(st.Recent, byte(lane))
 	if over := len(st.Recent) - cfg.Window; over > 0 {
 		st.Recent = slices.Delete(st.Recent, 0, over)

@@ -94,9 +94,34 @@ func TestAJoiningFlowGetsNoCreditForIdleness(t *testing.T) {
 	if len(st.Pass) != 2 {
 		t.Fatalf("passes = %v", st.Pass)
 	}
-	run(t, st, map[Flow]uint64{b: 1}, DefaultConfig(), 1)
+	// Once a flow's pass is behind its lane's virtual time it is
+	// forgotten: it would start there anyway.
+	run(t, st, map[Flow]uint64{b: 1000}, DefaultConfig(), 3)
 	if _, ok := st.Pass[a.id()]; ok {
-		t.Fatalf("the pass of a flow without backlog was kept: %v", st.Pass)
+		t.Fatalf("the pass of a flow left behind was kept: %v", st.Pass)
+	}
+}
+
+// A flow missing from one decision's backlog (a replica's stale view) keeps
+// a pass that is ahead, so it earns nothing by its absence: the split over
+// the decisions it was present for stays the weights'.
+func TestAnAbsentFlowEarnsNoCredit(t *testing.T) {
+	a, b := Flow{Lane: 1, Token: "a"}, Flow{Lane: 1, Token: "b"}
+	cfg := DefaultConfig()
+	cfg.Weights = map[string]float64{"a": 3}
+	st := &State{}
+	got := map[Flow]int{}
+	for i := range 400 {
+		backlog := map[Flow]uint64{a: 1000, b: 1000}
+		if i%7 == 3 {
+			delete(backlog, b) // b is missing from this view
+		}
+		f, _ := Pick(st, backlog, cfg)
+		got[f]++
+	}
+	// Without the absences 300:100; b's absences only give a more.
+	if got[b] > 100 {
+		t.Fatalf("picks = %v; b gained from being absent", got)
 	}
 }
 

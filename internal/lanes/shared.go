@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -16,7 +17,7 @@ const opTimeout = time.Second
 
 // maxConflicts bounds the compare-and-set attempts of one decision; past
 // it the decision fails and the caller retries later.
-const maxConflicts = 50
+const maxConflicts = 100
 
 // Shared keeps the State in one KV key that every replica of the fleet
 // reads and writes by compare-and-set, so that each token's flow is chosen
@@ -55,6 +56,7 @@ func (s *Shared) Config() Config { return s.cfg }
 func (s *Shared) Pick(ctx context.Context, backlog map[Flow]uint64) (f Flow, ok bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	conflicts := 0
 	for range maxConflicts {
 		if !s.known {
 			if err := s.read(ctx); err != nil {
@@ -70,6 +72,12 @@ func (s *Shared) Pick(ctx context.Context, backlog map[Flow]uint64) (f Flow, ok 
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			s.known = false // another replica decided: decide again on its State
 			s.conflicts++
+			if conflicts++; conflicts > 2 {
+				// Replicas deciding in lockstep: spread them out a little.
+				if err := sleepCtx(ctx, time.Duration(rand.Int64N(int64(2*time.Millisecond)))); err != nil {
+					return Flow{}, false, err
+				}
+			}
 			continue
 		}
 		if err != nil {
@@ -136,4 +144,15 @@ func (s State) clone() State {
 		c.Pass[k] = v
 	}
 	return c
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

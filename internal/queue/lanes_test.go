@@ -138,8 +138,9 @@ func TestLanesUrgentFirstAndFairFlows(t *testing.T) {
 	calls := waitCalls(t, api, 101, 20*time.Second)
 	for i, n := range calls {
 		// The urgent ones come within the decisions already made when they
-		// arrived (in flight, plus a stale backlog read): a handful.
-		if strings.HasPrefix(n, "urgent-") && i > published+10 {
+		// arrived (in flight, plus a stale backlog read): a handful, a few
+		// more on a loaded machine; first-in-first-out would be 90 later.
+		if strings.HasPrefix(n, "urgent-") && i > published+20 {
 			t.Errorf("%s was call %d; published after call %d", n, i, published)
 		}
 	}
@@ -160,9 +161,29 @@ func TestLanesUrgentFirstAndFairFlows(t *testing.T) {
 	}
 }
 
+// recordingPicker records the flows its picker chose, in order, across
+// every replica that shares it.
+type recordingPicker struct {
+	FlowPicker
+	mu    *sync.Mutex
+	picks *[]lanes.Flow
+}
+
+func (r recordingPicker) Pick(ctx context.Context, backlog map[lanes.Flow]uint64) (lanes.Flow, bool, error) {
+	f, ok, err := r.FlowPicker.Pick(ctx, backlog)
+	if ok && err == nil {
+		r.mu.Lock()
+		*r.picks = append(*r.picks, f)
+		r.mu.Unlock()
+	}
+	return f, ok, err
+}
+
 // Two replicas, each with its own scheduler handle on the one shared State,
-// draw from the same flows: the fleet's calls split 3:1 between two
-// projects weighted 3:1 while both are backlogged, as one process's would.
+// draw from the same flows: the fleet's decisions split exactly 3:1 between
+// two projects weighted 3:1 while both are backlogged, as one process's
+// would, and so do its calls, up to the messages in flight (which a replica
+// may call in another order than it fetched them).
 func TestLanesFleetSharesOneSchedule(t *testing.T) {
 	topo := DefaultTopology()
 	api := &orderAPI{}
@@ -179,21 +200,42 @@ func TestLanesFleetSharesOneSchedule(t *testing.T) {
 		publishLane(t, producer, fmt.Sprintf("light-%03d", i), "proj-light", client.PriorityNormal, "")
 	}
 	cfg := lanes.DefaultConfig()
-	cfg.Weights = map[string]float64{client.KeyToken("proj-heavy"): 3}
+	heavyToken := client.KeyToken("proj-heavy")
+	cfg.Weights = map[string]float64{heavyToken: 3}
+	var mu sync.Mutex
+	var picks []lanes.Flow
 	for _, p := range []*Processor{proc, proc2} {
-		flows := &Flows{JS: js, Topology: topo, Picker: sharedPicker(t, js, cfg), Log: log}
+		picker := recordingPicker{FlowPicker: sharedPicker(t, js, cfg), mu: &mu, picks: &picks}
+		flows := &Flows{JS: js, Topology: topo, Picker: picker, Log: log}
 		startConsumer(t, &Consumer{JS: js, Topology: topo, Processor: p, Concurrency: 2, MaxBatch: 1, DrainTimeout: 5 * time.Second,
 			Flows: flows, Metrics: p.Metrics, Log: log})
 	}
 	calls := waitCalls(t, api, 160, 20*time.Second)[:160]
+	mu.Lock()
+	decided := slices.Clone(picks[:160])
+	mu.Unlock()
+	heavyPicks := 0
+	for _, f := range decided {
+		if f.Token == heavyToken {
+			heavyPicks++
+		}
+	}
+	// The decisions are serial and exactly 3:1 (internal/lanes tests it
+	// with concurrent handles); here they are recorded after each returns,
+	// and a replica descheduled between its decision and the record shifts
+	// a few across the 160th.
+	if heavyPicks < 116 || heavyPicks > 124 {
+		t.Errorf("heavy got %d of the fleet's first 160 decisions; want 120 (3:1)", heavyPicks)
+	}
 	heavy := 0
 	for _, n := range calls {
 		if strings.HasPrefix(n, "heavy-") {
 			heavy++
 		}
 	}
-	// 3:1 is 120 of 160; ±5% of the split.
-	if heavy < 114 || heavy > 126 {
-		t.Fatalf("heavy got %d of the first 160 calls; want 120 (3:1)", heavy)
+	// Four messages in flight (two replicas × two slots) may be called out
+	// of order, and a slow handler a little more; 3:1 is 120 of 160.
+	if heavy < 110 || heavy > 130 {
+		t.Errorf("heavy got %d of the first 160 calls; want about 120 (3:1)", heavy)
 	}
 }
