@@ -170,3 +170,43 @@ func TestConsoleBenchSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestLanesBenchSmoke runs tiny lanes and fairness benchmarks (one worker,
+// a few seconds each) and checks what is not a matter of speed: every
+// urgent request is called, every small-key request is called, no Name is
+// submitted twice, and the tap's log agrees with the sandbox. It asserts no
+// timing; the numbers are the benchmarks' to report.
+func TestLanesBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts NATS, the sandbox and worker processes for a few seconds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "worker")
+	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"lanes", "--worker-bin", bin, "--workers", "1", "--routine", "300", "--steady", "2s",
+		"--urgent", "5"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench lanes exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	row := rowOf(stdout.String(), "| 1 |")
+	if row == "" || strings.Contains(row, "never called") || !strings.Contains(row, "| 0 | ok |") {
+		t.Fatalf("lanes run: an urgent request was not called, a Name was submitted twice or the log disagrees:\n%s", stdout.String())
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	code = run(ctx, []string{"fairness", "--worker-bin", bin, "--workers", "1", "--large", "200", "--small", "10",
+		"--weighted", "200", "--window", "3s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("bench fairness exited %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	row = rowOf(stdout.String(), "| 1 |")
+	if row == "" || strings.Contains(row, "of 10 called") || !strings.Contains(row, "| 0 | ok |") {
+		t.Fatalf("fairness run: a small-key request was not called, a Name was submitted twice or the log disagrees:\n%s", stdout.String())
+	}
+}

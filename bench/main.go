@@ -11,6 +11,8 @@
 //	go run ./bench tracker    [--groups 10000] [--batches 0] [--rows 4] [--rate 20] [--share 0.25]
 //	                          [--cycles 3] [--interval 5s] [--run-duration 2h]
 //	go run ./bench console    [--dead-letters 100000] [--reps 30]
+//	go run ./bench lanes      [--workers 1,3] [--routine 10000] [--urgent 50] [--urgent-rate 5] [--steady 15s]
+//	go run ./bench fairness   [--workers 1,3] [--large 5000] [--small 50] [--weighted 1500] [--window 20s]
 //	go run ./bench all        [--out FILE]
 //
 // Every subcommand also takes --out FILE (write the Markdown there too),
@@ -50,7 +52,7 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|tracker|console|all> [flags]
+const usage = `usage: go run ./bench <limiter|kill|outside|throughput|backlog|faults|tracker|lanes|fairness|console|all> [flags]
        go run ./bench <subcommand> -h     (flags of a subcommand)
 `
 
@@ -82,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var flt faultsConfig
 	var trk trackerConfig
 	var con consoleConfig
+	var ln lanesConfig
+	var fair fairnessConfig
 	switch sub {
 	case "limiter":
 		lim.flags(fs)
@@ -97,12 +101,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		flt.flags(fs)
 	case "tracker":
 		trk.flags(fs)
+	case "lanes":
+		ln.flags(fs)
+	case "fairness":
+		fair.flags(fs)
 	case "console":
 		con.flags(fs)
 	case "all":
 		// Registering a benchmark's flags sets its defaults; `all` exposes
 		// only the knobs that shorten a trial run.
-		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags, trk.flags, con.flags} {
+		for _, f := range []func(*flag.FlagSet){lim.flags, kill.flags, out.flags, tp.flags, bl.flags, flt.flags, trk.flags, ln.flags, fair.flags, con.flags} {
 			f(flag.NewFlagSet("", flag.ContinueOnError))
 		}
 		fs.DurationVar(&lim.Duration, "duration", lim.Duration, "limiter: steady state per run")
@@ -143,11 +151,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"backlog":    func() (string, error) { return runBacklog(ctx, h, bl) },
 		"faults":     func() (string, error) { return runFaults(ctx, h, flt) },
 		"tracker":    func() (string, error) { return runTracker(ctx, h, trk) },
+		"lanes":      func() (string, error) { return runLanes(ctx, h, ln) },
+		"fairness":   func() (string, error) { return runFairness(ctx, h, fair) },
 		"console":    func() (string, error) { return runConsole(ctx, h, con) },
 	}
 	order := []string{sub}
 	if sub == "all" {
-		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults", "tracker", "console"}
+		order = []string{"limiter", "kill", "outside", "throughput", "backlog", "faults", "tracker", "lanes", "fairness", "console"}
 	}
 	failed := false
 	for _, name := range order {

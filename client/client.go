@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,7 +82,7 @@ var ErrNoStream = errors.New("no stream stores the requests subject (is a worker
 // publishing the same key again within the duplicate window is dropped by
 // the server, and beyond it the worker's ledger still prevents a second run.
 func (c *Client) Publish(ctx context.Context, r Request) (Published, error) {
-	m, err := c.requestMsg(r.Key, r.Key, r.Body, batchHeader(r.Batch))
+	m, err := c.laneMsg(r)
 	if err != nil {
 		return Published{}, err
 	}
@@ -148,7 +149,7 @@ func (c *Client) PublishBatch(ctx context.Context, rs []Request) ([]Published, e
 				return out, err
 			}
 		}
-		m, err := c.requestMsg(r.Key, r.Key, r.Body, batchHeader(r.Batch))
+		m, err := c.laneMsg(r)
 		if err == nil {
 			err = ctx.Err() // publish nothing more once cancelled
 		}
@@ -172,6 +173,25 @@ func (c *Client) PublishBatch(ctx context.Context, rs []Request) ([]Published, e
 		}
 	}
 	return out, nil
+}
+
+// laneMsg is r's message on its lane's subject, with the lane headers.
+func (c *Client) laneMsg(r Request) (*nats.Msg, error) {
+	if err := validateLane(r); err != nil {
+		return nil, err
+	}
+	m, err := c.requestMsg(r.Key, r.Key, r.Body, batchHeader(r.Batch))
+	if err != nil {
+		return nil, err
+	}
+	m.Subject = c.subject(r)
+	if m.Subject != c.topo.RequestsSubject {
+		m.Header.Set(HeaderPriority, string(cmp.Or(r.Priority, PriorityRoutine)))
+		if r.FairnessKey != "" {
+			m.Header.Set(HeaderFairnessKey, r.FairnessKey)
+		}
+	}
+	return m, nil
 }
 
 func (c *Client) requestMsg(key, msgID string, body []byte, extra nats.Header) (*nats.Msg, error) {

@@ -24,6 +24,13 @@ type Request struct {
 	// 1 to 128 bytes (MaxBatchBytes) of printable UTF-8 without spaces
 	// (ValidateBatch). Publish refuses another value.
 	Batch string
+	// Priority is the request's lane; blank is routine. A request with
+	// neither Priority nor FairnessKey is published to the bare requests
+	// subject (the routine lane's shared legacy flow), as before lanes.
+	Priority Priority
+	// FairnessKey shares the lane fairly among keys (a lab group, a
+	// customer); blank means the body's ProjectId.
+	FairnessKey string
 }
 
 // InvalidRequestError reports a body the API would reject, found before

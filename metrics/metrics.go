@@ -182,6 +182,7 @@ type Metrics struct {
 
 	tracker     trackerSeries
 	autoRetries series[prometheus.Counter]
+	lanes       *laneSeries
 }
 
 // New registers every metric on reg, plus the standard Go and process
@@ -235,6 +236,7 @@ func New(reg prometheus.Registerer, info BuildInfo) (*Metrics, error) {
 	m.addFleetSeries(add)
 	m.tracker = newTrackerSeries(add)
 	m.autoRetries = newAutoRetrySeries(add)
+	m.lanes = newLaneSeries(add)
 
 	add(newBuildInfo(info))
 

@@ -41,6 +41,9 @@ type config struct {
 	dryRun       bool
 	quiet        bool
 	batch        string
+	// priority and fairnessKey apply to rows without their own.
+	priority    string
+	fairnessKey string
 }
 
 const enqueueUsage = `Usage: enqueue [flags] FILE...      (FILE "-" reads standard input)
@@ -153,6 +156,8 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 		settings.Row("application-id", "OMICSQ_APPLICATION_ID", "CSV: ApplicationId for rows without one", settings.String(&c.defaults.ApplicationID, "")),
 		settings.Row("environment-id", "OMICSQ_ENVIRONMENT_ID", "CSV: EnvironmentId for rows without one", settings.String(&c.defaults.EnvironmentID, "")),
 		settings.Row("project-id", "OMICSQ_PROJECT_ID", "CSV: ProjectId for rows without one", settings.String(&c.defaults.ProjectID, "")),
+		settings.Row("priority", "OMICSQ_PRIORITY", "lane of requests without a priority column or field: urgent, normal or routine (empty: the bare requests subject, the routine lane's shared flow)", settings.String(&c.priority, "")),
+		settings.Row("fairness-key", "OMICSQ_FAIRNESS_KEY", "key the lane is shared fairly by, for requests without a fairness_key column or field (empty: each request's ProjectId)", settings.String(&c.fairnessKey, "")),
 	})
 	files, err := settings.ParseCommand("enqueue", enqueueUsage, stderr, table, args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
@@ -166,6 +171,14 @@ func parseRunArgs(args []string, stderr io.Writer, getenv func(string) string) (
 	verr := c.Validate()
 	if ferr != nil {
 		verr = errors.Join(verr, fmt.Errorf("--format %w", ferr))
+	}
+	if c.priority != "" {
+		if _, err := client.ParsePriority(c.priority); err != nil {
+			verr = errors.Join(verr, fmt.Errorf("--priority: %w", err))
+		}
+	}
+	if len(c.fairnessKey) > client.MaxFairnessKeyBytes {
+		verr = errors.Join(verr, fmt.Errorf("--fairness-key: at most %d bytes", client.MaxFairnessKeyBytes))
 	}
 	if c.wait != waitNone && c.timeout <= 0 {
 		verr = errors.Join(verr, errors.New("--timeout must be positive"))

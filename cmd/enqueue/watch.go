@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +20,10 @@ func publishAll(ctx context.Context, cl *client.Client, c *config, items []item,
 		chunk := items[start:min(start+progressEvery, len(items))]
 		reqs := make([]client.Request, len(chunk))
 		for i, it := range chunk {
-			reqs[i] = client.Request{Key: it.Key, Body: it.Body, Batch: c.batch}
+			reqs[i] = client.Request{Key: it.Key, Body: it.Body, Batch: c.batch, FairnessKey: cmp.Or(it.FairnessKey, c.fairnessKey)}
+			if p := cmp.Or(string(it.Priority), c.priority); p != "" {
+				reqs[i].Priority, _ = client.ParsePriority(p) // checked with the flags
+			}
 		}
 		got, err := cl.PublishBatch(ctx, reqs)
 		for i, p := range got {

@@ -171,6 +171,7 @@ type nackConsumer struct {
 		MaxDeliver    int    `json:"maxDeliver,omitempty"`
 		MaxAckPending int    `json:"maxAckPending,omitempty"`
 		MaxWaiting    int    `json:"maxWaiting,omitempty"`
+		FilterSubject string `json:"filterSubject,omitempty"`
 		Replicas      int    `json:"replicas"`
 	} `json:"spec"`
 }

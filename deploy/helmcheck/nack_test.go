@@ -181,6 +181,7 @@ func compareConsumers(ctx context.Context, t *testing.T, js jetstream.JetStream,
 			d.check("maxDeliver", orDefault(s.MaxDeliver, -1), c.MaxDeliver)
 			d.check("maxAckPending", orDefault(s.MaxAckPending, 1000), c.MaxAckPending)
 			d.check("maxWaiting", orDefault(s.MaxWaiting, 512), orDefault(c.MaxWaiting, 512))
+			d.check("filterSubject", s.FilterSubject, c.FilterSubject)
 			d.check("replicas", s.Replicas, orDefault(c.Replicas, st.CachedInfo().Config.Replicas))
 			d.report(t, "Consumer "+id)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/internal/lanes"
 	"github.com/omicsq/omicsq/internal/submission"
 	"github.com/omicsq/omicsq/metrics"
 )
@@ -38,8 +39,12 @@ type Consumer struct {
 	// DrainTimeout bounds how long in-flight messages may finish after ctx
 	// ends; past it they are released (NakWithDelay) for another replica.
 	DrainTimeout time.Duration
-	Metrics      *metrics.Metrics
-	Log          *slog.Logger
+	// Flows, when set, fetches flow by flow in the order the fleet's
+	// scheduler decides (priority lanes, fairness keys), one message per
+	// decision; nil fetches from the one shared consumer, as before lanes.
+	Flows   *Flows
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 
 	mu       sync.Mutex
 	inFlight int
@@ -104,6 +109,26 @@ func (c *Consumer) Run(ctx context.Context) error {
 			<-slots
 			continue
 		}
+		if c.Flows != nil {
+			// One decision per message: the scheduler's choice is per token.
+			m, flow, err := c.Flows.Next(ctx)
+			if err != nil || m == nil {
+				<-slots
+				if err != nil && ctx.Err() == nil {
+					c.Log.Warn("fetch failed", "error", err)
+					_ = sleep(ctx, time.Second)
+				}
+				continue
+			}
+			c.scheduled(m, flow)
+			wg.Add(1)
+			c.setInFlight(1)
+			go func() {
+				defer func() { <-slots; c.setInFlight(-1); wg.Done() }()
+				c.handle(handlerCtx, m)
+			}()
+			continue
+		}
 		// Take every other free slot too, so a burst is fetched in one request.
 		n := 1
 		for n < c.Concurrency && n < c.maxBatch() {
@@ -145,6 +170,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 		<-done
 	}
 	return nil
+}
+
+// scheduled records a message the scheduler chose: its lane, its
+// fairness key's bounded label and how long it waited since its enqueue.
+func (c *Consumer) scheduled(m jetstream.Msg, flow lanes.Flow) {
+	var wait time.Duration
+	if meta, err := m.Metadata(); err == nil {
+		wait = time.Since(meta.Timestamp)
+	}
+	c.Metrics.LaneScheduled(flow.Priority(), c.Flows.keyLabel(flow.Token), wait)
 }
 
 func (c *Consumer) maxBatch() int {
@@ -372,5 +407,14 @@ func (c *Consumer) refreshStats(ctx context.Context) {
 			oldest = time.Since(si.State.FirstTime)
 		}
 	}
-	c.Metrics.SetConsumerState(info.NumPending, uint64(info.NumAckPending), oldest)
+	pending, ackPending := info.NumPending, uint64(info.NumAckPending)
+	if c.Flows != nil {
+		// Every flow's consumer, the shared one included: the fleet's backlog.
+		pending, ackPending = 0, 0
+		for _, b := range c.Flows.Backlog() {
+			pending += b.Pending
+			ackPending += uint64(b.AckPending)
+		}
+	}
+	c.Metrics.SetConsumerState(pending, ackPending, oldest)
 }

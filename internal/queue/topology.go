@@ -22,8 +22,19 @@ type Topology struct {
 	// Topology holds the names producers share (client.Topology): the
 	// requests, results and dead-letter streams and subjects.
 	client.Topology
-	// Consumer is the durable pull consumer every worker shares. Default omicsq-worker.
+	// Consumer is the durable pull consumer every worker shares for the
+	// bare requests subject. Default omicsq-worker. With Lanes, each flow
+	// (<requests subject>.<lane>.<fairness token>) has its own durable
+	// consumer, named FlowConsumer, created when a worker first sees it.
 	Consumer string
+	// Lanes adds the flow subjects (<requests subject>.>) to the requests
+	// stream and filters Consumer to the bare subject (a work-queue stream
+	// needs consumers whose filters do not overlap). Default true.
+	Lanes bool
+	// FlowInactive is how long a flow's consumer may go without a fetch
+	// before JetStream deletes it (a worker recreates it when the flow has
+	// backlog again). Default 1h.
+	FlowInactive time.Duration
 	// AdvisoryStream durably captures JetStream's max-deliveries advisories
 	// for the consumer, so a message that exhausted its deliveries (a crash
 	// loop) is dead-lettered even if no worker was listening at that moment.
@@ -118,6 +129,8 @@ func DefaultTopology() Topology {
 	return Topology{
 		Topology:        client.DefaultTopology(),
 		Consumer:        "omicsq-worker",
+		Lanes:           true,
+		FlowInactive:    time.Hour,
 		AdvisoryStream:  "OMICSQ_ADVISORIES",
 		LedgerBucket:    "OMICSQ_LEDGER",
 		ControlBucket:   "OMICSQ_CONTROL",
@@ -190,7 +203,7 @@ func (t Topology) streams() []jetstream.StreamConfig {
 		{
 			Name:        t.RequestsStream,
 			Description: "omicsq run requests awaiting submission",
-			Subjects:    []string{t.RequestsSubject},
+			Subjects:    t.requestSubjects(),
 			Retention:   jetstream.WorkQueuePolicy,
 			// Never drop a request to make room: a full stream refuses new
 			// publishes, which the producer sees.
@@ -255,9 +268,44 @@ func (t Topology) advisoryConsumer() jetstream.ConsumerConfig {
 	}
 }
 
+// requestSubjects are the requests stream's subjects: the bare one, and
+// with Lanes every flow's.
+func (t Topology) requestSubjects() []string {
+	if !t.Lanes {
+		return []string{t.RequestsSubject}
+	}
+	return []string{t.RequestsSubject, t.RequestsSubject + ".>"}
+}
+
+// FlowConsumer names the durable consumer of the flow lane/token:
+// <Consumer>-<lane>-<token>. The bare subject's flow (token "") is Consumer.
+func (t Topology) FlowConsumer(lane client.Priority, token string) string {
+	if token == "" {
+		return t.Consumer
+	}
+	return t.Consumer + "-" + string(lane) + "-" + token
+}
+
+// FlowConsumerConfig is the consumer of one flow: the shared consumer's
+// settings, filtered to the flow's subject, and deleted by JetStream when
+// no worker has fetched from it for FlowInactive.
+func (t Topology) FlowConsumerConfig(lane client.Priority, token string) jetstream.ConsumerConfig {
+	cfg := t.consumer()
+	cfg.Durable = t.FlowConsumer(lane, token)
+	cfg.Description = "omicsq workers: one flow of lane " + string(lane)
+	cfg.FilterSubject = t.RequestsSubject + "." + string(lane) + "." + token
+	cfg.InactiveThreshold = t.FlowInactive
+	return cfg
+}
+
 func (t Topology) consumer() jetstream.ConsumerConfig {
+	var filter string
+	if t.Lanes {
+		filter = t.RequestsSubject
+	}
 	return jetstream.ConsumerConfig{
 		Durable:       t.Consumer,
+		FilterSubject: filter,
 		Description:   "omicsq workers (shared)",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,

@@ -20,6 +20,8 @@ import (
 const (
 	csvKeyColumn       = "key"
 	csvInputJSONColumn = "input_json"
+	csvPriorityColumn  = "priority"
+	csvFairnessColumn  = "fairness_key"
 )
 
 // csvAliases are short column names for RunOption fields.
@@ -51,7 +53,7 @@ func csvHeader(header []string) ([]csvColumn, error) {
 		}
 		var kind submit.FieldKind
 		switch path {
-		case csvKeyColumn, csvInputJSONColumn:
+		case csvKeyColumn, csvInputJSONColumn, csvPriorityColumn, csvFairnessColumn:
 		case "":
 			return nil, fmt.Errorf("header: column %d has no name", i+1)
 		default:
@@ -169,7 +171,7 @@ func (p *Parser) csvRow(loc Location, dir string, cols []csvColumn, rec []string
 	}
 	top := map[string]any{}
 	nested := map[string]map[string]any{}
-	key, keyGiven, inputPath := "", false, ""
+	key, keyGiven, inputPath, prio, fairness := "", false, "", "", ""
 	for i, c := range cols {
 		cell := strings.TrimSpace(rec[i])
 		if cell == "" {
@@ -181,6 +183,12 @@ func (p *Parser) csvRow(loc Location, dir string, cols []csvColumn, rec []string
 			continue
 		case csvInputJSONColumn:
 			inputPath = cell
+			continue
+		case csvPriorityColumn:
+			prio = cell
+			continue
+		case csvFairnessColumn:
+			fairness = cell
 			continue
 		}
 		v, reason := cellValue(c.kind, cell)
@@ -214,7 +222,11 @@ func (p *Parser) csvRow(loc Location, dir string, cols []csvColumn, rec []string
 	if err != nil {
 		return fail("", CodeInvalidCell, "the row cannot be encoded as JSON")
 	}
-	return Validate(p.opts.Limits, loc, body, key, keyGiven)
+	r, e := Validate(p.opts.Limits, loc, body, key, keyGiven)
+	if e != nil {
+		return r, e
+	}
+	return withLane(r, prio, fairness)
 }
 
 // cellValue converts a non-empty cell to the JSON value of a field of kind;

@@ -11,8 +11,10 @@ import (
 
 // The envelope that adds an idempotency key to a JSON request.
 const (
-	envelopeKeyField  = "key"
-	envelopeBodyField = "request"
+	envelopeKeyField      = "key"
+	envelopeBodyField     = "request"
+	envelopePriorityField = "priority"
+	envelopeFairnessField = "fairness_key"
 )
 
 // jsonItem validates one JSON request: a plain RunApplication body, or an
@@ -27,9 +29,22 @@ func (p *Parser) jsonItem(loc Location, raw []byte) (Request, *Error) {
 		return fail("", CodeInvalidItem, "each request must be a JSON object")
 	}
 	body, key, keyGiven := json.RawMessage(raw), "", false
+	var prio, fairness string
 	if reqRaw, ok := top[envelopeBodyField]; ok {
-		for k := range top {
-			if k != envelopeKeyField && k != envelopeBodyField {
+		for k, v := range top {
+			switch k {
+			case envelopeKeyField, envelopeBodyField:
+			case envelopePriorityField, envelopeFairnessField:
+				var s string
+				if err := json.Unmarshal(v, &s); err != nil && string(v) != "null" {
+					return fail(k, CodeInvalidLane, "must be a JSON string")
+				}
+				if k == envelopePriorityField {
+					prio = s
+				} else {
+					fairness = s
+				}
+			default:
 				return fail(submit.SafeFieldName(k), CodeInvalidItem, `an envelope holds only "key" and "request"`)
 			}
 		}
@@ -41,7 +56,29 @@ func (p *Parser) jsonItem(loc Location, raw []byte) (Request, *Error) {
 			keyGiven = true
 		}
 	}
-	return Validate(p.opts.Limits, loc, body, key, keyGiven)
+	r, e := Validate(p.opts.Limits, loc, body, key, keyGiven)
+	if e != nil {
+		return r, e
+	}
+	return withLane(r, prio, fairness)
+}
+
+// withLane sets r's lane and fairness key from a row's cells or an
+// envelope's fields.
+func withLane(r Request, prio, fairness string) (Request, *Error) {
+	if prio != "" {
+		p, err := client.ParsePriority(prio)
+		if err != nil {
+			return Request{}, &Error{Loc: r.Loc, Field: envelopePriorityField, Code: CodeInvalidLane, Reason: err.Error()}
+		}
+		r.Priority = p
+	}
+	if len(fairness) > client.MaxFairnessKeyBytes {
+		return Request{}, &Error{Loc: r.Loc, Field: envelopeFairnessField, Code: CodeInvalidLane,
+			Reason: "a fairness key is at most 256 bytes"}
+	}
+	r.FairnessKey = fairness
+	return r, nil
 }
 
 // Validate checks body with the public client's rules (client.NewRequest:

@@ -45,6 +45,7 @@ const (
 	CodeInvalidItem   = "InvalidItem"          // not an object, or a malformed envelope
 	CodeInvalidKey    = client.CodeInvalidKey  // the key breaks client.ValidateKey
 	CodeDuplicateKey  = "DuplicateKey"         // same key, different request
+	CodeInvalidLane   = client.CodeInvalidLane // an unknown priority or an oversized fairness key
 	CodeDuplicateName = "DuplicateName"        // same Name and project, different key
 	CodeInvalidCell   = "InvalidCell"          // a CSV cell of the wrong type
 	CodeInputJSONFile = "InputJsonFile"        // input_json unreadable or not JSON
@@ -97,6 +98,11 @@ type Request struct {
 	// Body is the canonical JSON: the typed request re-marshalled.
 	Body           []byte
 	RunApplication *submit.RunApplicationRequest
+	// Priority and FairnessKey are the row's lane and fairness key (the
+	// priority and fairness_key columns or envelope fields); blank: not
+	// given, the enqueue flags or the defaults apply.
+	Priority    client.Priority
+	FairnessKey string
 }
 
 // Error is one rejected request (or an unreadable file). It names the

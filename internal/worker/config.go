@@ -8,9 +8,12 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/lanes"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/queue"
 	"github.com/omicsq/omicsq/internal/retry"
@@ -73,6 +76,14 @@ type config struct {
 	TrackerLeaseTTL time.Duration
 	TrackerProjects string
 
+	// Priority lanes and fair flows (internal/lanes); Topology.Lanes turns
+	// them on, lanes is what the rest parse to.
+	LaneMinShares   string
+	LaneWindow      int
+	FairnessWeights string
+	LaneRefresh     time.Duration
+	lanes           lanes.Config
+
 	// The opt-in auto-retry policy (internal/rerun); 0 is off.
 	AutoRetry         int
 	AutoRetryMessages string
@@ -114,6 +125,7 @@ func flagTable(c *config) []settings.Setting {
 		operationRows(c),
 		trackerRows(c),
 		autoRetryRows(c),
+		laneRows(c),
 	)
 }
 
@@ -226,6 +238,80 @@ func autoRetryRows(c *config) []settings.Setting {
 	})
 }
 
+// laneRows configure the priority lanes and the fairness between keys.
+func laneRows(c *config) []settings.Setting {
+	return own([]setting{
+		{"lanes", "OMICSQ_LANES", "priority lanes and fair flows: requests published to <requests-subject>.<urgent|normal|routine>.<fairness token> are scheduled fleet-wide by lane and fairness key (docs/design.md); false: only the bare subject, one consumer", settings.Bool(&c.Topology.Lanes, true)},
+		{"lane-min-shares", "OMICSQ_LANE_MIN_SHARES", "share of the last --lane-window calls guaranteed to a lower lane with backlog, LANE=SHARE comma-separated (normal, routine)", settings.String(&c.LaneMinShares, "normal=0.10,routine=0.05")},
+		{"lane-window", "OMICSQ_LANE_WINDOW", "how many of the fleet's last calls the lanes' shares are counted over", settings.Int(&c.LaneWindow, 100)},
+		{"fairness-weights", "OMICSQ_FAIRNESS_WEIGHTS", "weights of fairness keys (ProjectId or Omicsq-Fairness-Key) within a lane, KEY=WEIGHT comma-separated; other=WEIGHT sets every other key's (default 1)", settings.String(&c.FairnessWeights, "")},
+		{"lane-refresh", "OMICSQ_LANE_REFRESH", "how old each replica's view of the flows' backlog may get before it reads it again", settings.Duration(&c.LaneRefresh, 200*time.Millisecond)},
+	})
+}
+
+// checkLanes parses the lane settings into c.lanes.
+func (c *config) checkLanes(p *problems) {
+	cfg := lanes.DefaultConfig()
+	cfg.Window = c.LaneWindow
+	cfg.MinShare = [lanes.Lanes]float64{}
+	for _, kv := range splitList(c.LaneMinShares) {
+		k, v, _ := strings.Cut(kv, "=")
+		l := lanes.LaneIndex(client.Priority(strings.TrimSpace(k)))
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if l < 1 || err != nil {
+			p.bad("lane-min-shares", "must be LANE=SHARE pairs of normal or routine and a number, got %q", kv)
+			continue
+		}
+		cfg.MinShare[l] = f
+	}
+	for _, kv := range splitList(c.FairnessWeights) {
+		k, v, _ := strings.Cut(kv, "=")
+		w, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if strings.TrimSpace(k) == "" || err != nil || w <= 0 {
+			p.bad("fairness-weights", "must be KEY=WEIGHT pairs with positive weights (the keys are not repeated here)")
+			continue
+		}
+		if k = strings.TrimSpace(k); k == "other" {
+			cfg.DefaultWeight = w
+			continue
+		}
+		if cfg.Weights == nil {
+			cfg.Weights = map[string]float64{}
+		}
+		cfg.Weights[client.KeyToken(k)] = w
+	}
+	if err := cfg.Validate(); err != nil {
+		p.bad("lane-min-shares", "%v", err)
+	}
+	if c.LaneRefresh < 10*time.Millisecond || c.LaneRefresh > 10*time.Second {
+		p.bad("lane-refresh", "must be 10ms to 10s, got %v", c.LaneRefresh)
+	}
+	c.lanes = cfg
+}
+
+// fairnessNames maps the tokens of the keys named in --fairness-weights
+// back to the keys: the operator chose to name them, so metrics may.
+func (c *config) fairnessNames() map[string]string {
+	out := map[string]string{}
+	for _, kv := range splitList(c.FairnessWeights) {
+		k, _, _ := strings.Cut(kv, "=")
+		if k = strings.TrimSpace(k); k != "" && k != "other" {
+			out[client.KeyToken(k)] = k
+		}
+	}
+	return out
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // trackerProjects is --tracker-projects as a list.
 func (c *config) trackerProjects() []string {
 	var out []string
@@ -281,6 +367,7 @@ func (c *config) validate() error {
 	c.checkRetry(p)
 	c.checkTracker(p)
 	c.checkAutoRetry(p)
+	c.checkLanes(p)
 	if len(p.errs) == 0 {
 		// Backstops for what no flag sets.
 		if err := c.Retry.Validate(); err != nil {

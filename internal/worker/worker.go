@@ -18,11 +18,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +36,7 @@ import (
 
 	"github.com/omicsq/omicsq/internal/batch"
 	"github.com/omicsq/omicsq/internal/breaker"
+	"github.com/omicsq/omicsq/internal/lanes"
 	"github.com/omicsq/omicsq/internal/ledger"
 	"github.com/omicsq/omicsq/internal/natsconn"
 	"github.com/omicsq/omicsq/internal/pause"
@@ -228,6 +231,13 @@ func (p *process) build(ctx context.Context, down *shutdown) error {
 		return err
 	}
 	p.consumer = p.newConsumer(led, api, runLimiter, describeLimiter)
+	if cfg.Topology.Lanes {
+		flows, err := p.newFlows(ctx, account)
+		if err != nil {
+			return err
+		}
+		p.consumer.Flows = flows
+	}
 	trk, err := newTracker(ctx, js, cfg, account, api, led, describeLimiter, m, log)
 	if err != nil {
 		return err
@@ -297,6 +307,31 @@ func (p *process) newConsumer(led *ledger.Ledger, api *submit.Client, runLimiter
 		consumer.MaxBatch = 1 // hold only what the limiter lets us submit soon
 	}
 	return consumer
+}
+
+// newFlows makes the lanes' scheduler: its state is a sibling of the
+// RunApplication limiter's key, in the limiter's bucket, so that the fleet
+// sharing one quota shares one schedule.
+func (p *process) newFlows(ctx context.Context, account string) (*queue.Flows, error) {
+	cfg := p.cfg
+	kv, err := p.js.KeyValue(ctx, ratelimit.DefaultBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: ratelimit.DefaultBucket, Description: "omicsq rate limiter state: one key per quota",
+			History: 1, Replicas: cfg.Topology.Replicas, Storage: jetstream.FileStorage,
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bind bucket %s: %w", ratelimit.DefaultBucket, err)
+	}
+	picker, err := lanes.NewShared(kv, ratelimit.Key(account, cfg.Region, "RunApplication")+".lanes", cfg.lanes)
+	if err != nil {
+		return nil, err
+	}
+	names := cfg.fairnessNames()
+	p.m.NameFairnessKeys(slices.Collect(maps.Values(names)))
+	return &queue.Flows{JS: p.js, Topology: cfg.Topology, Picker: picker, Refresh: cfg.LaneRefresh,
+		Names: names, Metrics: p.m, Log: p.log}, nil
 }
 
 // serveMetrics serves /metrics, /healthz and /readyz when configured.

@@ -156,6 +156,7 @@ an override in config reaches them too.
   "OMICSQ_REQUESTS_STREAM" $v.jetstream.requestsStream
   "OMICSQ_REQUESTS_SUBJECT" $v.jetstream.requestsSubject
   "OMICSQ_CONSUMER" $v.jetstream.consumer
+  "OMICSQ_LANES" (toString $v.jetstream.lanes)
   "OMICSQ_RESULTS_STREAM" $v.jetstream.resultsStream
   "OMICSQ_RESULTS_PREFIX" $v.jetstream.resultsPrefix
   "OMICSQ_DLQ_STREAM" $v.jetstream.dlqStream
