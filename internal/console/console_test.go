@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/console"
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/queue"
 )
@@ -352,5 +354,45 @@ func TestBatchesPages(t *testing.T) {
 	}
 	if !strings.Contains(e.audit.String(), `"action":"cancel_batch"`) || strings.Contains(e.audit.String(), "sheet-cancelled") {
 		t.Errorf("audit:\n%s", e.audit.String())
+	}
+}
+
+// The overview sums each lane's flows: an urgent request waiting while
+// the fleet is paused shows under urgent, a legacy one under routine.
+func TestOverviewBacklogByLane(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{workers: 1})
+	ctx := context.Background()
+	kv, err := e.js.KeyValue(ctx, e.topo.ControlBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, pause.StateKey, []byte(`{"paused":true,"reason":"operator","since":"2026-12-03T00:00:00Z"}`)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // the worker sees the flag
+	reqs := []client.Request{
+		{Key: "lane-u1", Body: body("lane-u1"), Priority: client.PriorityUrgent, FairnessKey: "icu"},
+		{Key: "lane-u2", Body: body("lane-u2"), Priority: client.PriorityUrgent, FairnessKey: "oncology"},
+		{Key: "lane-r1", Body: body("lane-r1")},
+	}
+	if _, err := e.cl.PublishBatch(ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+	var o console.Overview
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		_, b := e.do("GET", "/api/overview", "bearer", nil, nil)
+		if err := json.Unmarshal([]byte(b), &o); err != nil {
+			t.Fatal(err)
+		}
+		if len(o.Lanes) == 3 && o.Lanes[0].Pending == 2 && o.Lanes[2].Pending == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lanes: %+v", o.Lanes)
+		}
+	}
+	if o.Lanes[0].Lane != "urgent" || o.Lanes[0].Flows != 2 || o.Lanes[1].Pending != 0 {
+		t.Errorf("lanes: %+v", o.Lanes)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/omicsq/omicsq/client"
 	"github.com/omicsq/omicsq/internal/pause"
 	"github.com/omicsq/omicsq/internal/ratelimit"
 )
@@ -24,7 +25,9 @@ type Overview struct {
 	// Consumers are the requests stream's consumers: one per lane or flow
 	// where the fleet has several, else the worker's one.
 	Consumers []ConsumerView `json:"consumers"`
-	Backlog   uint64         `json:"backlog"`
+	// Lanes is the backlog by priority lane, urgent first.
+	Lanes   []LaneView `json:"lanes"`
+	Backlog uint64     `json:"backlog"`
 	InFlight  int            `json:"in_flight"`
 	// OldestSeconds is the age of the oldest waiting request.
 	OldestSeconds float64 `json:"oldest_seconds"`
@@ -39,6 +42,26 @@ type Overview struct {
 	Runs              map[string]int    `json:"runs"`
 	// Errors name the parts that could not be read (the rest is shown).
 	Errors []string `json:"errors,omitempty"`
+}
+
+// LaneView is one priority lane's backlog: its flows (one per fairness
+// key) added up. The bare requests subject (producers
+// from before lanes) is the routine lane's legacy flow.
+type LaneView struct {
+	Lane     string `json:"lane"`
+	Flows    int    `json:"flows"`
+	Pending  uint64 `json:"pending"`
+	InFlight int    `json:"in_flight"`
+}
+
+// laneOf is the lane of a consumer's filter subject: <requests
+// subject>.<lane>.<token>, or the bare subject (routine).
+func laneOf(requestsSubject, filter string) string {
+	if rest, ok := strings.CutPrefix(filter, requestsSubject+"."); ok {
+		lane, _, _ := strings.Cut(rest, ".")
+		return lane
+	}
+	return string(client.PriorityRoutine)
 }
 
 // ConsumerView is one consumer of the requests stream.
@@ -127,7 +150,52 @@ func (s *Server) loadConsumers(ctx context.Context, o *Overview) error {
 		o.InFlight += v.InFlight
 	}
 	slices.SortFunc(o.Consumers, func(a, b ConsumerView) int { return strings.Compare(a.Name, b.Name) })
-	return l.Err()
+	if err := l.Err(); err != nil {
+		return err
+	}
+	return s.loadLanes(ctx, st, info.State.Msgs, o)
+}
+
+// loadLanes counts each lane's stored requests by subject, as the
+// scheduler does: flow consumers exist only once a worker has served the
+// flow, the messages from the moment they are published. Waiting is
+// stored less in flight (its consumers' unacknowledged messages).
+func (s *Server) loadLanes(ctx context.Context, st jetstream.Stream, total uint64, o *Overview) error {
+	subject := s.cfg.Topology.RequestsSubject
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject+".>"))
+	if err != nil {
+		return err
+	}
+	order := []client.Priority{client.PriorityUrgent, client.PriorityNormal, client.PriorityRoutine}
+	lanes := map[string]*LaneView{}
+	for _, lane := range order {
+		lanes[string(lane)] = &LaneView{Lane: string(lane)}
+	}
+	stored := map[string]uint64{}
+	var inFlows uint64
+	for subj, n := range info.State.Subjects {
+		lane := laneOf(subject, subj)
+		if lv := lanes[lane]; lv != nil {
+			lv.Flows++
+			stored[lane] += n
+			inFlows += n
+		}
+	}
+	if total > inFlows { // the bare subject: the routine lane's legacy flow
+		lanes[string(client.PriorityRoutine)].Flows++
+		stored[string(client.PriorityRoutine)] += total - inFlows
+	}
+	for _, c := range o.Consumers {
+		if lv := lanes[laneOf(subject, c.Filter)]; lv != nil {
+			lv.InFlight += c.InFlight
+		}
+	}
+	for _, lane := range order {
+		lv := lanes[string(lane)]
+		lv.Pending = stored[lv.Lane] - min(stored[lv.Lane], uint64(lv.InFlight))
+		o.Lanes = append(o.Lanes, *lv)
+	}
+	return nil
 }
 
 // countSince counts the messages stream stored from since on: the first
