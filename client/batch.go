@@ -192,6 +192,10 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 	if err := ValidateBatch(id); err != nil {
 		return err
 	}
+	members, err := distinctMembers(members)
+	if err != nil {
+		return err
+	}
 	kv, err := c.batches(ctx)
 	if err != nil {
 		return err
@@ -234,10 +238,6 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 	}
 	var firstErr error
 	for _, m := range members {
-		if err := ValidateKey(m.Key); err != nil {
-			firstErr = &InvalidRequestError{Code: CodeInvalidKey, Field: "key", Reason: err.Error()}
-			break
-		}
 		if len(pending) == c.window {
 			if firstErr = settle(); firstErr != nil {
 				break
@@ -262,6 +262,25 @@ func (c *Client) RegisterBatch(ctx context.Context, id string, members []BatchMe
 	return firstErr
 }
 
+// distinctMembers checks every key before anything is written (a record
+// whose size counts a member that can never be written would never
+// complete) and keeps the first member of each key: a sheet may repeat a
+// row exactly, and the key is one request, one member.
+func distinctMembers(ms []BatchMember) ([]BatchMember, error) {
+	seen := make(map[string]bool, len(ms))
+	out := ms[:0:0]
+	for _, m := range ms {
+		if err := ValidateKey(m.Key); err != nil {
+			return nil, &InvalidRequestError{Code: CodeInvalidKey, Field: "key", Reason: err.Error()}
+		}
+		if !seen[m.Key] {
+			seen[m.Key] = true
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
 // reregister checks an existing record against a registration of n
 // members. A record the tracker made for a batch seen through its header
 // (Members 0) takes the size (compare-and-set); another size is an error.
@@ -276,6 +295,10 @@ func (c *Client) reregister(ctx context.Context, kv jetstream.KeyValue, id strin
 			return fmt.Errorf("decode batch record: %w", err)
 		}
 		switch {
+		case rec.CancelledAt != nil:
+			return errors.New("batch was cancelled: its requests would all be refused; register another batch ID")
+		case rec.CompletedAt != nil:
+			return errors.New("batch is complete already: register another batch ID")
 		case rec.Members == n:
 			return nil
 		case rec.Members != 0:

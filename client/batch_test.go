@@ -130,3 +130,31 @@ func TestCancelBatch(t *testing.T) {
 		t.Errorf("second cancel: %+v %v", again, err)
 	}
 }
+
+// A sheet that repeats a row registers the key once, so the record's size
+// is what the tracker can complete; a cancelled or complete batch is not
+// registered again.
+func TestRegisterBatchDistinctKeysAndEndedRecords(t *testing.T) {
+	ctx := context.Background()
+	js, topo := setup(t)
+	c := client.New(js, client.WithTopology(topo.Topology))
+	if err := c.RegisterBatch(ctx, "dup", []client.BatchMember{{Key: "a"}, {Key: "b"}, {Key: "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	rec, ms, err := c.Batch(ctx, "dup")
+	if err != nil || rec.Members != 2 || len(ms) != 2 {
+		t.Fatalf("record %+v, %d members, %v: want 2 and 2", rec, len(ms), err)
+	}
+	if err := c.RegisterBatch(ctx, "bad", []client.BatchMember{{Key: "ok"}, {Key: ""}}); err == nil {
+		t.Fatal("an invalid key was registered")
+	}
+	if _, _, err := c.Batch(ctx, "bad"); !errors.Is(err, client.ErrBatchNotFound) {
+		t.Fatalf("a refused registration left a record: %v", err)
+	}
+	if _, err := c.CancelBatch(ctx, "dup"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterBatch(ctx, "dup", []client.BatchMember{{Key: "a"}, {Key: "b"}}); err == nil || !strings.Contains(err.Error(), "cancelled") {
+		t.Fatalf("registering a cancelled batch again: %v", err)
+	}
+}

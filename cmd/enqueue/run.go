@@ -126,8 +126,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fmt.Fprintf(stderr, "enqueue: %d published, %d duplicates (already in the stream's de-duplication window)\n", len(acks)-dups, dups)
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueue: %v\n", err)
-		fmt.Fprintf(stderr, "enqueue: %d of %d requests were not published; run again to publish them (published ones are dropped as duplicates)\n",
-			len(items)-len(acks), len(items))
+		again := "run again"
+		if c.batch != "" { // the same batch, or its published rows would count in neither
+			again = "run again with --batch " + c.batch
+		}
+		fmt.Fprintf(stderr, "enqueue: %d of %d requests were not published; %s to publish them (published ones are dropped as duplicates)\n",
+			len(items)-len(acks), len(items), again)
 		return exitFailed
 	}
 	code := exitOK

@@ -650,6 +650,11 @@ func (p *Processor) callOnce(ctx context.Context, j *job, trial bool) (Decision,
 		return p.release(ctx, j, 0), true, pause.TrialInconclusive
 	}
 	p.Metrics.RateLimitWait(waited)
+	// Again after the waits: a pause or a long queue for a token may have
+	// lasted past the batch's cancel.
+	if d, done := p.cancelledGate(ctx, j); done {
+		return d, true, pause.TrialInconclusive
+	}
 	callStart := p.now()
 	deadline := callStart.Add(p.CallTimeout + p.callMargin())
 	err = j.hold.update(ctx, func(e *ledger.Entry) {

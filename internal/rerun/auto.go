@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -135,10 +136,12 @@ func (a *Auto) handle(ctx context.Context, msg jetstream.Msg, log *slog.Logger) 
 	}
 }
 
-// qualifies: a failed group's terminal event whose message matches.
+// qualifies: a failed group's terminal event whose message matches. A
+// Terminated group was stopped on purpose (an operator, a cancelled
+// batch): the policy does not start it again.
 func (a *Auto) qualifies(ev client.StatusEvent) bool {
-	return ev.Terminal && ev.RunUUID == "" && client.IsFailedStatus(ev.Status) && a.Match != nil &&
-		a.Match.MatchString(ev.ErrorMessage)
+	return ev.Terminal && ev.RunUUID == "" && client.IsFailedStatus(ev.Status) && !strings.EqualFold(ev.Status, "Terminated") &&
+		a.Match != nil && a.Match.MatchString(ev.ErrorMessage)
 }
 
 // retry runs the procedure while keeping the event from being redelivered

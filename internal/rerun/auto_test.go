@@ -3,6 +3,8 @@ package rerun
 import (
 	"context"
 	"regexp"
+
+	"github.com/omicsq/omicsq/client"
 	"sync"
 	"testing"
 	"time"
@@ -78,5 +80,27 @@ func TestAutoRetryLeavesOtherFailures(t *testing.T) {
 	})
 	if n := e.totalRetries(); n != 0 || e.sb.Stats().Actions["RetryRuns"].Arrivals != 0 {
 		t.Fatalf("%d groups retried for a message that does not match", n)
+	}
+}
+
+// The policy reruns failed groups whose message matches, never a group
+// somebody stopped (Terminated: an operator, a cancelled batch), nor a
+// run's event.
+func TestAutoQualifies(t *testing.T) {
+	a := &Auto{Match: regexp.MustCompile(".*")}
+	for _, c := range []struct {
+		ev   client.StatusEvent
+		want bool
+	}{
+		{client.StatusEvent{Status: "Failed", Terminal: true, ErrorMessage: "OOMKilled"}, true},
+		{client.StatusEvent{Status: "Terminated", Terminal: true}, false},
+		{client.StatusEvent{Status: "TERMINATED", Terminal: true}, false},
+		{client.StatusEvent{Status: "Succeeded", Terminal: true}, false},
+		{client.StatusEvent{Status: "Failed", Terminal: true, RunUUID: "r-1"}, false},
+		{client.StatusEvent{Status: "Failed"}, false},
+	} {
+		if got := a.qualifies(c.ev); got != c.want {
+			t.Errorf("qualifies(%s terminal=%v run=%q) = %v, want %v", c.ev.Status, c.ev.Terminal, c.ev.RunUUID, got, c.want)
+		}
 	}
 }

@@ -78,6 +78,10 @@ func (r *Retrier) Retry(ctx context.Context, key string, o Options) (Outcome, er
 		out.Kind, out.Reason = KindRefused, reason
 		return out, nil
 	}
+	if b := j.entry.BatchID; b != "" && r.cfg.BatchCancelled != nil && r.cfg.BatchCancelled(ctx, b) {
+		out.Kind, out.Reason = KindRefused, ReasonBatchCancelled
+		return out, nil
+	}
 	if err := j.begin(ctx); err != nil {
 		if errors.Is(err, errLost) {
 			out.Kind, out.Reason = KindBusy, "another process started a retry"

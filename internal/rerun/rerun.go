@@ -68,8 +68,11 @@ type Config struct {
 	// Holder names this process in the records (a random suffix is added,
 	// so two processes never take each other's claim for their own).
 	Holder string
-	Log    *slog.Logger
-	Now    func() time.Time
+	// BatchCancelled reports whether a batch was cancelled (the workers'
+	// batch gate); a cancelled batch's groups are not retried. Nil: none.
+	BatchCancelled func(ctx context.Context, batch string) bool
+	Log            *slog.Logger
+	Now            func() time.Time
 }
 
 // Retrier retries the failed run groups of keys. It is safe for concurrent
@@ -173,6 +176,8 @@ const (
 	ReasonStale             = "stale"              // the key's group is not Options.ExpectGroup
 	ReasonAPI               = "api_refused"        // the API refused RetryRuns (Code)
 	ReasonNothingVisible    = "nothing_visible"    // MaxCalls calls, none visible within the horizon
+	ReasonBatchCancelled    = "batch_cancelled"    // the key's batch was cancelled: its groups are stopped, not rerun
+	ReasonTerminated        = "terminated"         // auto-retry: a group somebody stopped is not rerun by policy
 )
 
 // Outcome is what a retry of one key did. It holds no request values.

@@ -261,11 +261,16 @@ func (t *Tracker) bind(ctx context.Context) error {
 		return fmt.Errorf("bind stream %s: %w", t.topo.StatusStream, err)
 	}
 	if b := t.topo.BatchesBucket; b != "" {
-		// Batches are optional: a fleet whose bucket is missing still
-		// tracks run groups.
-		if t.batchesKV, err = t.js.KeyValue(ctx, b); err != nil {
-			t.failed("bind bucket "+b+" (batches are not followed)", err)
+		// Batches are optional: a fleet whose bucket does not exist still
+		// tracks run groups. Any other failure is bind's, retried: a leader
+		// that went on without the bucket would leave its batches' members
+		// behind for good (their entries end without their members written).
+		t.batchesKV, err = t.js.KeyValue(ctx, b)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			t.failed("bind bucket "+b+" (it does not exist: batches are not followed)", err)
 			t.batchesKV = nil
+		} else if err != nil {
+			return fmt.Errorf("bind bucket %s: %w", b, err)
 		}
 	}
 	t.runs, t.control, t.status, t.runsTTL = runs, control, status, st.TTL()

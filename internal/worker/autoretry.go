@@ -43,9 +43,13 @@ func (p *process) buildAutoRetry(ctx context.Context, down *shutdown, api *submi
 		return err
 	}
 	down.push(func() { _ = retryLimiter.Close() })
-	r, err := rerun.New(ctx, rerun.Config{JS: p.js, Topology: cfg.Topology, API: api, RetryLimiter: retryLimiter,
+	rc := rerun.Config{JS: p.js, Topology: cfg.Topology, API: api, RetryLimiter: retryLimiter,
 		DescribeLimiter: describeLimiter, Horizon: cfg.LookupHorizon, LeaseTTL: max(rerun.DefaultLeaseTTL, 2*cfg.APITimeout+time.Minute),
-		Holder: cfg.WorkerID, Log: p.log})
+		Holder: cfg.WorkerID, Log: p.log}
+	if p.batches != nil {
+		rc.BatchCancelled = p.batches.Cancelled
+	}
+	r, err := rerun.New(ctx, rc)
 	if err != nil {
 		return err
 	}
