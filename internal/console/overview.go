@@ -26,9 +26,9 @@ type Overview struct {
 	// where the fleet has several, else the worker's one.
 	Consumers []ConsumerView `json:"consumers"`
 	// Lanes is the backlog by priority lane, urgent first.
-	Lanes   []LaneView `json:"lanes"`
-	Backlog uint64     `json:"backlog"`
-	InFlight  int            `json:"in_flight"`
+	Lanes    []LaneView `json:"lanes"`
+	Backlog  uint64     `json:"backlog"`
+	InFlight int        `json:"in_flight"`
 	// OldestSeconds is the age of the oldest waiting request.
 	OldestSeconds float64 `json:"oldest_seconds"`
 	// SubmittedLastMinute counts results stored in the last minute.
