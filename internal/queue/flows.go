@@ -254,7 +254,7 @@ func (f *Flows) refresh(ctx context.Context) error {
 	for subj, n := range info.State.Subjects {
 		lane, token, ok := strings.Cut(strings.TrimPrefix(subj, prefix), ".")
 		l := lanes.LaneIndex(client.Priority(lane))
-		if !ok || l < 0 || !flowToken.MatchString(token) {
+		if !ok || l < 0 || token == "" || strings.Contains(token, ".") {
 			unknown += n
 			continue
 		}

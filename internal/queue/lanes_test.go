@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/omicsq/omicsq/client"
@@ -237,5 +238,35 @@ func TestLanesFleetSharesOneSchedule(t *testing.T) {
 	// of order, and a slow handler a little more; 3:1 is 120 of 160.
 	if heavy < 110 || heavy > 130 {
 		t.Errorf("heavy got %d of the first 160 calls; want about 120 (3:1)", heavy)
+	}
+}
+
+// A request on a subject that names no lane, or with a token too many, is
+// refused at publish (the stream does not take it, so it cannot sit where
+// no consumer reads it, holding its key's de-duplication window); one whose
+// token is a producer's own, not a consumer-name-safe one, is consumed.
+func TestLaneSubjectsTheStreamTakes(t *testing.T) {
+	topo := DefaultTopology()
+	api := &orderAPI{}
+	log := slog.New(slog.DiscardHandler)
+	proc, js, _ := testProcessor(t, topo, api, log)
+	proc.RunLimiter = &paced{gap: 5 * time.Millisecond}
+	for _, subj := range []string{topo.RequestsSubject + ".stat.lab-1", topo.RequestsSubject + ".urgent.a.b", topo.RequestsSubject + ".Urgent.x"} {
+		if _, err := js.Publish(t.Context(), subj, laneBody("rogue", "p")); err == nil {
+			t.Errorf("publish to %s was stored", subj)
+		}
+	}
+	odd := strings.Repeat("x", 70) + "é"
+	m := &nats.Msg{Subject: topo.RequestsSubject + ".urgent." + odd, Data: laneBody("odd-token", "p"), Header: nats.Header{}}
+	m.Header.Set(client.HeaderKey, "odd-token")
+	if _, err := js.PublishMsg(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	flows := &Flows{JS: js, Topology: topo, Picker: sharedPicker(t, js, lanes.DefaultConfig()), Log: log}
+	c := &Consumer{JS: js, Topology: topo, Processor: proc, Concurrency: 1, MaxBatch: 1, DrainTimeout: 5 * time.Second,
+		Flows: flows, Metrics: proc.Metrics, Log: log}
+	startConsumer(t, c)
+	if calls := waitCalls(t, api, 1, 10*time.Second); calls[0] != "odd-token" {
+		t.Fatalf("calls %q", calls)
 	}
 }

@@ -6,6 +6,8 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -269,19 +271,32 @@ func (t Topology) advisoryConsumer() jetstream.ConsumerConfig {
 }
 
 // requestSubjects are the requests stream's subjects: the bare one, and
-// with Lanes every flow's.
+// with Lanes <subject>.<lane>.* for each lane. Only those: a request on
+// any other subject (a lane that does not exist, a token too many) is
+// refused at publish ("no stream") instead of being stored where no
+// consumer takes it, holding its key's de-duplication window.
 func (t Topology) requestSubjects() []string {
-	if !t.Lanes {
-		return []string{t.RequestsSubject}
+	subjects := []string{t.RequestsSubject}
+	if t.Lanes {
+		for _, p := range client.Priorities {
+			subjects = append(subjects, t.RequestsSubject+"."+string(p)+".*")
+		}
 	}
-	return []string{t.RequestsSubject, t.RequestsSubject + ".>"}
+	return subjects
 }
 
 // FlowConsumer names the durable consumer of the flow lane/token:
-// <Consumer>-<lane>-<token>. The bare subject's flow (token "") is Consumer.
+// <Consumer>-<lane>-<token>, or for a token that cannot be part of a
+// consumer name (a producer's own, not the client's 32 hex digits)
+// <Consumer>-<lane>-h<16 hex digits of its SHA-256>. The bare subject's
+// flow (token "") is Consumer.
 func (t Topology) FlowConsumer(lane client.Priority, token string) string {
 	if token == "" {
 		return t.Consumer
+	}
+	if !flowToken.MatchString(token) {
+		sum := sha256.Sum256([]byte(token))
+		token = "h" + hex.EncodeToString(sum[:8])
 	}
 	return t.Consumer + "-" + string(lane) + "-" + token
 }
