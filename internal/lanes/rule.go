@@ -181,9 +181,39 @@ func Pick(st *State, backlog map[Flow]uint64, cfg Config) (Flow, bool) {
 			delete(st.Pass, id)
 		}
 	}
+	capPasses(st)
 	st.Recent = append(st.Recent, byte(lane))
 	if over := len(st.Recent) - cfg.Window; over > 0 {
 		st.Recent = slices.Delete(st.Recent, 0, over)
 	}
 	return best, true
+}
+
+// MaxPasses bounds the passes the State keeps, so that its one KV value
+// stays far below NATS's message size (about 40 bytes a pass: 4,096 is
+// some 160 KB) however many fairness keys producers use.
+const MaxPasses = 4096
+
+// capPasses forgets, past MaxPasses, the passes nearest their lane's
+// virtual time: such a flow would start there anyway, so forgetting it
+// gives it the least credit.
+func capPasses(st *State) {
+	over := len(st.Pass) - MaxPasses
+	if over <= 0 {
+		return
+	}
+	type ahead struct {
+		id string
+		by float64
+	}
+	all := make([]ahead, 0, len(st.Pass))
+	for id, q := range st.Pass {
+		var l int
+		_, _ = fmt.Sscanf(id, "%d/", &l)
+		all = append(all, ahead{id, q - st.Virtual[min(max(l, 0), Lanes-1)]})
+	}
+	slices.SortFunc(all, func(a, b ahead) int { return cmp.Or(cmp.Compare(a.by, b.by), cmp.Compare(a.id, b.id)) })
+	for _, a := range all[:over] {
+		delete(st.Pass, a.id)
+	}
 }

@@ -1,6 +1,8 @@
 package lanes
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/omicsq/omicsq/client"
@@ -145,5 +147,29 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// However many fairness keys were served in one round, the State keeps at
+// most MaxPasses passes after a decision, so its KV value stays small; the
+// ones forgotten are those nearest their lane's virtual time.
+func TestPassesAreBounded(t *testing.T) {
+	st := State{Pass: map[string]float64{}}
+	for i := range MaxPasses + 500 {
+		st.Pass[Flow{Lane: 2, Token: fmt.Sprintf("k%05d", i)}.id()] = float64(i)
+	}
+	f, ok := Pick(&st, map[Flow]uint64{{Lane: 2, Token: "new"}: 1}, DefaultConfig())
+	if !ok || f.Token != "new" {
+		t.Fatalf("Pick = %v, %v", f, ok)
+	}
+	if len(st.Pass) > MaxPasses {
+		t.Fatalf("%d passes kept, want at most %d", len(st.Pass), MaxPasses)
+	}
+	if _, kept := st.Pass[Flow{Lane: 2, Token: fmt.Sprintf("k%05d", MaxPasses+499)}.id()]; !kept {
+		t.Error("the pass furthest ahead was forgotten")
+	}
+	b, _ := json.Marshal(st)
+	if len(b) > 512<<10 {
+		t.Fatalf("the State encodes to %d bytes", len(b))
 	}
 }

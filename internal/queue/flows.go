@@ -52,6 +52,7 @@ type Flows struct {
 	refreshed time.Time
 	cons      map[lanes.Flow]jetstream.Consumer
 	probed    map[lanes.Flow]time.Time
+	aside     map[lanes.Flow]time.Time // flows left out of the schedule until then
 	warned    time.Time
 	empties   int
 }
@@ -109,6 +110,16 @@ func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 				return nil, lanes.Flow{}, err
 			}
 		}
+		// A flow with nothing pending but messages out (in flight
+		// elsewhere, or handed back with a delay, which JetStream counts as
+		// neither) is probed directly, outside the schedule: offered to the
+		// scheduler, its empty fetches would count as decisions and dilute
+		// the minimum shares of the lanes that do have backlog.
+		if fl, ok := f.dueProbe(); ok {
+			if m, err := f.fetch(ctx, fl); err == nil && m != nil {
+				return m, fl, nil
+			}
+		}
 		candidates := f.candidates()
 		if len(candidates) == 0 {
 			return nil, lanes.Flow{}, sleep(ctx, f.refreshEvery())
@@ -122,7 +133,14 @@ func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 		}
 		m, err := f.fetch(ctx, flow)
 		if err != nil {
-			return nil, lanes.Flow{}, err
+			// One flow whose consumer cannot be bound (a permission, the
+			// account's consumer limit) is set aside for a while; the
+			// others go on.
+			f.Log.Warn("a flow's consumer cannot be bound; setting the flow aside", "lane", flow.Priority(), "for", flowAside, "error", err)
+			f.mu.Lock()
+			f.aside[flow] = time.Now().Add(flowAside)
+			f.mu.Unlock()
+			continue
 		}
 		f.mu.Lock()
 		if m != nil {
@@ -154,22 +172,38 @@ func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 	}
 }
 
-// candidates is the backlog the scheduler chooses from: pending messages,
-// and 1 for a flow due a probe.
+// flowAside is how long a flow whose consumer could not be bound is left
+// out of the schedule.
+const flowAside = 30 * time.Second
+
+// candidates is the backlog the scheduler chooses from: the flows with
+// pending messages, but those set aside.
 func (f *Flows) candidates() map[lanes.Flow]uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
 	out := map[lanes.Flow]uint64{}
 	for fl, b := range f.backlog {
-		switch {
-		case b.Pending > 0:
+		if b.Pending > 0 && !now.Before(f.aside[fl]) {
 			out[fl] = b.Pending
-		case b.AckPending > 0 && now.Sub(f.probed[fl]) >= f.probeEvery():
-			out[fl] = 1
 		}
 	}
 	return out
+}
+
+// dueProbe returns a flow with nothing pending but messages out, not
+// probed for probeEvery, and marks it probed.
+func (f *Flows) dueProbe() (lanes.Flow, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	for fl, b := range f.backlog {
+		if b.Pending == 0 && b.AckPending > 0 && now.Sub(f.probed[fl]) >= f.probeEvery() && !now.Before(f.aside[fl]) {
+			f.probed[fl] = now
+			return fl, true
+		}
+	}
+	return lanes.Flow{}, false
 }
 
 func (f *Flows) fetch(ctx context.Context, flow lanes.Flow) (jetstream.Msg, error) {
@@ -267,7 +301,7 @@ func (f *Flows) refresh(ctx context.Context) error {
 	}
 	f.mu.Lock()
 	if f.cons == nil {
-		f.cons, f.probed = map[lanes.Flow]jetstream.Consumer{}, map[lanes.Flow]time.Time{}
+		f.cons, f.probed, f.aside = map[lanes.Flow]jetstream.Consumer{}, map[lanes.Flow]time.Time{}, map[lanes.Flow]time.Time{}
 	}
 	f.backlog, f.refreshed = backlog, time.Now()
 	warn := unknown > 0 && time.Since(f.warned) > time.Minute

@@ -270,3 +270,23 @@ func TestLaneSubjectsTheStreamTakes(t *testing.T) {
 		t.Fatalf("calls %q", calls)
 	}
 }
+
+// A flow with nothing pending but messages out is probed apart from the
+// schedule, at most once per probe interval, so its empty fetches never
+// count as scheduling decisions; a flow set aside is offered to neither.
+func TestFlowsProbeOutsideTheSchedule(t *testing.T) {
+	routine := lanes.Flow{Lane: lanes.LaneIndex(client.PriorityRoutine), Token: "held"}
+	urgent := lanes.Flow{Lane: lanes.LaneIndex(client.PriorityUrgent), Token: "busy"}
+	broken := lanes.Flow{Lane: lanes.LaneIndex(client.PriorityNormal), Token: "broken"}
+	f := &Flows{backlog: map[lanes.Flow]FlowBacklog{routine: {AckPending: 10}, urgent: {Pending: 50}, broken: {Pending: 5}},
+		probed: map[lanes.Flow]time.Time{}, aside: map[lanes.Flow]time.Time{broken: time.Now().Add(time.Minute)}}
+	if got := f.candidates(); len(got) != 1 || got[urgent] != 50 {
+		t.Errorf("candidates %v: want only the urgent flow's 50", got)
+	}
+	if fl, ok := f.dueProbe(); !ok || fl != routine {
+		t.Fatalf("dueProbe = %v, %v: want the held routine flow", fl, ok)
+	}
+	if fl, ok := f.dueProbe(); ok {
+		t.Errorf("probed again at once: %v", fl)
+	}
+}
