@@ -184,6 +184,13 @@ func (c *Client) laneMsg(r Request) (*nats.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.route(m, r)
+	return m, nil
+}
+
+// route addresses m to r's flow: its subject, and the lane headers for
+// readers of the stream.
+func (c *Client) route(m *nats.Msg, r Request) {
 	m.Subject = c.subject(r)
 	if m.Subject != c.topo.RequestsSubject {
 		m.Header.Set(HeaderPriority, string(cmp.Or(r.Priority, PriorityRoutine)))
@@ -191,7 +198,6 @@ func (c *Client) laneMsg(r Request) (*nats.Msg, error) {
 			m.Header.Set(HeaderFairnessKey, r.FairnessKey)
 		}
 	}
-	return m, nil
 }
 
 func (c *Client) requestMsg(key, msgID string, body []byte, extra nats.Header) (*nats.Msg, error) {

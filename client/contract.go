@@ -143,6 +143,11 @@ type DeadLetter struct {
 	History []Event `json:"history,omitempty"`
 	// Batch is the request's HeaderBatch, also set as that header.
 	Batch string `json:"batch,omitempty"`
+	// Priority and FairnessKey are the request's lane and fairness key
+	// (HeaderPriority, HeaderFairnessKey), also set as those headers, so
+	// that a redrive publishes it to the flow it came from.
+	Priority    Priority `json:"priority,omitempty"`
+	FairnessKey string   `json:"fairness_key,omitempty"`
 }
 
 // FailureClassInvalid is the Failure.Class of a request rejected before any

@@ -257,6 +257,14 @@ func (c *Client) Redrive(ctx context.Context, d StoredDeadLetter, body []byte) (
 	if err != nil {
 		return Published{}, err
 	}
+	// Back to the lane and fairness key it came with (a dead letter from
+	// before lanes has neither: the bare subject).
+	if dl := d.DeadLetter; dl != nil {
+		r := Request{Key: d.Key, Body: body, Priority: dl.Priority, FairnessKey: dl.FairnessKey}
+		if validateLane(r) == nil {
+			c.route(m, r)
+		}
+	}
 	pctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	ack, err := c.js.PublishMsg(pctx, m)

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/omicsq/omicsq/client"
+	"github.com/omicsq/omicsq/internal/queue"
 )
 
 // The summary's JSON is what enqueue dlq list --json prints (and the
@@ -64,5 +66,43 @@ func TestTopologyValidate(t *testing.T) {
 	}
 	if err := (client.Topology{}).Validate(); err == nil || strings.Count(err.Error(), "must not be empty") != 8 {
 		t.Errorf("the zero topology: %v", err)
+	}
+}
+
+// A redrive goes back to the lane and fairness key the dead letter
+// recorded; one from before lanes goes to the bare subject.
+func TestRedriveKeepsTheLane(t *testing.T) {
+	t.Parallel()
+	js, topo := setup(t)
+	ctx := context.Background()
+	c := client.New(js, client.WithTopology(topo.Topology))
+	for _, tc := range []struct {
+		key, want string
+		prio      client.Priority
+		fairness  string
+	}{
+		{"urgent-one", topo.FlowSubject(client.PriorityUrgent, "icu"), client.PriorityUrgent, "icu"},
+		{"legacy-one", topo.RequestsSubject, "", ""},
+	} {
+		d := client.DeadLetter{Key: tc.key, Request: body(tc.key), Reason: client.ReasonPermanentError, Priority: tc.prio, FairnessKey: tc.fairness,
+			Error: client.Failure{Class: "permanent", Code: "InvalidParameterValue.X"}}
+		if err := queue.PublishDeadLetter(ctx, js, topo, d, tc.key+"/1"); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := c.LatestDeadLetter(ctx, tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Redrive(ctx, stored, body(tc.key)); err != nil {
+			t.Fatal(err)
+		}
+		s, err := js.Stream(ctx, topo.RequestsStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.GetLastMsgForSubject(ctx, tc.want)
+		if err != nil || m.Header.Get(client.HeaderKey) != tc.key {
+			t.Errorf("%s: not republished to %s: %v", tc.key, tc.want, err)
+		}
 	}
 }

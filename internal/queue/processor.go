@@ -1058,6 +1058,16 @@ func (p *Processor) deadLetterBody(j *job, reason client.DeadLetterReason, f cli
 		EnqueuedAt: j.d.Timestamp.UTC(), FailedAt: p.now().UTC(), Worker: p.Worker, StreamSequence: j.d.StreamSeq,
 		Batch: j.batch(),
 	}
+	// The lane travels with the dead letter, so a redrive goes back to it
+	// (an urgent sample does not land behind the routine backlog).
+	if h := j.d.Header.Get(client.HeaderPriority); h != "" {
+		if pr, err := client.ParsePriority(h); err == nil {
+			dl.Priority = pr
+		}
+	}
+	if fk := j.d.Header.Get(client.HeaderFairnessKey); fk != "" && len(fk) <= client.MaxFairnessKeyBytes {
+		dl.FairnessKey = fk
+	}
 	if json.Valid(j.d.Data) && string(bytes.TrimSpace(j.d.Data)) != "null" {
 		dl.Request = json.RawMessage(j.d.Data)
 	} else {

@@ -63,6 +63,12 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, t Topology, 
 	if d.Batch != "" {
 		m.Header.Set(client.HeaderBatch, d.Batch)
 	}
+	if d.Priority != "" {
+		m.Header.Set(client.HeaderPriority, string(d.Priority))
+	}
+	if d.FairnessKey != "" {
+		m.Header.Set(client.HeaderFairnessKey, d.FairnessKey)
+	}
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter: %w", err)
 	}
