@@ -53,7 +53,7 @@ func renderCases() []renderCase {
 		{name: "full", files: []string{full}},
 		// The alternatives full-values cannot hold at the same time.
 		{name: "hpa+podmonitor", files: d, sets: []string{"autoscaling.enabled=true", "autoscaling.targetMemoryUtilizationPercentage=80", "metrics.podMonitor.enabled=true", "metrics.podMonitor.additionalLabels.release=kps"}},
-		{name: "keda-metadata", files: d, sets: []string{"keda.enabled=true", "keda.natsServerMonitoringEndpoint=nats-headless.nats.svc.cluster.local:8222", "keda.minReplicaCount=0"}},
+		{name: "keda-metadata", files: d, sets: []string{"keda.enabled=true", "keda.natsServerMonitoringEndpoint=nats-headless.nats.svc.cluster.local:8222", "keda.minReplicaCount=0", "keda.prometheusServerAddress=http://prometheus:9090"}},
 		{name: "nats-user-password", files: d, sets: []string{"nats.auth.type=userPassword", "nats.auth.existingSecret=nats-user", "nats.tls.ca.configMapName=nats-ca"}},
 		{name: "nats-token", files: d, sets: []string{"nats.auth.type=token", "nats.auth.existingSecret=nats-token"}},
 		{name: "nats-nkey", files: d, sets: []string{"nats.auth.type=nkey", "nats.auth.existingSecret=nats-nkey", "nats.tls.clientCert.secretName=nats-client"}},
@@ -61,7 +61,7 @@ func renderCases() []renderCase {
 		{name: "tke-webhook", files: d, sets: []string{"tencentcloud.credentials.source=workloadIdentity", "tencentcloud.credentials.workloadIdentity.roleArn=qcs::cam::uin/100000000001:roleName/omicsq"}},
 		{name: "sandbox-no-credentials", files: d, sets: []string{"tencentcloud.credentials.source=none", "config.OMICSQ_SANDBOX=true", "config.TENCENTCLOUD_CREDENTIALS_FILE=/etc/tencentcloud/credentials", "service.enabled=false", "podDisruptionBudget.enabled=false", "serviceAccount.create=false", "serviceAccount.name=existing"}},
 		{name: "nack-without-kv", files: d, sets: []string{"jetstream.provision=false", "nack.enabled=true", "nack.keyValues=false", "jetstream.streamReplicas=1"}},
-		{name: "ipv6-and-overrides", files: d, sets: []string{"metrics.host=::", "fullnameOverride=omicsq-prod", "config.OMICSQ_CONSUMER=other-consumer", "keda.enabled=true", "keda.natsServerMonitoringEndpoint=nats:8222"}},
+		{name: "ipv6-and-overrides", files: d, sets: []string{"metrics.host=::", "fullnameOverride=omicsq-prod", "config.OMICSQ_CONSUMER=other-consumer", "keda.enabled=true", "keda.natsServerMonitoringEndpoint=nats:8222", "jetstream.lanes=false"}},
 	}
 }
 
@@ -500,8 +500,12 @@ func checkAutoscalers(t *testing.T, objs []object, dep *appsv1.Deployment, setti
 		if so.Spec.MaxReplicaCount == nil {
 			t.Errorf("ScaledObject without maxReplicaCount: KEDA's default is 100, far beyond the API quota")
 		}
-		if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "nats-jetstream" {
-			t.Fatalf("ScaledObject triggers: %+v", so.Spec.Triggers)
+		// With lanes, a Prometheus trigger on the workers' backlog gauges
+		// follows the nats-jetstream one (which sees the bare subject only).
+		lanes := settings.Data["OMICSQ_LANES"] != "false"
+		if len(so.Spec.Triggers) == 0 || so.Spec.Triggers[0].Type != "nats-jetstream" ||
+			lanes != (len(so.Spec.Triggers) == 2 && so.Spec.Triggers[1].Type == "prometheus") {
+			t.Fatalf("ScaledObject triggers (lanes %v): %+v", lanes, so.Spec.Triggers)
 		}
 		md := so.Spec.Triggers[0].Metadata
 		if md["stream"] != settings.Data["OMICSQ_REQUESTS_STREAM"] || md["consumer"] != settings.Data["OMICSQ_CONSUMER"] {

@@ -239,6 +239,9 @@ render (install, upgrade, template, lint) runs them.
 {{- if and (not $v.keda.natsServerMonitoringEndpoint) (not (and $ta.enabled $ta.endpointKey)) }}
 {{- fail "keda.natsServerMonitoringEndpoint is required (host:port of the NATS monitoring port; the headless service for a cluster), or keda.triggerAuthentication with endpointKey" }}
 {{- end }}
+{{- if and $v.jetstream.lanes (not $v.keda.prometheusServerAddress) }}
+{{- fail "keda.prometheusServerAddress: with priority lanes on (jetstream.lanes) the nats-jetstream trigger sees only the bare subject's consumer, so requests with a priority or fairness key would not scale the fleet (at minReplicaCount 0 they would wait for ever); set the Prometheus URL, or jetstream.lanes=false" }}
+{{- end }}
 {{- if gt (int $v.keda.minReplicaCount) (int $v.keda.maxReplicaCount) }}
 {{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" }}
 {{- end }}
