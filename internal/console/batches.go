@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -55,44 +54,13 @@ func NewBatchesIndex(js jetstream.JetStream, bucket string, log *slog.Logger) *B
 	return &BatchesIndex{js: js, bucket: bucket, log: log, batches: map[string]*batchState{}}
 }
 
-// Run watches the bucket until ctx ends; a bucket that does not exist yet
-// is looked for again every 10 s.
+// Run follows the bucket until ctx ends.
 func (x *BatchesIndex) Run(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := x.watch(ctx); err != nil && ctx.Err() == nil {
-			x.log.Debug("batches index: cannot watch the batches bucket", "bucket", x.bucket, "error", err)
-		}
-		_ = sleepCtx(ctx, 10*time.Second)
-	}
-}
-
-func (x *BatchesIndex) watch(ctx context.Context) error {
 	if x.bucket == "" {
 		<-ctx.Done()
-		return nil
+		return
 	}
-	kv, err := x.js.KeyValue(ctx, x.bucket)
-	if err != nil {
-		return err
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e != nil {
-				x.apply(e)
-			}
-		}
-	}
+	followBucket(ctx, x.js, x.bucket, x.log, x.apply)
 }
 
 func (x *BatchesIndex) apply(e jetstream.KeyValueEntry) {

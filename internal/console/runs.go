@@ -39,40 +39,13 @@ func NewRunsIndex(js jetstream.JetStream, bucket string, log *slog.Logger) *Runs
 	return &RunsIndex{js: js, bucket: bucket, log: log, runs: map[string]runRow{}}
 }
 
-// Run watches the bucket until ctx ends; a bucket that does not exist yet
-// (no tracker has run) is looked for again every 10 s.
+// Run follows the bucket until ctx ends.
 func (x *RunsIndex) Run(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := x.watch(ctx); err != nil && ctx.Err() == nil {
-			x.log.Debug("runs index: cannot watch the runs bucket", "bucket", x.bucket, "error", err)
-		}
-		_ = sleepCtx(ctx, 10*time.Second)
+	if x.bucket == "" {
+		<-ctx.Done()
+		return
 	}
-}
-
-func (x *RunsIndex) watch(ctx context.Context) error {
-	kv, err := x.js.KeyValue(ctx, x.bucket)
-	if err != nil {
-		return err
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e != nil {
-				x.apply(e)
-			}
-		}
-	}
+	followBucket(ctx, x.js, x.bucket, x.log, x.apply)
 }
 
 func (x *RunsIndex) apply(e jetstream.KeyValueEntry) {
