@@ -117,8 +117,11 @@ func (f *Flows) Next(ctx context.Context) (jetstream.Msg, lanes.Flow, error) {
 		// the minimum shares of the lanes that do have backlog.
 		if fl, ok := f.dueProbe(); ok {
 			if m, err := f.fetch(ctx, fl); err == nil && m != nil {
-				return m, fl, nil
+				return m, fl, nil // probed again at once: redeliveries come in runs
 			}
+			f.mu.Lock()
+			f.probed[fl] = time.Now()
+			f.mu.Unlock()
 		}
 		candidates := f.candidates()
 		if len(candidates) == 0 {
@@ -191,15 +194,15 @@ func (f *Flows) candidates() map[lanes.Flow]uint64 {
 	return out
 }
 
-// dueProbe returns a flow with nothing pending but messages out, not
-// probed for probeEvery, and marks it probed.
+// dueProbe returns a flow with nothing pending but messages out whose
+// last probe found nothing at least probeEvery ago (Next marks an empty
+// probe).
 func (f *Flows) dueProbe() (lanes.Flow, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
 	for fl, b := range f.backlog {
 		if b.Pending == 0 && b.AckPending > 0 && now.Sub(f.probed[fl]) >= f.probeEvery() && !now.Before(f.aside[fl]) {
-			f.probed[fl] = now
 			return fl, true
 		}
 	}
