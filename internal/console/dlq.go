@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -76,7 +77,7 @@ func (q dlqQuery) values() url.Values {
 func (s *Server) dlqPage(w http.ResponseWriter, r *http.Request, who string) {
 	q := parseDLQQuery(r.URL.Query())
 	p := s.cfg.Index.Query(q.Filter, q.Page, pageSize)
-	reasons := slices.Sorted(mapsKeys(s.cfg.Index.Reasons()))
+	reasons := slices.Sorted(maps.Keys(s.cfg.Index.Reasons()))
 	prev, next := q.values(), q.values()
 	prev.Set("page", strconv.Itoa(q.Page-1))
 	next.Set("page", strconv.Itoa(q.Page+1))
@@ -103,16 +104,6 @@ func (s *Server) dlqJSON(w http.ResponseWriter, r *http.Request, _ string) {
 	writeJSON(w, map[string]any{"matched": p.Matched, "total": p.Total, "ready": p.Ready, "rows": p.Rows})
 }
 
-func mapsKeys(m map[string]int) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
 // shownFields are the request fields a dead letter's page shows by
 // default: identifiers of the platform's own objects and switches. Every
 // other field (Name, Description, inputs, row UUIDs, paths, e-mails) may
@@ -133,13 +124,7 @@ func requestFields(raw json.RawMessage, reveal bool) ([]field, error) {
 		return nil, err
 	}
 	var out []field
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for k := range top {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, name := range slices.Sorted(maps.Keys(top)) {
 		v := string(top[name])
 		if !reveal && !slices.Contains(shownFields, name) {
 			out = append(out, field{Name: name, Value: fmt.Sprintf("redacted (%d bytes)", len(v)), Redacted: true})

@@ -36,12 +36,6 @@ func (f DLQFilter) match(r *deadLetterRow) bool {
 		(f.From.IsZero() || !r.FailedAt.Before(f.From)) && (f.To.IsZero() || r.FailedAt.Before(f.To))
 }
 
-// DeadLetterFilter is f for the redrive planner (which reads the stream
-// itself; a batch is matched through keep).
-func (f DLQFilter) deadLetterFilter() client.DeadLetterFilter {
-	return client.DeadLetterFilter{Key: f.Key, Code: f.Code, Reason: client.DeadLetterReason(f.Reason), FailedFrom: f.From, FailedTo: f.To}
-}
-
 // Page is one page of a query, newest first.
 type Page struct {
 	Rows []deadLetterRow

@@ -9,6 +9,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -187,17 +188,10 @@ func (s *Server) principal(r *http.Request) (string, bool) {
 			return "", false
 		}
 		if who == "" {
-			who = cmpOr(printable(user), "token")
+			who = cmp.Or(printable(user), "token")
 		}
 	}
 	return who, true
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // csrfKey derives the CSRF key from the shared token, so that replicas of
