@@ -132,7 +132,9 @@ func (s *Server) loadConsumers(ctx context.Context, o *Overview) error {
 	if err != nil {
 		return err
 	}
-	info, err := st.Info(ctx)
+	// One read: the stream's state, and the per-subject counts the lanes
+	// are made of (bounded by lanes × fairness keys, not by requests).
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(s.cfg.Topology.RequestsSubject+".>"))
 	if err != nil {
 		return err
 	}
@@ -153,19 +155,17 @@ func (s *Server) loadConsumers(ctx context.Context, o *Overview) error {
 	if err := l.Err(); err != nil {
 		return err
 	}
-	return s.loadLanes(ctx, st, info.State.Msgs, o)
+	s.loadLanes(info.State, o)
+	return nil
 }
 
 // loadLanes counts each lane's stored requests by subject, as the
 // scheduler does: flow consumers exist only once a worker has served the
 // flow, the messages from the moment they are published. Waiting is
 // stored less in flight (its consumers' unacknowledged messages).
-func (s *Server) loadLanes(ctx context.Context, st jetstream.Stream, total uint64, o *Overview) error {
+func (s *Server) loadLanes(state jetstream.StreamState, o *Overview) {
 	subject := s.cfg.Topology.RequestsSubject
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject+".>"))
-	if err != nil {
-		return err
-	}
+	total := state.Msgs
 	order := []client.Priority{client.PriorityUrgent, client.PriorityNormal, client.PriorityRoutine}
 	lanes := map[string]*LaneView{}
 	for _, lane := range order {
@@ -173,7 +173,7 @@ func (s *Server) loadLanes(ctx context.Context, st jetstream.Stream, total uint6
 	}
 	stored := map[string]uint64{}
 	var inFlows uint64
-	for subj, n := range info.State.Subjects {
+	for subj, n := range state.Subjects {
 		lane := laneOf(subject, subj)
 		if lv := lanes[lane]; lv != nil {
 			lv.Flows++
@@ -195,7 +195,6 @@ func (s *Server) loadLanes(ctx context.Context, st jetstream.Stream, total uint6
 		lv.Pending = stored[lv.Lane] - min(stored[lv.Lane], uint64(lv.InFlight))
 		o.Lanes = append(o.Lanes, *lv)
 	}
-	return nil
 }
 
 // countSince counts the messages stream stored from since on: the first
