@@ -22,11 +22,7 @@ func TestHarnessSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "worker")
-	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildWorker(ctx, t)
 
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, []string{"limiter", "--worker-bin", bin, "--workers", "1", "--baseline=false",
@@ -106,11 +102,7 @@ func TestTrackerBenchSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "worker")
-	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildWorker(ctx, t)
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, []string{"tracker", "--worker-bin", bin, "--groups", "250", "--cycles", "2", "--interval", "1s",
 		"--timeout", "60s"}, &stdout, &stderr)
@@ -182,11 +174,7 @@ func TestLanesBenchSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "worker")
-	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildWorker(ctx, t)
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, []string{"lanes", "--worker-bin", bin, "--workers", "1", "--routine", "300", "--steady", "2s",
 		"--urgent", "5"}, &stdout, &stderr)
@@ -209,4 +197,16 @@ func TestLanesBenchSmoke(t *testing.T) {
 	if row == "" || strings.Contains(row, "of 10 called") || !strings.Contains(row, "| 0 | ok |") {
 		t.Fatalf("fairness run: a small-key request was not called, a Name was submitted twice or the log disagrees:\n%s", stdout.String())
 	}
+}
+
+// buildWorker builds cmd/worker into the test's temporary directory, as
+// --worker-bin takes it.
+func buildWorker(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "worker")
+	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "../cmd/worker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
