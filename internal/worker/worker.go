@@ -64,6 +64,17 @@ var ErrHelp = errors.New("help requested")
 // about 5).
 const fetchHorizon = 300 * time.Millisecond
 
+// startFailed is the outcome of a start-up step that failed: a stop asked
+// for meanwhile (SIGTERM during provisioning, a rollout) is a clean stop,
+// not a failure, since nothing was taken yet that a drain would owe.
+func startFailed(ctx context.Context, log *slog.Logger, err error) error {
+	if ctx.Err() != nil {
+		log.Info("stopped during start-up", "step_error", err)
+		return nil
+	}
+	return err
+}
+
 // Started reports the addresses a running worker bound.
 type Started struct {
 	NATSURL     string
@@ -96,10 +107,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer down.run()
 	p := &process{cfg: cfg, log: log, m: m}
 	if err := p.connect(ctx, &down); err != nil {
-		return err
+		return startFailed(ctx, log, err)
 	}
 	if err := p.build(ctx, &down); err != nil {
-		return err
+		return startFailed(ctx, log, err)
 	}
 	httpSrv, err := p.serveMetrics(reg, &down)
 	if err != nil {
